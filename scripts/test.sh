@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: checks the toolchain, makes
+# sure the services the tests need are up, then runs fmt, clippy and tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Reuse one build cache per machine; a fresh machine builds from scratch.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/perch-target}"
+
+command -v cargo >/dev/null || { echo "cargo is required (rustup.rs)"; exit 1; }
+
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets

@@ -1,0 +1,286 @@
+//! Dapr's CloudEvent envelope rules, with no I/O: wrapping a published body
+//! (reference `dapr-pubsub.md` section 1.3), completing a body that already
+//! is a CloudEvent (1.4), TTL `expiration` (4.1), and the synthetic envelope
+//! for raw-payload subscriptions (3.4). Every envelope Perch builds is built
+//! here.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine as _;
+use chrono::{SecondsFormat, Utc};
+use serde_json::{Map, Value};
+
+use crate::telemetry::trace::TraceParent;
+use crate::util::parse_go_duration;
+
+/// A CloudEvent as a JSON object; keys serialise sorted, as Go's maps do.
+pub type Envelope = Map<String, Value>;
+
+/// The content type a message carries on the broker when it is a JSON
+/// CloudEvent, and the one every delivery to the app declares.
+pub const CLOUDEVENT_CONTENT_TYPE: &str = "application/cloudevents+json";
+/// Dapr's default `type` (`contrib:pubsub/envelope.go`).
+pub const DEFAULT_EVENT_TYPE: &str = "com.dapr.event.sent";
+/// Dapr's `source` when the app id is empty or an incoming CloudEvent has none.
+pub const DEFAULT_SOURCE: &str = "Dapr";
+/// Content type assumed when a publish request has none (Dapr's default).
+pub const DEFAULT_DATA_CONTENT_TYPE: &str = "text/plain";
+
+/// Why no envelope could be built.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EnvelopeError {
+    /// The body was declared `application/cloudevents+json` but is not a JSON object.
+    #[error("cannot create cloudevent: body is not a JSON object: {0}")]
+    InvalidCloudEvent(String),
+}
+
+/// Everything the publish path knows when it wraps one message.
+#[derive(Debug, Clone)]
+pub struct PublishInput<'a> {
+    /// The publishing app's id: the default `source`.
+    pub app_id: &'a str,
+    /// Pubsub component name, written to `pubsubname`.
+    pub pubsub: &'a str,
+    /// Topic, written to `topic`.
+    pub topic: &'a str,
+    /// The request's `Content-Type`, parameters included.
+    pub content_type: Option<&'a str>,
+    /// The request body.
+    pub body: &'a [u8],
+    /// Publish metadata (`metadata.*` query parameters, or a bulk entry's map).
+    pub metadata: &'a BTreeMap<String, String>,
+    /// The producer span: its `traceparent` goes into the event.
+    pub trace: TraceParent,
+    /// The incoming `tracestate`, if any.
+    pub tracestate: Option<&'a str>,
+}
+
+/// Returns the media type of a content type, lowercased, without parameters.
+pub fn media_type(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// `application/json` with any parameters.
+pub fn is_json(content_type: &str) -> bool {
+    media_type(content_type) == "application/json"
+}
+
+/// `application/cloudevents+json` with any parameters.
+pub fn is_cloudevent_json(content_type: &str) -> bool {
+    media_type(content_type) == CLOUDEVENT_CONTENT_TYPE
+}
+
+/// Types whose body goes into `data_base64` rather than `data`.
+pub fn is_binary(content_type: &str) -> bool {
+    matches!(
+        media_type(content_type).as_str(),
+        "application/octet-stream" | "application/cloudevents+protobuf"
+    )
+}
+
+/// Dapr's "string" types: `text/*` and `application/xml`.
+pub fn is_string_type(content_type: &str) -> bool {
+    let m = media_type(content_type);
+    m.starts_with("text/") || m == "application/xml"
+}
+
+/// Builds the envelope for a non-raw publish: wraps a plain body, or
+/// completes a body that already is a CloudEvent; then applies TTL.
+pub fn envelope_for_publish(input: &PublishInput<'_>) -> Result<Envelope, EnvelopeError> {
+    let mut ev = match input.content_type {
+        Some(ct) if is_cloudevent_json(ct) => from_cloud_event(input)?,
+        _ => wrap(input),
+    };
+    if let Some(ttl) = ttl_from_metadata(input.metadata) {
+        ev.insert("expiration".into(), Value::String(expiration_after(ttl)));
+    }
+    Ok(ev)
+}
+
+fn wrap(input: &PublishInput<'_>) -> Envelope {
+    let over = Overrides::from_metadata(input.metadata);
+    let content_type = match input.content_type {
+        Some(ct) if !ct.is_empty() => ct,
+        _ => DEFAULT_DATA_CONTENT_TYPE,
+    };
+    let mut ev = Map::new();
+    let id = over
+        .get("id")
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    ev.insert("id".into(), id.into());
+    let source = over.get("source").unwrap_or(if input.app_id.is_empty() {
+        DEFAULT_SOURCE
+    } else {
+        input.app_id
+    });
+    ev.insert("source".into(), source.into());
+    ev.insert(
+        "type".into(),
+        over.get("type").unwrap_or(DEFAULT_EVENT_TYPE).into(),
+    );
+    ev.insert("specversion".into(), "1.0".into());
+    ev.insert("datacontenttype".into(), content_type.into());
+    if is_binary(content_type) {
+        ev.insert(
+            "data_base64".into(),
+            base64::engine::general_purpose::STANDARD
+                .encode(input.body)
+                .into(),
+        );
+    } else if is_json(content_type) {
+        let data = serde_json::from_slice::<Value>(input.body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(input.body).into_owned()));
+        ev.insert("data".into(), data);
+    } else {
+        ev.insert(
+            "data".into(),
+            String::from_utf8_lossy(input.body).into_owned().into(),
+        );
+    }
+    ev.insert("topic".into(), input.topic.into());
+    ev.insert("pubsubname".into(), input.pubsub.into());
+    // cloudevent.traceparent wins over cloudevent.traceid; both fields carry it.
+    let producer = input.trace.to_string();
+    let traceparent = over
+        .get("traceparent")
+        .or_else(|| over.get("traceid"))
+        .map(str::to_owned)
+        .unwrap_or(producer);
+    ev.insert("traceid".into(), traceparent.clone().into());
+    ev.insert("traceparent".into(), traceparent.into());
+    let tracestate = over
+        .get("tracestate")
+        .or(input.tracestate)
+        .unwrap_or_default();
+    ev.insert("tracestate".into(), tracestate.into());
+    ev.insert("time".into(), now_local_rfc3339().into());
+    if let Some(subject) = over.get("subject") {
+        ev.insert("subject".into(), subject.into());
+    }
+    ev
+}
+
+fn from_cloud_event(input: &PublishInput<'_>) -> Result<Envelope, EnvelopeError> {
+    let mut ev: Envelope = serde_json::from_slice(input.body)
+        .map_err(|e| EnvelopeError::InvalidCloudEvent(e.to_string()))?;
+    ev.insert("topic".into(), input.topic.into());
+    ev.insert("pubsubname".into(), input.pubsub.into());
+    if !ev.contains_key("traceid") {
+        let producer = input.trace.to_string();
+        ev.insert("traceid".into(), producer.clone().into());
+        ev.insert("traceparent".into(), producer.into());
+    }
+    ev.entry("tracestate")
+        .or_insert_with(|| input.tracestate.unwrap_or_default().into());
+    ev.entry("source").or_insert_with(|| DEFAULT_SOURCE.into());
+    ev.entry("type")
+        .or_insert_with(|| DEFAULT_EVENT_TYPE.into());
+    ev.entry("specversion").or_insert_with(|| "1.0".into());
+    ev.entry("time")
+        .or_insert_with(|| now_local_rfc3339().into());
+    Ok(ev)
+}
+
+/// The `cloudevent.*` overrides, matched case-insensitively as Go's
+/// `mapstructure.WeakDecode` does. Empty values do not override.
+struct Overrides<'a>(BTreeMap<String, &'a str>);
+
+impl<'a> Overrides<'a> {
+    fn from_metadata(md: &'a BTreeMap<String, String>) -> Self {
+        const KEYS: [&str; 7] = [
+            "id",
+            "source",
+            "type",
+            "subject",
+            "traceid",
+            "traceparent",
+            "tracestate",
+        ];
+        let mut map = BTreeMap::new();
+        for (k, v) in md {
+            let lower = k.to_ascii_lowercase();
+            if let Some(field) = lower.strip_prefix("cloudevent.") {
+                if KEYS.contains(&field) && !v.is_empty() {
+                    map.insert(field.to_owned(), v.as_str());
+                }
+            }
+        }
+        Self(map)
+    }
+
+    fn get(&self, field: &str) -> Option<&'a str> {
+        self.0.get(field).copied()
+    }
+}
+
+/// The message TTL from publish metadata `ttlInSeconds` (alias `ttl`):
+/// integer seconds or a Go duration, greater than zero. An invalid value is
+/// ignored, as daprd ignores it.
+pub fn ttl_from_metadata(md: &BTreeMap<String, String>) -> Option<Duration> {
+    let raw = md.get("ttlInSeconds").or_else(|| md.get("ttl"))?;
+    let ttl = match raw.trim().parse::<i64>() {
+        Ok(secs) if secs > 0 => Duration::from_secs(secs as u64),
+        Ok(_) => return None,
+        Err(_) => parse_go_duration(raw).ok()?,
+    };
+    (!ttl.is_zero()).then_some(ttl)
+}
+
+fn expiration_after(ttl: Duration) -> String {
+    let at = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// True when the event has an `expiration` in the past (Dapr's `HasExpired`).
+/// A missing or unparsable expiration never expires.
+pub fn has_expired(ev: &Envelope) -> bool {
+    ev.get("expiration")
+        .and_then(Value::as_str)
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .is_some_and(|at| at < Utc::now())
+}
+
+fn now_local_rfc3339() -> String {
+    chrono::Local::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Dapr's envelope for a raw-payload subscription (section 3.4): the broker
+/// bytes in `data_base64`, a fresh id, no `time`, and the trace fields only
+/// when the broker metadata carries them.
+pub fn raw_payload_envelope(
+    pubsub: &str,
+    topic: &str,
+    data: &[u8],
+    metadata: &BTreeMap<String, String>,
+) -> Envelope {
+    let mut ev = Map::new();
+    ev.insert("id".into(), uuid::Uuid::new_v4().to_string().into());
+    ev.insert("specversion".into(), "1.0".into());
+    ev.insert("datacontenttype".into(), "application/octet-stream".into());
+    ev.insert("source".into(), DEFAULT_SOURCE.into());
+    ev.insert("type".into(), DEFAULT_EVENT_TYPE.into());
+    ev.insert("topic".into(), topic.into());
+    ev.insert("pubsubname".into(), pubsub.into());
+    ev.insert(
+        "data_base64".into(),
+        base64::engine::general_purpose::STANDARD
+            .encode(data)
+            .into(),
+    );
+    for key in ["traceid", "traceparent", "tracestate"] {
+        if let Some(v) = metadata.get(key) {
+            ev.insert(key.into(), v.clone().into());
+        }
+    }
+    ev
+}
+
+#[cfg(test)]
+mod tests;

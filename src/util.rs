@@ -1,0 +1,162 @@
+//! Small helpers shared by several modules: Go-compatible duration and
+//! boolean parsing (Dapr's YAML and query values are read by Go's
+//! `time.ParseDuration` and `strconv.ParseBool`), JSON encoding that matches
+//! Go's `encoding/json`, and a constant-time comparison for API tokens.
+
+use std::time::Duration;
+
+/// Parses a duration the way Go's `time.ParseDuration` does: a sequence of
+/// decimal numbers with units `ns`, `us`/`µs`, `ms`, `s`, `m`, `h`
+/// (`"1m30s"`, `"500ms"`, `"1.5h"`). A bare `"0"` is zero. Negative values are
+/// rejected because no Perch setting accepts them.
+pub fn parse_go_duration(input: &str) -> Result<Duration, String> {
+    let s = input.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut rest = s.strip_prefix('+').unwrap_or(s);
+    if rest.starts_with('-') {
+        return Err(format!("negative duration {input:?}"));
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return Err(format!("invalid duration {input:?}"));
+        }
+        let value: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("invalid duration {input:?}"))?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let nanos_per_unit = match &rest[..unit_len] {
+            "ns" => 1e0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            "" => return Err(format!("missing unit in duration {input:?}")),
+            other => return Err(format!("unknown unit {other:?} in duration {input:?}")),
+        };
+        total += value * nanos_per_unit;
+        rest = &rest[unit_len..];
+    }
+    Ok(Duration::from_nanos(total.round() as u64))
+}
+
+/// Parses a boolean the way Go's `strconv.ParseBool` does.
+pub fn parse_go_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths, so
+/// an API token cannot be guessed byte by byte from response times.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Serialises a value exactly as Go's `json.Marshal` would for the same map:
+/// keys sorted (serde_json's default map), and `<`, `>`, `&`, U+2028, U+2029
+/// escaped as `\u003c` etc. Dapr's envelopes go through `json.Marshal`, so
+/// bytes on the wire match what daprd would send.
+pub fn to_go_json<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, GoFormatter);
+    // Serialising a JSON value into a Vec cannot fail.
+    value
+        .serialize(&mut ser)
+        .expect("JSON serialisation into memory");
+    out
+}
+
+struct GoFormatter;
+
+impl serde_json::ser::Formatter for GoFormatter {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            let esc = match c {
+                '<' => "\\u003c",
+                '>' => "\\u003e",
+                '&' => "\\u0026",
+                '\u{2028}' => "\\u2028",
+                '\u{2029}' => "\\u2029",
+                _ => continue,
+            };
+            writer.write_all(&fragment.as_bytes()[start..i])?;
+            writer.write_all(esc.as_bytes())?;
+            start = i + c.len_utf8();
+        }
+        writer.write_all(&fragment.as_bytes()[start..])
+    }
+}
+
+/// Formats a duration for humans and for the metadata API (`5s`, `500ms`).
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_go_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_go_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_go_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_go_duration("5").is_err());
+        assert!(parse_go_duration("5 s").is_err());
+        assert!(parse_go_duration("-1s").is_err());
+        assert!(parse_go_duration("abc").is_err());
+    }
+
+    #[test]
+    fn go_bools() {
+        assert_eq!(parse_go_bool("True"), Some(true));
+        assert_eq!(parse_go_bool("0"), Some(false));
+        assert_eq!(parse_go_bool("yes"), None);
+    }
+
+    #[test]
+    fn go_json_escapes_html_and_sorts_keys() {
+        let v = serde_json::json!({"b": "<a&b>", "a": 1});
+        assert_eq!(
+            String::from_utf8(to_go_json(&v)).unwrap(),
+            r#"{"a":1,"b":"\u003ca\u0026b\u003e"}"#
+        );
+    }
+
+    #[test]
+    fn constant_time() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}
