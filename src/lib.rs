@@ -1,12 +1,24 @@
 //! Perch: a Dapr-compatible pub/sub sidecar.
 //!
 //! # Layout
+//! - [`config`]: Dapr-format YAML loading and validation (every problem at once).
 //! - [`cloudevents`]: Dapr's envelope rules, pure functions.
-//! - [`config`]: Dapr-format YAML loading and validation.
+//! - [`broker`]: the broker trait and its backends (`memory` today).
+//! - [`http`]: the publish, bulk, health and metadata API on hyper.
+//! - [`delivery`]: subscriptions, pushing to the app, outcomes, retries, dead letters.
+//! - [`runtime`]: the life cycle that ties them together.
+//! - [`cli`]: flags (daprd's names, env fallbacks) and the subcommands.
+//! - [`demo`]: the README's first command.
 //! - [`telemetry`]: logging and W3C trace context.
 //! - [`util`]: Go-compatible parsing and JSON helpers.
 
+pub mod broker;
+pub mod cli;
 pub mod cloudevents;
 pub mod config;
+pub mod delivery;
+pub mod demo;
+pub mod http;
+pub mod runtime;
 pub mod telemetry;
 pub mod util;

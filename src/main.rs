@@ -1,1 +1,5 @@
-fn main() {}
+//! The `perch` binary: everything lives in the library.
+
+fn main() -> std::process::ExitCode {
+    perch::cli::main()
+}

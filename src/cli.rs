@@ -1,0 +1,288 @@
+//! Command line: `perch run` (daprd's flag names and defaults, each with a
+//! `PERCH_*` env fallback), `perch validate` and `perch demo`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, LoadOptions};
+use crate::runtime::{self, Settings, Shared};
+
+/// Perch: a Dapr-compatible pub/sub sidecar.
+#[derive(Debug, Parser)]
+#[command(name = "perch", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the sidecar next to an app.
+    Run(RunArgs),
+    /// Load YAML exactly as `run` would and print every problem; exit 0 when clean.
+    Validate(ValidateArgs),
+    /// Sidecar + built-in echo app + in-memory broker: events flowing, no services needed.
+    Demo(crate::demo::DemoArgs),
+}
+
+/// Flags of `perch run` (daprd's names and defaults).
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The app's id: consumer group, CloudEvent `source`, scopes.
+    #[arg(long, env = "PERCH_APP_ID", default_value = "")]
+    pub app_id: String,
+    /// The app's HTTP port; without it there are no subscriptions.
+    #[arg(long, env = "PERCH_APP_PORT")]
+    pub app_port: Option<u16>,
+    /// Address of the app.
+    #[arg(long, env = "PERCH_APP_CHANNEL_ADDRESS", default_value = "127.0.0.1")]
+    pub app_channel_address: String,
+    /// Protocol to the app; only `http` is supported.
+    #[arg(long, env = "PERCH_APP_PROTOCOL", default_value = "http", value_parser = ["http"])]
+    pub app_protocol: String,
+    /// Most concurrent calls to the app; -1 is unlimited.
+    #[arg(long, env = "PERCH_APP_MAX_CONCURRENCY", default_value_t = -1, allow_hyphen_values = true)]
+    pub app_max_concurrency: i64,
+    /// Port of the HTTP API.
+    #[arg(
+        long,
+        visible_alias = "http-port",
+        env = "PERCH_DAPR_HTTP_PORT",
+        default_value_t = 3500
+    )]
+    pub dapr_http_port: u16,
+    /// Comma-separated addresses the API listens on.
+    #[arg(long, env = "PERCH_DAPR_LISTEN_ADDRESSES", default_value = "127.0.0.1")]
+    pub dapr_listen_addresses: String,
+    /// Folder of Component, Subscription and Resiliency YAML (repeatable).
+    #[arg(
+        long,
+        visible_alias = "components-path",
+        env = "PERCH_RESOURCES_PATH",
+        value_delimiter = ','
+    )]
+    pub resources_path: Vec<PathBuf>,
+    /// A Dapr `Configuration` file.
+    #[arg(long, env = "PERCH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Folder of mounted secrets for `secretKeyRef` (`<dir>/<name>/<key>`).
+    #[arg(long, env = "PERCH_SECRETS_PATH")]
+    pub secrets_path: Option<PathBuf>,
+    /// Log level: debug, info, warn, error.
+    #[arg(long, env = "PERCH_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Log as JSON lines.
+    #[arg(long, env = "PERCH_LOG_AS_JSON")]
+    pub log_as_json: bool,
+    /// Largest request body (`4Mi`, `512Ki`, or bytes).
+    #[arg(long, env = "PERCH_MAX_BODY_SIZE", default_value = "4Mi", value_parser = parse_size)]
+    pub max_body_size: usize,
+    /// Seconds to let in-flight deliveries finish at shutdown.
+    #[arg(
+        long,
+        env = "PERCH_DAPR_GRACEFUL_SHUTDOWN_SECONDS",
+        default_value_t = 5
+    )]
+    pub dapr_graceful_shutdown_seconds: u64,
+}
+
+#[derive(Debug, Args)]
+struct ValidateArgs {
+    /// App id used for scopes and `{appID}` templates.
+    #[arg(long, env = "PERCH_APP_ID", default_value = "")]
+    app_id: String,
+    /// Folder of mounted secrets for `secretKeyRef`.
+    #[arg(long, env = "PERCH_SECRETS_PATH")]
+    secrets_path: Option<PathBuf>,
+    /// Resources folders.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+}
+
+/// Parses `4Mi`, `512Ki`, `1M`, `100` (bytes).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: use e.g. 4Mi"))?;
+    let mult = match unit {
+        "" | "B" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "K" | "KB" => 1_000,
+        "M" | "MB" => 1_000_000,
+        "G" | "GB" => 1_000_000_000,
+        _ => return Err(format!("invalid size unit {unit:?}: use Ki, Mi or Gi")),
+    };
+    Ok(n * mult)
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match cli.command {
+        Command::Validate(a) => {
+            let opts = LoadOptions::from_env(&a.app_id, a.secrets_path);
+            match config::load(&a.paths, &opts) {
+                Ok(r) => {
+                    println!(
+                        "ok: {} pubsub component(s), {} subscription(s), {} resiliency polic(ies)",
+                        r.pubsubs.len(),
+                        r.subscriptions.len(),
+                        r.resiliency.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(report) => {
+                    eprint!("{report}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run(a) => {
+            crate::telemetry::logging::init(&a.log_level, a.log_as_json);
+            rt.block_on(run(a))
+        }
+        Command::Demo(a) => {
+            crate::telemetry::logging::init("warn", false);
+            rt.block_on(crate::demo::run(a))
+        }
+    }
+}
+
+/// Loads configuration, binds the listeners and runs until a signal.
+async fn run(a: RunArgs) -> ExitCode {
+    if let Some(path) = &a.config {
+        if let Err(e) = check_configuration_file(path) {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let opts = LoadOptions::from_env(&a.app_id, a.secrets_path.clone());
+    let resources = match config::load(&a.resources_path, &opts) {
+        Ok(r) => r,
+        Err(report) => {
+            eprint!("{report}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut listeners = Vec::new();
+    for addr in a
+        .dapr_listen_addresses
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let host = addr.trim_start_matches('[').trim_end_matches(']');
+        let sock: SocketAddr = match format!("{}:{}", bracket(host), a.dapr_http_port).parse() {
+            Ok(s) => s,
+            Err(_) => {
+                eprintln!("--dapr-listen-addresses: {addr:?} is not an IP address");
+                return ExitCode::FAILURE;
+            }
+        };
+        match tokio::net::TcpListener::bind(sock).await {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                eprintln!(
+                    "cannot listen on {sock} (--dapr-http-port / --dapr-listen-addresses): {e}"
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let settings = settings_from(&a);
+    tracing::info!(app_id = %a.app_id, port = a.dapr_http_port, pubsubs = resources.pubsubs.len(), "starting perch");
+    for p in &resources.pubsubs {
+        tracing::info!(component = %p.name, r#type = %p.type_name, "component loaded");
+    }
+    let shared = Shared::build(settings, &resources);
+    runtime::run(
+        shared,
+        listeners,
+        resources.subscriptions,
+        shutdown_signal(),
+    )
+    .await;
+    ExitCode::SUCCESS
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+/// Turns flags and env into runtime settings.
+pub fn settings_from(a: &RunArgs) -> Settings {
+    Settings {
+        app_id: a.app_id.clone(),
+        app_port: a.app_port,
+        app_channel_address: a.app_channel_address.clone(),
+        app_max_concurrency: usize::try_from(a.app_max_concurrency)
+            .ok()
+            .filter(|n| *n > 0),
+        api_token: std::env::var("DAPR_API_TOKEN")
+            .ok()
+            .filter(|s| !s.is_empty()),
+        app_api_token: std::env::var("APP_API_TOKEN")
+            .ok()
+            .filter(|s| !s.is_empty()),
+        max_body_size: a.max_body_size,
+        graceful_shutdown: Duration::from_secs(a.dapr_graceful_shutdown_seconds),
+    }
+}
+
+fn check_configuration_file(path: &std::path::Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--config {}: cannot read: {e}", path.display()))?;
+    let v: serde_yaml::Value = serde_yaml::from_str(&text)
+        .map_err(|e| format!("--config {}: not valid YAML: {e}", path.display()))?;
+    match v.get("kind").and_then(|k| k.as_str()) {
+        Some("Configuration") => Ok(()),
+        other => Err(format!(
+            "--config {}: kind must be Configuration, got {other:?}",
+            path.display()
+        )),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4Mi"), Ok(4 << 20));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("4 parsecs").is_err());
+    }
+}

@@ -1,0 +1,269 @@
+//! `kind: Component` for pub/sub: the type, Perch's common metadata
+//! (`deliveryOrder`, `maxInFlight`, `deadLetterDefault`, ...), Dapr's scoping
+//! keys, and each type's own keys. Unknown keys are errors that list the
+//! valid ones (Dapr silently ignores typos such as `deleteWhenUnused`).
+
+use std::collections::BTreeMap;
+
+use serde_yaml::{Mapping, Value};
+
+use super::doc::{scalar_text, DocCtx};
+use super::load::LoadOptions;
+use super::scopes::Scoping;
+use super::value;
+
+/// Default in-flight window per partition or queue (DESIGN.md section 3).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+/// Default bound on unacknowledged messages per in-memory subscriber queue;
+/// a publish beyond it fails instead of growing memory without limit.
+pub const DEFAULT_MEMORY_MAX_MESSAGES: usize = 10_000;
+
+/// Keys every pub/sub component accepts: Dapr's scoping keys and `consumerID`
+/// (which daprd injects), plus Perch's additions.
+const COMMON_KEYS: &[&str] = &[
+    "consumerID",
+    "publishingScopes",
+    "subscriptionScopes",
+    "allowedTopics",
+    "protectedTopics",
+    "deliveryOrder",
+    "maxInFlight",
+    "deadLetterDefault",
+    "idempotencyStore",
+    "outboxStore",
+];
+
+/// Which broker backs a pub/sub component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PubsubKind {
+    /// `pubsub.in-memory`: one process, for the demo and fast tests.
+    InMemory {
+        /// `maxMessages`: unacknowledged messages kept per subscriber queue.
+        max_messages: usize,
+    },
+}
+
+/// How the engine orders deliveries of one partition or queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOrder {
+    /// One message in flight per partition (Dapr's Kafka behaviour).
+    Partition,
+    /// Same key in order, different keys concurrently.
+    Key,
+    /// Up to `maxInFlight` concurrently, no order.
+    None,
+}
+
+/// A loaded pub/sub component.
+#[derive(Debug, Clone)]
+pub struct PubsubComponent {
+    /// `metadata.name`: the `{pubsub}` in publish URLs.
+    pub name: String,
+    /// `spec.type`.
+    pub type_name: String,
+    /// The backend and its settings.
+    pub kind: PubsubKind,
+    /// Dapr's topic scoping for this component.
+    pub scoping: Scoping,
+    /// `deliveryOrder` (default `none` for the in-memory broker).
+    pub delivery_order: DeliveryOrder,
+    /// `maxInFlight` per partition or queue.
+    pub max_in_flight: usize,
+    /// `{topic}.dlq` unless `deadLetterDefault: none`; `None` disables.
+    pub dead_letter_default: Option<String>,
+    /// All metadata after resolution, by key as written.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl PubsubComponent {
+    /// The dead-letter topic for `topic` when a subscription names none.
+    pub fn default_dead_letter_topic(&self, topic: &str) -> Option<String> {
+        self.dead_letter_default
+            .as_ref()
+            .map(|pattern| pattern.replace("{topic}", topic))
+    }
+}
+
+/// Component types Perch will serve but whose backend is not built yet.
+const PLANNED_TYPES: &[&str] = &[
+    "pubsub.kafka",
+    "pubsub.rabbitmq",
+    "store.postgresql",
+    "store.in-memory",
+];
+/// Dapr building blocks Perch does not serve: such components are skipped.
+const OTHER_BLOCKS: &[&str] = &[
+    "state.",
+    "bindings.",
+    "secretstores.",
+    "configuration.",
+    "lock.",
+    "middleware.",
+    "nameresolution.",
+    "crypto.",
+    "conversation.",
+    "workflow.",
+];
+
+/// Reads a Component document; `None` when it has problems or is skipped.
+pub fn read(
+    ctx: &mut DocCtx<'_>,
+    name: &str,
+    doc: &Mapping,
+    opts: &LoadOptions,
+) -> Option<PubsubComponent> {
+    ctx.unknown_keys(
+        doc,
+        "",
+        &["apiVersion", "kind", "metadata", "spec", "auth", "scopes"],
+    );
+    let Some(spec) = ctx.mapping(doc, "", "spec") else {
+        ctx.problem("spec", "missing required field");
+        return None;
+    };
+    ctx.unknown_keys(
+        spec,
+        "spec",
+        &["type", "version", "ignoreErrors", "initTimeout", "metadata"],
+    );
+    let type_name = ctx.required_string(spec, "spec", "type")?;
+    if OTHER_BLOCKS.iter().any(|p| type_name.starts_with(p)) {
+        tracing::warn!(component = name, r#type = %type_name, "skipping component: Perch serves pub/sub only");
+        return None;
+    }
+    match ctx.string(spec, "spec", "version").as_deref() {
+        Some("v1") => {}
+        Some(v) => ctx.problem("spec.version", format!("unsupported version {v:?}; use v1")),
+        None => ctx.problem("spec.version", "missing required field (use v1)"),
+    }
+    let own_keys: &[&str] = match type_name.as_str() {
+        "pubsub.in-memory" => &["maxMessages"],
+        t if PLANNED_TYPES.contains(&t) => {
+            ctx.problem(
+                "spec.type",
+                format!("{t} is not available in this version of Perch yet; use pubsub.in-memory"),
+            );
+            return None;
+        }
+        t => {
+            ctx.problem(
+                "spec.type",
+                format!("unknown type {t:?}; supported: pubsub.in-memory"),
+            );
+            return None;
+        }
+    };
+    let metadata = read_metadata(ctx, spec, own_keys, opts)?;
+    let get = |k: &str| {
+        metadata
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.as_str())
+    };
+    let mut ok = true;
+    let mut positive = |ctx: &mut DocCtx<'_>, key: &str, default: usize| match get(key) {
+        None => default,
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                ctx.problem(
+                    format!("spec.metadata.{key}"),
+                    format!("must be a whole number above 0, got {v:?}"),
+                );
+                ok = false;
+                default
+            }
+        },
+    };
+    let max_in_flight = positive(ctx, "maxInFlight", DEFAULT_MAX_IN_FLIGHT);
+    let max_messages = positive(ctx, "maxMessages", DEFAULT_MEMORY_MAX_MESSAGES);
+    let delivery_order = match get("deliveryOrder") {
+        None | Some("none") => DeliveryOrder::None,
+        Some("partition") => DeliveryOrder::Partition,
+        Some("key") => DeliveryOrder::Key,
+        Some(other) => {
+            ctx.problem(
+                "spec.metadata.deliveryOrder",
+                format!("must be partition, key or none, got {other:?}"),
+            );
+            ok = false;
+            DeliveryOrder::None
+        }
+    };
+    let dead_letter_default = match get("deadLetterDefault") {
+        None => Some("{topic}.dlq".to_owned()),
+        Some("none") => None,
+        Some(p) => Some(p.to_owned()),
+    };
+    for key in ["idempotencyStore", "outboxStore"] {
+        if let Some(store) = get(key) {
+            ctx.problem(
+                format!("spec.metadata.{key}"),
+                format!("names store {store:?}, but no store component is loaded (store.* components are not available in this version yet)"),
+            );
+            ok = false;
+        }
+    }
+    let scoping = Scoping::from_metadata(&metadata);
+    ok.then(|| PubsubComponent {
+        name: name.to_owned(),
+        type_name: type_name.clone(),
+        kind: PubsubKind::InMemory { max_messages },
+        scoping,
+        delivery_order,
+        max_in_flight,
+        dead_letter_default,
+        metadata,
+    })
+}
+
+fn read_metadata(
+    ctx: &mut DocCtx<'_>,
+    spec: &Mapping,
+    own_keys: &[&str],
+    opts: &LoadOptions,
+) -> Option<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let before = ctx.problems.len();
+    let items = match spec.get("metadata") {
+        None | Some(Value::Null) => return Some(out),
+        Some(Value::Sequence(items)) => items,
+        Some(_) => {
+            ctx.problem("spec.metadata", "must be a list of {name, value} entries");
+            return None;
+        }
+    };
+    let valid: Vec<&str> = own_keys.iter().chain(COMMON_KEYS).copied().collect();
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("spec.metadata[{i}]");
+        let Some(entry) = item.as_mapping() else {
+            ctx.problem(path, "must be a mapping with name and value");
+            continue;
+        };
+        let Some(key) = ctx.required_string(entry, &path, "name") else {
+            continue;
+        };
+        if !valid.iter().any(|k| k.eq_ignore_ascii_case(&key)) {
+            ctx.problem(
+                format!("{path}.name"),
+                format!(
+                    "unknown metadata key {key:?}; valid keys are: {}",
+                    valid.join(", ")
+                ),
+            );
+            continue;
+        }
+        if out.keys().any(|k: &String| k.eq_ignore_ascii_case(&key)) {
+            ctx.problem(
+                format!("{path}.name"),
+                format!("duplicate metadata key {key:?}"),
+            );
+            continue;
+        }
+        if let Some(v) = value::resolve(ctx, entry, &path, opts) {
+            out.insert(key, v);
+        }
+    }
+    let _ = scalar_text;
+    (ctx.problems.len() == before).then_some(out)
+}

@@ -1,0 +1,239 @@
+//! Reads every `*.yaml`/`*.yml` in the resources paths, splits multi-document
+//! files, dispatches each document on `apiVersion` + `kind`, applies scopes,
+//! and cross-checks names. Every problem is collected before failing.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use super::component::{self, PubsubComponent};
+use super::doc::{scalar_text, DocCtx};
+use super::error::{ConfigReport, Problem};
+use super::subscription::{self, SubscriptionSpec};
+
+/// What the loader needs to know about the process.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// The app id: scopes and `{appID}` templates.
+    pub app_id: String,
+    /// Folder of mounted secrets (`<dir>/<name>/<key>`) for `secretKeyRef`.
+    pub secrets_path: Option<PathBuf>,
+    /// `NAMESPACE`: resources of another namespace are skipped, as in Dapr.
+    pub namespace: Option<String>,
+    /// `POD_NAME`, for `{podName}` templates.
+    pub pod_name: Option<String>,
+}
+
+impl LoadOptions {
+    /// Options for `app_id`, reading `NAMESPACE` and `POD_NAME` from the environment.
+    pub fn from_env(app_id: &str, secrets_path: Option<PathBuf>) -> Self {
+        Self {
+            app_id: app_id.to_owned(),
+            secrets_path,
+            namespace: std::env::var("NAMESPACE").ok().filter(|s| !s.is_empty()),
+            pod_name: std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()),
+        }
+    }
+}
+
+/// Everything loaded from the resources paths.
+#[derive(Debug, Clone, Default)]
+pub struct Resources {
+    /// Pub/sub components in load order.
+    pub pubsubs: Vec<PubsubComponent>,
+    /// Declarative subscriptions in load order.
+    pub subscriptions: Vec<SubscriptionSpec>,
+    /// Names of the `Resiliency` documents that were read.
+    pub resiliency: Vec<String>,
+}
+
+/// Loads and validates every resource under `paths`.
+pub fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<Resources, ConfigReport> {
+    let mut problems = Vec::new();
+    let mut res = Resources::default();
+    let mut pending_subs: Vec<(PathBuf, usize, SubscriptionSpec)> = Vec::new();
+    let mut names: BTreeSet<(String, String)> = BTreeSet::new();
+    for file in yaml_files(paths, &mut problems) {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(file_problem(&file, format!("cannot read file: {e}")));
+                continue;
+            }
+        };
+        for (i, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let doc_no = i + 1;
+            let value = match Value::deserialize(de) {
+                Ok(Value::Null) => continue,
+                Ok(v) => v,
+                Err(e) => {
+                    problems.push(Problem {
+                        file: file.clone(),
+                        doc: Some(doc_no),
+                        field: String::new(),
+                        message: format!("not valid YAML: {e}"),
+                    });
+                    break;
+                }
+            };
+            let mut ctx = DocCtx {
+                file: &file,
+                doc: doc_no,
+                problems: &mut problems,
+            };
+            let Some(head) = Header::read(&mut ctx, &value) else {
+                continue;
+            };
+            if let Some(ns) = &opts.namespace {
+                if head.namespace.as_deref().is_some_and(|n| n != ns) {
+                    continue;
+                }
+            }
+            if !head.scopes.is_empty() && !head.scopes.contains(&opts.app_id) {
+                continue;
+            }
+            if !names.insert((head.kind.clone(), head.name.clone())) {
+                ctx.problem(
+                    "metadata.name",
+                    format!(
+                        "duplicate {} name {:?}; names must be unique",
+                        head.kind, head.name
+                    ),
+                );
+                continue;
+            }
+            let map = value.as_mapping().expect("checked by Header::read");
+            match (head.api_version.as_str(), head.kind.as_str()) {
+                ("dapr.io/v1alpha1", "Component") => {
+                    if let Some(c) = component::read(&mut ctx, &head.name, map, opts) {
+                        res.pubsubs.push(c);
+                    }
+                }
+                ("dapr.io/v1alpha1" | "dapr.io/v2alpha1", "Subscription") => {
+                    let v2 = head.api_version.ends_with("v2alpha1");
+                    if let Some(s) = subscription::read(&mut ctx, &head.name, map, v2) {
+                        pending_subs.push((file.clone(), doc_no, s));
+                    }
+                }
+                ("dapr.io/v1alpha1", "Resiliency") => res.resiliency.push(head.name),
+                ("dapr.io/v1alpha1", "Configuration" | "HTTPEndpoint") => {
+                    tracing::debug!(file = %file.display(), kind = %head.kind, "skipping resource Perch does not use");
+                }
+                (api, "Component" | "Subscription" | "Resiliency") => ctx.problem(
+                    "apiVersion",
+                    format!("unsupported apiVersion {api:?} for kind {}", head.kind),
+                ),
+                (_, kind) => ctx.problem(
+                    "kind",
+                    format!(
+                        "unknown kind {kind:?}; Perch reads Component, Subscription and Resiliency"
+                    ),
+                ),
+            }
+        }
+    }
+    for (file, doc, sub) in pending_subs {
+        if !res.pubsubs.iter().any(|p| p.name == sub.pubsubname) {
+            let known: Vec<&str> = res.pubsubs.iter().map(|p| p.name.as_str()).collect();
+            problems.push(Problem {
+                file,
+                doc: Some(doc),
+                field: "spec.pubsubname".into(),
+                message: format!(
+                    "no pubsub component named {:?} is loaded (loaded: {})",
+                    sub.pubsubname,
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            });
+            continue;
+        }
+        res.subscriptions.push(sub);
+    }
+    if problems.is_empty() {
+        Ok(res)
+    } else {
+        Err(ConfigReport { problems })
+    }
+}
+
+struct Header {
+    api_version: String,
+    kind: String,
+    name: String,
+    namespace: Option<String>,
+    scopes: Vec<String>,
+}
+
+impl Header {
+    fn read(ctx: &mut DocCtx<'_>, v: &Value) -> Option<Header> {
+        let Some(map) = v.as_mapping() else {
+            ctx.problem("", "a resource must be a YAML mapping");
+            return None;
+        };
+        let api_version = ctx.required_string(map, "", "apiVersion");
+        let kind = ctx.required_string(map, "", "kind");
+        let meta = ctx.mapping(map, "", "metadata");
+        let name = match meta {
+            Some(m) => ctx.required_string(m, "metadata", "name"),
+            None => {
+                ctx.problem("metadata.name", "missing required field");
+                None
+            }
+        };
+        if let Some(n) = &name {
+            if n.contains('/') || n == "." || n == ".." {
+                ctx.problem("metadata.name", "must be a valid path segment (no '/')");
+            }
+        }
+        let namespace = meta.and_then(|m| m.get("namespace")).and_then(scalar_text);
+        let scopes = ctx.string_list(map, "", "scopes");
+        Some(Header {
+            api_version: api_version?,
+            kind: kind?,
+            name: name?,
+            namespace,
+            scopes,
+        })
+    }
+}
+
+fn yaml_files(paths: &[PathBuf], problems: &mut Vec<Problem>) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for dir in paths {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                problems.push(file_problem(
+                    dir,
+                    format!("cannot read resources path: {e}"),
+                ));
+                continue;
+            }
+        };
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+            })
+            .collect();
+        found.sort();
+        files.extend(found);
+    }
+    files
+}
+
+fn file_problem(file: &Path, message: String) -> Problem {
+    Problem {
+        file: file.to_path_buf(),
+        doc: None,
+        field: String::new(),
+        message,
+    }
+}

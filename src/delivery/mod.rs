@@ -1,0 +1,384 @@
+//! The delivery engine: for each subscription, consume → decode → expired? →
+//! route → POST to the app → outcome → ack, retry or dead-letter.
+//!
+//! One retry owner, the sidecar: without a Resiliency policy a failing
+//! message is retried with the default backoff (1 s, x2, 60 s cap, 5
+//! retries), then dead-lettered to the subscription's `deadLetterTopic` or
+//! `{topic}.dlq`, and acked only once that publish succeeded. Shutdown is
+//! never "retries exhausted": a message interrupted by it stays unacked.
+
+mod app;
+pub mod outcome;
+pub mod retry;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::{watch, Mutex, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::broker::{Delivery, Message, SubscribeRequest};
+use crate::cloudevents::{self, Envelope};
+use crate::config::subscription::ProgrammaticSubscription;
+use crate::config::{DeliveryOrder, SubscriptionSpec};
+use crate::runtime::{PubsubEntry, Shared};
+use crate::telemetry::trace::TraceParent;
+use crate::util::parse_go_bool;
+pub use app::AppClient;
+use outcome::Outcome;
+use retry::Backoff;
+
+/// Fetches the app's programmatic subscriptions, retrying with backoff until
+/// the app answers (Dapr gives up after 10 s; a slow app then has none).
+/// 404 means none. Returns empty when `stopping` fires first.
+pub async fn discover(
+    shared: &Shared,
+    mut stopping: watch::Receiver<bool>,
+) -> Vec<SubscriptionSpec> {
+    let Some(client) = app_client(shared) else {
+        return vec![];
+    };
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    loop {
+        match client.get_subscriptions().await {
+            Some((200, body)) => {
+                return match serde_json::from_slice::<Vec<ProgrammaticSubscription>>(&body) {
+                    Ok(items) => items
+                        .into_iter()
+                        .filter_map(|i| {
+                            let (p, t) = (i.pubsubname.clone(), i.topic.clone());
+                            let spec = i.into_spec();
+                            if spec.is_none() {
+                                tracing::warn!(pubsub = %p, topic = %t, "programmatic subscription has no route; ignored");
+                            }
+                            spec
+                        })
+                        .collect(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the app's /dapr/subscribe answer is not a list of subscriptions");
+                        vec![]
+                    }
+                };
+            }
+            Some((404, _)) => return vec![],
+            Some((status, _)) => {
+                tracing::error!(
+                    status,
+                    "the app's /dapr/subscribe failed; no programmatic subscriptions"
+                );
+                return vec![];
+            }
+            None => {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = stopping.wait_for(|s| *s) => return vec![],
+                }
+            }
+        }
+    }
+}
+
+fn app_client(shared: &Shared) -> Option<AppClient> {
+    let s = &shared.settings;
+    Some(AppClient::new(
+        &s.app_channel_address,
+        s.app_port?,
+        &s.app_id,
+        s.app_api_token.clone(),
+    ))
+}
+
+/// Runs the subscriptions; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    consumers: Mutex<JoinSet<()>>,
+    app_limit: Option<Arc<Semaphore>>,
+}
+
+impl Engine {
+    /// An engine that stops consuming when `stop` turns true.
+    pub fn new(shared: Arc<Shared>, stop: watch::Receiver<bool>) -> Self {
+        let app_limit = shared
+            .settings
+            .app_max_concurrency
+            .map(|n| Arc::new(Semaphore::new(n.max(1))));
+        Self {
+            inner: Arc::new(Inner {
+                shared,
+                stop,
+                consumers: Mutex::new(JoinSet::new()),
+                app_limit,
+            }),
+        }
+    }
+
+    /// A receiver that turns true at shutdown.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.inner.stop.clone()
+    }
+
+    /// Starts every subscription that scoping allows; records them for the
+    /// metadata API.
+    pub async fn start(&self, subs: Vec<SubscriptionSpec>) {
+        let shared = &self.inner.shared;
+        let Some(client) = app_client(shared) else {
+            return;
+        };
+        let mut active = Vec::new();
+        for sub in subs {
+            let Some(entry) = shared.pubsubs.get(&sub.pubsubname) else {
+                tracing::error!(pubsub = %sub.pubsubname, topic = %sub.topic, "subscription names an unknown pubsub; not started");
+                continue;
+            };
+            if !entry
+                .component
+                .scoping
+                .may_subscribe(&shared.settings.app_id, &sub.topic)
+            {
+                tracing::error!(pubsub = %sub.pubsubname, topic = %sub.topic,
+                    "subscription to topic '{}' on pubsub '{}' is not allowed", sub.topic, sub.pubsubname);
+                continue;
+            }
+            if sub.rules.iter().any(|r| !r.match_expr.trim().is_empty()) {
+                tracing::warn!(pubsub = %sub.pubsubname, topic = %sub.topic,
+                    "CEL match rules are not evaluated in this version; only the default route is used");
+            }
+            let req = SubscribeRequest {
+                topic: sub.topic.clone(),
+                group: entry
+                    .component
+                    .metadata
+                    .get("consumerID")
+                    .cloned()
+                    .unwrap_or_else(|| shared.settings.app_id.clone()),
+                metadata: sub.metadata.clone(),
+            };
+            match entry.broker.subscribe(req).await {
+                Ok(stream) => {
+                    tracing::info!(pubsub = %sub.pubsubname, topic = %sub.topic, "subscription started");
+                    let ctx = Arc::new(SubCtx {
+                        sub: sub.clone(),
+                        shared: shared.clone(),
+                        client: client.clone(),
+                        app_limit: self.inner.app_limit.clone(),
+                    });
+                    self.inner.consumers.lock().await.spawn(consume(
+                        ctx,
+                        stream,
+                        self.inner.stop.clone(),
+                    ));
+                    active.push(sub);
+                }
+                Err(e) => {
+                    tracing::error!(pubsub = %sub.pubsubname, topic = %sub.topic, error = %e, "subscribe failed")
+                }
+            }
+        }
+        *shared.subscriptions.write().expect("subscriptions lock") = active;
+    }
+
+    /// Waits for in-flight deliveries to finish, at most `grace`.
+    pub async fn drain(&self, grace: Duration) {
+        let mut set = self.inner.consumers.lock().await;
+        let all = async { while set.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!(
+                "grace period over; unfinished deliveries are left unacknowledged for redelivery"
+            );
+        }
+    }
+}
+
+struct SubCtx {
+    sub: SubscriptionSpec,
+    shared: Arc<Shared>,
+    client: AppClient,
+    app_limit: Option<Arc<Semaphore>>,
+}
+
+impl SubCtx {
+    fn entry(&self) -> &PubsubEntry {
+        &self.shared.pubsubs[&self.sub.pubsubname]
+    }
+}
+
+async fn consume(
+    ctx: Arc<SubCtx>,
+    mut stream: crate::broker::DeliveryStream,
+    mut stop: watch::Receiver<bool>,
+) {
+    let comp = &ctx.entry().component;
+    let window = match comp.delivery_order {
+        DeliveryOrder::Partition => 1,
+        DeliveryOrder::Key | DeliveryOrder::None => comp.max_in_flight,
+    };
+    let slots = Arc::new(Semaphore::new(window));
+    let mut tasks = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("semaphore open"),
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let d = tokio::select! {
+            d = stream.recv() => match d { Some(d) => d, None => break },
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let ctx = ctx.clone();
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            process(&ctx, d, stop).await;
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    drop(stream);
+    while tasks.join_next().await.is_some() {}
+}
+
+/// What decoding a delivery produced.
+struct Decoded {
+    body: Bytes,
+    event: Option<Envelope>,
+}
+
+async fn process(ctx: &SubCtx, d: Delivery, mut stop: watch::Receiver<bool>) {
+    let sub = &ctx.sub;
+    let mut metadata = d.metadata.clone();
+    if let Some(ct) = &d.content_type {
+        metadata.insert("content-type".into(), ct.clone());
+    }
+    metadata.insert("pubsubName".into(), sub.pubsubname.clone());
+    let raw = sub
+        .metadata
+        .get("rawPayload")
+        .and_then(|v| parse_go_bool(v))
+        .unwrap_or(false);
+    let decoded = if raw {
+        let ev = cloudevents::raw_payload_envelope(&sub.pubsubname, &sub.topic, &d.data, &metadata);
+        Decoded {
+            body: Bytes::from(crate::util::to_go_json(&ev)),
+            event: Some(ev),
+        }
+    } else {
+        match serde_json::from_slice::<Envelope>(&d.data) {
+            Ok(ev) => Decoded {
+                body: d.data.clone(),
+                event: Some(ev),
+            },
+            Err(_) => Decoded {
+                body: d.data.clone(),
+                event: None,
+            },
+        }
+    };
+    let Some(event) = decoded.event else {
+        tracing::warn!(topic = %sub.topic, "message is not a JSON CloudEvent; dead-lettering");
+        return finish_dropped(ctx, d, stop).await;
+    };
+    if cloudevents::has_expired(&event) {
+        tracing::warn!(topic = %sub.topic, "dropping expired pub/sub event");
+        return finish_dropped(ctx, d, stop).await;
+    }
+    let Some(path) = sub.default_path().map(str::to_owned) else {
+        tracing::debug!(topic = %sub.topic, "no route matched; dropping");
+        return finish_dropped(ctx, d, stop).await;
+    };
+    let traceparent = event
+        .get("traceparent")
+        .or_else(|| event.get("traceid"))
+        .and_then(Value::as_str)
+        .map(|tp| TraceParent::child_of(Some(tp)).to_string());
+    let mut backoff = Backoff::new(retry::DEFAULT_INITIAL, retry::DEFAULT_MAX);
+    let mut retries = 0;
+    loop {
+        let answer = {
+            let _permit = match &ctx.app_limit {
+                Some(s) => Some(s.clone().acquire_owned().await.expect("semaphore open")),
+                None => None,
+            };
+            ctx.client
+                .deliver(
+                    &path,
+                    decoded.body.clone(),
+                    &metadata,
+                    traceparent.as_deref(),
+                )
+                .await
+        };
+        let outcome = match answer {
+            Some((status, body)) => outcome::classify(Some(status), &body),
+            None => outcome::classify(None, b""),
+        };
+        match outcome {
+            Outcome::Success => {
+                let _ = d.ack.ack().await;
+                return;
+            }
+            Outcome::Drop(reason) => {
+                tracing::warn!(topic = %sub.topic, %reason, "message dropped by the app");
+                return finish_dropped(ctx, d, stop).await;
+            }
+            Outcome::Retry(reason) => {
+                if retries >= retry::DEFAULT_MAX_RETRIES {
+                    tracing::warn!(topic = %sub.topic, %reason, retries, "retries exhausted");
+                    return finish_dropped(ctx, d, stop).await;
+                }
+                retries += 1;
+                tracing::debug!(topic = %sub.topic, %reason, retries, "retrying delivery");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    // Shutdown is not exhaustion: leave the message unacked.
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }
+    }
+}
+
+/// Sends the original message to the dead-letter topic and acks only after
+/// that publish succeeded; retries the publish until shutdown. Without a
+/// dead-letter topic (`deadLetterDefault: none`) the message is acked.
+async fn finish_dropped(ctx: &SubCtx, d: Delivery, mut stop: watch::Receiver<bool>) {
+    let entry = ctx.entry();
+    let dlq = ctx
+        .sub
+        .dead_letter_topic
+        .clone()
+        .or_else(|| entry.component.default_dead_letter_topic(&ctx.sub.topic));
+    let Some(topic) = dlq else {
+        let _ = d.ack.ack().await;
+        return;
+    };
+    let msg = Message {
+        topic: topic.clone(),
+        data: d.data.clone(),
+        content_type: d.content_type.clone(),
+        metadata: d.metadata.clone().into_iter().collect::<BTreeMap<_, _>>(),
+    };
+    let mut backoff = Backoff::new(retry::DEFAULT_INITIAL, retry::DEFAULT_MAX);
+    loop {
+        match entry.broker.publish(msg.clone()).await {
+            Ok(()) => {
+                tracing::info!(pubsub = %ctx.sub.pubsubname, from = %ctx.sub.topic, to = %topic, "message dead-lettered");
+                let _ = d.ack.ack().await;
+                return;
+            }
+            Err(e) => {
+                tracing::error!(to = %topic, error = %e, "dead-letter publish failed; message kept unacked and retried");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }
+    }
+}

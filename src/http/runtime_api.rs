@@ -1,0 +1,126 @@
+//! Health, metadata and shutdown endpoints (reference 8.2).
+
+use std::sync::atomic::Ordering;
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde_json::{json, Value};
+
+use super::errors::ApiError;
+use super::{empty, error, json, Resp};
+use crate::config::SubscriptionSource;
+use crate::runtime::Shared;
+use crate::util::format_duration;
+
+/// `GET /v1.0/healthz`: 204 once components are loaded and the app's
+/// subscriptions are running (or there is no app).
+pub fn healthz(req: &Request<Incoming>, shared: &Shared) -> Resp {
+    let wanted = req
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|p| p.strip_prefix("appid="));
+    if let Some(id) = wanted {
+        if id != shared.settings.app_id {
+            return error(&ApiError::not_ready(
+                "ERR_HEALTH_APPID_NOT_MATCH",
+                "dapr app-id does not match".into(),
+            ));
+        }
+    }
+    if shared.ready.load(Ordering::Acquire) {
+        empty(StatusCode::NO_CONTENT)
+    } else {
+        error(&ApiError::not_ready(
+            "ERR_HEALTH_NOT_READY",
+            "dapr is not ready: [app channel]".into(),
+        ))
+    }
+}
+
+/// `GET /v1.0/healthz/outbound`: 204 when every broker is reachable.
+pub fn outbound(shared: &Shared) -> Resp {
+    let down: Vec<String> = shared
+        .pubsubs
+        .values()
+        .filter_map(|p| {
+            p.broker
+                .health()
+                .err()
+                .map(|e| format!("{}: {e}", p.component.name))
+        })
+        .collect();
+    if down.is_empty() {
+        empty(StatusCode::NO_CONTENT)
+    } else {
+        error(&ApiError::not_ready(
+            "ERR_OUTBOUND_HEALTH_NOT_READY",
+            format!("dapr outbound is not ready: {}", down.join("; ")),
+        ))
+    }
+}
+
+/// `GET /v1.0/metadata`.
+pub fn metadata(shared: &Shared) -> Resp {
+    let s = &shared.settings;
+    let components: Vec<Value> = shared
+        .pubsubs
+        .values()
+        .map(|p| {
+            json!({"name": p.component.name, "type": p.component.type_name, "version": "v1",
+                   "capabilities": p.broker.capabilities()})
+        })
+        .collect();
+    let subscriptions: Vec<Value> = shared
+        .subscriptions
+        .read()
+        .expect("subscriptions lock")
+        .iter()
+        .map(|sub| {
+            let rules: Vec<Value> = sub
+                .rules
+                .iter()
+                .map(|r| if r.match_expr.is_empty() { json!({"path": r.path}) } else { json!({"match": r.match_expr, "path": r.path}) })
+                .collect();
+            json!({"pubsubname": sub.pubsubname, "topic": sub.topic, "metadata": sub.metadata,
+                   "rules": rules, "deadLetterTopic": sub.dead_letter_topic.clone().unwrap_or_default(),
+                   "type": match sub.source { SubscriptionSource::Declarative => "DECLARATIVE", SubscriptionSource::Programmatic => "PROGRAMMATIC" }})
+        })
+        .collect();
+    let mut app = json!({"channelAddress": s.app_channel_address, "protocol": "http",
+                         "maxConcurrency": s.app_max_concurrency.unwrap_or(0)});
+    if let Some(port) = s.app_port {
+        app["port"] = json!(port);
+    }
+    let extended = shared.extended.lock().expect("extended lock").clone();
+    let body = json!({
+        "id": s.app_id,
+        "runtimeVersion": concat!("perch-", env!("CARGO_PKG_VERSION")),
+        "enabledFeatures": [],
+        "components": components,
+        "subscriptions": subscriptions,
+        "appConnectionProperties": app,
+        "extended": extended,
+        "gracefulShutdown": format_duration(s.graceful_shutdown),
+    });
+    json(StatusCode::OK, &body)
+}
+
+/// `PUT /v1.0/metadata/{key}`: the body becomes an `extended` attribute.
+pub async fn put_metadata(req: Request<Incoming>, key: String, shared: &Shared) -> Resp {
+    let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return error(&ApiError::body_too_large(64 * 1024)),
+    };
+    shared
+        .extended
+        .lock()
+        .expect("extended lock")
+        .insert(key, String::from_utf8_lossy(&body).into_owned());
+    empty(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,183 @@
+//! The sidecar's life cycle: build brokers from the loaded resources, serve
+//! the API, discover subscriptions, start delivery, and drain on shutdown.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::broker::memory::MemoryBroker;
+use crate::broker::Broker;
+use crate::config::{PubsubComponent, PubsubKind, Resources, SubscriptionSpec};
+use crate::delivery;
+
+/// Process settings (flags with env fallbacks; see `cli`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `--app-id`.
+    pub app_id: String,
+    /// `--app-port`; without it there is no app channel and no subscriptions.
+    pub app_port: Option<u16>,
+    /// `--app-channel-address`.
+    pub app_channel_address: String,
+    /// `--app-max-concurrency`; `None` is unlimited.
+    pub app_max_concurrency: Option<usize>,
+    /// `DAPR_API_TOKEN`.
+    pub api_token: Option<String>,
+    /// `APP_API_TOKEN`, sent to the app as `dapr-api-token`.
+    pub app_api_token: Option<String>,
+    /// `--max-body-size` in bytes.
+    pub max_body_size: usize,
+    /// `--dapr-graceful-shutdown-seconds`.
+    pub graceful_shutdown: Duration,
+}
+
+/// One pub/sub component with its running broker.
+pub struct PubsubEntry {
+    /// The component's configuration.
+    pub component: PubsubComponent,
+    /// Its broker.
+    pub broker: Arc<dyn Broker>,
+}
+
+/// State shared by the API and the delivery engine.
+pub struct Shared {
+    /// Process settings.
+    pub settings: Settings,
+    /// Pub/sub components by name.
+    pub pubsubs: BTreeMap<String, PubsubEntry>,
+    /// Active subscriptions, for the metadata API.
+    pub subscriptions: RwLock<Vec<SubscriptionSpec>>,
+    /// Readiness latch behind `/v1.0/healthz`.
+    pub ready: AtomicBool,
+    /// `PUT /v1.0/metadata/{key}` attributes.
+    pub extended: Mutex<BTreeMap<String, String>>,
+    shutdown: Notify,
+    shutdown_requested: AtomicBool,
+}
+
+impl Shared {
+    /// Builds brokers for the loaded components.
+    pub fn build(settings: Settings, resources: &Resources) -> Arc<Self> {
+        let pubsubs = resources
+            .pubsubs
+            .iter()
+            .map(|c| {
+                let broker: Arc<dyn Broker> = match c.kind {
+                    PubsubKind::InMemory { max_messages } => {
+                        Arc::new(MemoryBroker::new(&c.name, max_messages))
+                    }
+                };
+                (
+                    c.name.clone(),
+                    PubsubEntry {
+                        component: c.clone(),
+                        broker,
+                    },
+                )
+            })
+            .collect();
+        Arc::new(Self {
+            settings,
+            pubsubs,
+            subscriptions: RwLock::new(vec![]),
+            ready: AtomicBool::new(false),
+            extended: Mutex::new(BTreeMap::new()),
+            shutdown: Notify::new(),
+            shutdown_requested: AtomicBool::new(false),
+        })
+    }
+
+    /// Asks the process to shut down (`POST /v1.0/shutdown`).
+    pub fn request_shutdown(&self) {
+        self.shutdown_requested.store(true, Ordering::Release);
+        self.shutdown.notify_waiters();
+    }
+
+    /// Resolves once shutdown was requested through the API.
+    pub async fn shutdown_requested(&self) {
+        loop {
+            let notified = self.shutdown.notified();
+            if self.shutdown_requested.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Runs the sidecar on the given listeners until `signal` resolves or the
+/// API asks to stop, then drains deliveries within the grace period.
+pub async fn run(
+    shared: Arc<Shared>,
+    listeners: Vec<TcpListener>,
+    declared: Vec<SubscriptionSpec>,
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = Vec::new();
+    for l in listeners {
+        let mut rx = stop_rx.clone();
+        servers.push(tokio::spawn(crate::http::serve(
+            l,
+            shared.clone(),
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        )));
+    }
+    let engine = delivery::Engine::new(shared.clone(), stop_rx.clone());
+    let starter = {
+        let shared = shared.clone();
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let subs = if shared.settings.app_port.is_some() {
+                let programmatic = delivery::discover(&shared, engine.stopping()).await;
+                merge(declared, programmatic)
+            } else {
+                vec![]
+            };
+            engine.start(subs).await;
+            shared.ready.store(true, Ordering::Release);
+            tracing::info!(app_id = %shared.settings.app_id, "perch is ready");
+        })
+    };
+    tokio::select! {
+        _ = signal => tracing::info!("signal received, shutting down"),
+        _ = shared.shutdown_requested() => tracing::info!("shutdown requested through the API"),
+    }
+    shared.ready.store(false, Ordering::Release);
+    let _ = stop_tx.send(true);
+    starter.abort();
+    engine.drain(shared.settings.graceful_shutdown).await;
+    for s in servers {
+        let _ = s.await;
+    }
+}
+
+/// Merges declarative and programmatic subscriptions: one per pubsub+topic;
+/// programmatic replaces declarative; among declaratives the first wins.
+pub fn merge(
+    declared: Vec<SubscriptionSpec>,
+    programmatic: Vec<SubscriptionSpec>,
+) -> Vec<SubscriptionSpec> {
+    let prog_keys: BTreeSet<(String, String)> = programmatic
+        .iter()
+        .map(|s| (s.pubsubname.clone(), s.topic.clone()))
+        .collect();
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for s in programmatic.into_iter().chain(declared) {
+        let key = (s.pubsubname.clone(), s.topic.clone());
+        if prog_keys.contains(&key) && s.source == crate::config::SubscriptionSource::Declarative {
+            continue;
+        }
+        if seen.insert(key) {
+            out.push(s);
+        }
+    }
+    out
+}
