@@ -1,0 +1,267 @@
+//! Test harness: a small real HTTP app that records what it receives, the
+//! real `perch` binary started on a free port, and an HTTP client.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// One request the app received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("app received JSON")
+    }
+}
+
+/// Decides the app's answer: (status, body); status 0 never answers.
+pub type Behaviour = Arc<dyn Fn(&Received) -> (u16, String) + Send + Sync>;
+
+/// A real HTTP app on 127.0.0.1:0.
+pub struct TestApp {
+    pub port: u16,
+    pub rx: mpsc::UnboundedReceiver<Received>,
+}
+
+impl TestApp {
+    /// `subscribe` is the JSON answered on `/dapr/subscribe` (`None`: 404).
+    pub async fn start(subscribe: Option<serde_json::Value>, behaviour: Behaviour) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let subscribe = Arc::new(subscribe);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (tx, behaviour, subscribe) = (tx.clone(), behaviour.clone(), subscribe.clone());
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let (tx, behaviour, subscribe) =
+                                (tx.clone(), behaviour.clone(), subscribe.clone());
+                            async move {
+                                let path = req.uri().path().to_owned();
+                                if path == "/dapr/subscribe" {
+                                    let resp = match subscribe.as_ref() {
+                                        Some(v) => {
+                                            Response::new(Full::new(Bytes::from(v.to_string())))
+                                        }
+                                        None => Response::builder()
+                                            .status(404)
+                                            .body(Full::new(Bytes::new()))
+                                            .unwrap(),
+                                    };
+                                    return Ok::<_, Infallible>(resp);
+                                }
+                                let headers = req
+                                    .headers()
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())
+                                    })
+                                    .collect();
+                                let body = req.into_body().collect().await.unwrap().to_bytes();
+                                let r = Received {
+                                    path,
+                                    headers,
+                                    body,
+                                };
+                                let (status, answer) = behaviour(&r);
+                                let _ = tx.send(r);
+                                if status == 0 {
+                                    // Status 0: the app never answers.
+                                    std::future::pending::<()>().await;
+                                }
+                                Ok(Response::builder()
+                                    .status(status)
+                                    .body(Full::new(Bytes::from(answer)))
+                                    .unwrap())
+                            }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { port, rx }
+    }
+
+    /// An app that answers SUCCESS to everything.
+    pub async fn ok(subscribe: Option<serde_json::Value>) -> Self {
+        Self::start(
+            subscribe,
+            Arc::new(|_| (200, r#"{"status":"SUCCESS"}"#.into())),
+        )
+        .await
+    }
+
+    /// The next request, or an error after `secs`.
+    pub async fn next(&mut self, secs: u64) -> Result<Received, String> {
+        tokio::time::timeout(Duration::from_secs(secs), self.rx.recv())
+            .await
+            .map_err(|_| format!("app received nothing within {secs}s"))?
+            .ok_or_else(|| "app channel closed".to_string())
+    }
+}
+
+/// The real `perch` binary.
+pub struct Sidecar {
+    pub port: u16,
+    pub child: Child,
+}
+
+pub fn perch_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_perch")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Sidecar {
+    /// Starts `perch run` and waits until `/v1.0/healthz` answers 204.
+    pub async fn start(
+        resources: &Path,
+        app_port: Option<u16>,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Self {
+        let port = free_port();
+        let mut cmd = Command::new(perch_bin());
+        cmd.args([
+            "run",
+            "--app-id",
+            "test-app",
+            "--dapr-http-port",
+            &port.to_string(),
+        ])
+        .arg("--resources-path")
+        .arg(resources)
+        .args(extra)
+        .env_remove("DAPR_API_TOKEN")
+        .env_remove("APP_API_TOKEN")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+        if let Some(p) = app_port {
+            cmd.args(["--app-port", &p.to_string()]);
+        }
+        let child = cmd.spawn().expect("spawn perch");
+        let sc = Self { port, child };
+        for _ in 0..200 {
+            if let Ok((204, _, _)) = sc.call("GET", "/v1.0/healthz", &[], "").await {
+                return sc;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("perch did not become healthy on port {port}");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// One request; returns status, headers and body.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<(u16, BTreeMap<String, String>, Bytes), Box<dyn std::error::Error>> {
+        request(method, &self.url(path), headers, body).await
+    }
+
+    pub async fn publish_json(&self, pubsub_topic: &str, body: &str) -> u16 {
+        self.call(
+            "POST",
+            &format!("/v1.0/publish/{pubsub_topic}"),
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await
+        .unwrap()
+        .0
+    }
+}
+
+pub async fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, BTreeMap<String, String>, Bytes), Box<dyn std::error::Error>> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .request(req.body(Full::new(Bytes::from(body.to_owned())))?)
+        .await?;
+    let status = resp.status().as_u16();
+    let hdrs = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, hdrs, body))
+}
+
+/// Writes `files` (name, YAML) into a new temp dir.
+pub fn resources(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+pub const PUBSUB: &str = "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: pubsub
+spec:
+  type: pubsub.in-memory
+  version: v1
+";
+
+pub fn subscription(name: &str, topic: &str, route: &str) -> String {
+    format!(
+        "apiVersion: dapr.io/v2alpha1
+kind: Subscription
+metadata:
+  name: {name}
+spec:
+  pubsubname: pubsub
+  topic: {topic}
+  routes:
+    default: {route}
+"
+    )
+}
