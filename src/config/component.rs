@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_yaml::{Mapping, Value};
 
-use super::doc::{scalar_text, DocCtx};
+use super::doc::DocCtx;
 use super::load::LoadOptions;
 use super::scopes::Scoping;
 use super::value;
@@ -153,14 +153,15 @@ pub fn read(
             return None;
         }
     };
-    let metadata = read_metadata(ctx, spec, own_keys, opts)?;
+    let before = ctx.problems.len();
+    let metadata = read_metadata(ctx, spec, own_keys, opts);
+    let mut ok = ctx.problems.len() == before;
     let get = |k: &str| {
         metadata
             .iter()
             .find(|(key, _)| key.eq_ignore_ascii_case(k))
             .map(|(_, v)| v.as_str())
     };
-    let mut ok = true;
     let mut positive = |ctx: &mut DocCtx<'_>, key: &str, default: usize| match get(key) {
         None => default,
         Some(v) => match v.trim().parse::<usize>() {
@@ -222,15 +223,14 @@ fn read_metadata(
     spec: &Mapping,
     own_keys: &[&str],
     opts: &LoadOptions,
-) -> Option<BTreeMap<String, String>> {
+) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    let before = ctx.problems.len();
     let items = match spec.get("metadata") {
-        None | Some(Value::Null) => return Some(out),
+        None | Some(Value::Null) => return out,
         Some(Value::Sequence(items)) => items,
         Some(_) => {
             ctx.problem("spec.metadata", "must be a list of {name, value} entries");
-            return None;
+            return out;
         }
     };
     let valid: Vec<&str> = own_keys.iter().chain(COMMON_KEYS).copied().collect();
@@ -264,6 +264,5 @@ fn read_metadata(
             out.insert(key, v);
         }
     }
-    let _ = scalar_text;
-    (ctx.problems.len() == before).then_some(out)
+    out
 }

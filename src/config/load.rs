@@ -55,6 +55,9 @@ pub fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<Resources, ConfigRe
     let mut res = Resources::default();
     let mut pending_subs: Vec<(PathBuf, usize, SubscriptionSpec)> = Vec::new();
     let mut names: BTreeSet<(String, String)> = BTreeSet::new();
+    // Components declared, loaded or not: a subscription to one that has
+    // problems of its own is not reported again.
+    let mut declared_components: BTreeSet<String> = BTreeSet::new();
     for file in yaml_files(paths, &mut problems) {
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
@@ -107,6 +110,7 @@ pub fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<Resources, ConfigRe
             let map = value.as_mapping().expect("checked by Header::read");
             match (head.api_version.as_str(), head.kind.as_str()) {
                 ("dapr.io/v1alpha1", "Component") => {
+                    declared_components.insert(head.name.clone());
                     if let Some(c) = component::read(&mut ctx, &head.name, map, opts) {
                         res.pubsubs.push(c);
                     }
@@ -135,6 +139,11 @@ pub fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<Resources, ConfigRe
         }
     }
     for (file, doc, sub) in pending_subs {
+        if declared_components.contains(&sub.pubsubname)
+            && !res.pubsubs.iter().any(|p| p.name == sub.pubsubname)
+        {
+            continue; // its component has problems, already reported
+        }
         if !res.pubsubs.iter().any(|p| p.name == sub.pubsubname) {
             let known: Vec<&str> = res.pubsubs.iter().map(|p| p.name.as_str()).collect();
             problems.push(Problem {
@@ -155,6 +164,8 @@ pub fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<Resources, ConfigRe
         }
         res.subscriptions.push(sub);
     }
+    // Stable: document order within a file is kept.
+    problems.sort_by(|a, b| (&a.file, a.doc).cmp(&(&b.file, b.doc)));
     if problems.is_empty() {
         Ok(res)
     } else {

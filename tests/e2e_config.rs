@@ -1,0 +1,93 @@
+//! The real binary against bad and good YAML: every problem listed at once
+//! (golden file), non-zero exit, and `perch validate` exit codes.
+
+mod common;
+
+use common::*;
+
+const BAD: &str = "tests/fixtures/bad-config";
+
+#[test]
+fn validate_lists_every_problem_with_file_document_and_field() {
+    let out = std::process::Command::new(perch_bin())
+        .args(["validate", BAD])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let golden = std::fs::read_to_string("tests/fixtures/bad-config.golden").unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stderr), golden);
+}
+
+#[test]
+fn run_with_bad_yaml_stops_before_serving_and_prints_the_same_report() {
+    let out = std::process::Command::new(perch_bin())
+        .args([
+            "run",
+            "--app-id",
+            "x",
+            "--dapr-http-port",
+            &free_port().to_string(),
+            "--resources-path",
+            BAD,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let golden = std::fs::read_to_string("tests/fixtures/bad-config.golden").unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stderr), golden);
+}
+
+#[test]
+fn validate_accepts_the_shipped_components() {
+    let out = std::process::Command::new(perch_bin())
+        .args(["validate", "components/in-memory"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 pubsub component(s), 1 subscription(s)")
+    );
+}
+
+#[test]
+fn resources_scoped_to_other_apps_are_skipped() {
+    let dir = resources(&[(
+        "c.yaml",
+        "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: pubsub}
+spec:
+  type: pubsub.in-memory
+  version: v1
+  metadata:
+    - {name: consumerID, value: \"{appID}-group\"}
+scopes: [app-a]
+---
+apiVersion: dapr.io/v1alpha1
+kind: Subscription
+metadata: {name: s}
+spec: {pubsubname: pubsub, topic: t, route: /t}
+scopes: [app-a]
+",
+    )]);
+    let ok = std::process::Command::new(perch_bin())
+        .args(["validate", "--app-id", "app-a"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("1 pubsub component(s), 1 subscription(s)")
+    );
+    let other = std::process::Command::new(perch_bin())
+        .args(["validate", "--app-id", "app-b"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&other.stdout).contains("0 pubsub component(s), 0 subscription(s)")
+    );
+}

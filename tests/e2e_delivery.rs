@@ -1,0 +1,138 @@
+//! Delivery on the in-memory broker through the real binary: the app's
+//! answers read as Dapr reads them, dead letters, and graceful shutdown.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use serde_json::json;
+
+fn dlq_subscribe(route: &str, topic: &str) -> serde_json::Value {
+    json!([
+        {"pubsubname": "pubsub", "topic": "orders", "route": route},
+        {"pubsubname": "pubsub", "topic": topic, "route": "/dead"}
+    ])
+}
+
+#[tokio::test]
+async fn drop_and_404_go_to_the_default_dead_letter_topic() -> TestResult {
+    let dir = resources(&[("pubsub.yaml", PUBSUB)]);
+    let mut app = TestApp::start(
+        Some(dlq_subscribe("/orders", "orders.dlq")),
+        Arc::new(
+            |r| match (r.path.as_str(), r.json()["data"]["how"].as_str()) {
+                ("/orders", Some("drop")) => (200, r#"{"status":"DROP"}"#.into()),
+                ("/orders", _) => (404, String::new()),
+                _ => (200, String::new()),
+            },
+        ),
+    )
+    .await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    assert_eq!(
+        sc.publish_json("pubsub/orders", r#"{"how":"drop"}"#).await,
+        204
+    );
+    assert_eq!(
+        sc.publish_json("pubsub/orders", r#"{"how":"missing"}"#)
+            .await,
+        204
+    );
+    let mut dead = vec![];
+    while dead.len() < 2 {
+        let r = app.next(10).await?;
+        if r.path == "/dead" {
+            let ev = r.json();
+            assert_eq!(
+                ev["topic"], "orders",
+                "the original message is dead-lettered unchanged"
+            );
+            dead.push(ev["data"]["how"].as_str().unwrap().to_owned());
+        }
+    }
+    dead.sort();
+    assert_eq!(dead, ["drop", "missing"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn retry_then_success_is_delivered_again_then_acked() -> TestResult {
+    let dir = resources(&[
+        ("pubsub.yaml", PUBSUB),
+        ("s.yaml", &subscription("s", "orders", "/orders")),
+    ]);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let mut app = TestApp::start(
+        None,
+        Arc::new(move |_| {
+            if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                (200, r#"{"status":"RETRY"}"#.into())
+            } else {
+                (200, r#"{"status":"SUCCESS"}"#.into())
+            }
+        }),
+    )
+    .await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    assert_eq!(sc.publish_json("pubsub/orders", r#"{"n":1}"#).await, 204);
+    let first = app.next(10).await?.json();
+    let second = app.next(10).await?.json();
+    assert_eq!(first["id"], second["id"], "the same event is redelivered");
+    assert!(
+        app.next(3).await.is_err(),
+        "acked after SUCCESS: no third delivery"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn dead_letters_can_be_disabled_and_then_drop_acks() -> TestResult {
+    let pubsub = "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: pubsub}
+spec:
+  type: pubsub.in-memory
+  version: v1
+  metadata:
+    - {name: deadLetterDefault, value: none}
+";
+    let dir = resources(&[("pubsub.yaml", pubsub)]);
+    let mut app = TestApp::start(
+        Some(dlq_subscribe("/orders", "orders.dlq")),
+        Arc::new(|_| (200, r#"{"status":"DROP"}"#.into())),
+    )
+    .await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    assert_eq!(sc.publish_json("pubsub/orders", "{}").await, 204);
+    assert_eq!(app.next(10).await?.path, "/orders");
+    assert!(
+        app.next(3).await.is_err(),
+        "dropped: neither redelivered nor dead-lettered"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_and_shutdown_api_exit_cleanly() -> TestResult {
+    let dir = resources(&[("pubsub.yaml", PUBSUB)]);
+    let mut sc = Sidecar::start(dir.path(), None, &[], &[]).await;
+    let pid = sc.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()?
+        .success());
+    let status =
+        tokio::time::timeout(std::time::Duration::from_secs(10), sc.child.wait()).await??;
+    assert!(status.success(), "{status}");
+
+    let mut sc = Sidecar::start(dir.path(), None, &[], &[]).await;
+    assert_eq!(sc.call("POST", "/v1.0/shutdown", &[], "").await?.0, 204);
+    let status =
+        tokio::time::timeout(std::time::Duration::from_secs(10), sc.child.wait()).await??;
+    assert!(status.success(), "{status}");
+    Ok(())
+}
