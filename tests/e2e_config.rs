@@ -49,7 +49,7 @@ fn validate_accepts_the_shipped_components() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("1 pubsub component(s), 1 subscription(s)")
+        String::from_utf8_lossy(&out.stdout).contains("1 pubsub component(s), 1 subscription(s), 1 resiliency")
     );
 }
 
@@ -80,7 +80,7 @@ scopes: [app-a]
         .output()
         .unwrap();
     assert!(
-        String::from_utf8_lossy(&ok.stdout).contains("1 pubsub component(s), 1 subscription(s)")
+        String::from_utf8_lossy(&ok.stdout).contains("1 pubsub component(s), 1 subscription(s), 1 resiliency")
     );
     let other = std::process::Command::new(perch_bin())
         .args(["validate", "--app-id", "app-b"])

@@ -45,8 +45,8 @@ pub struct Resources {
     pub pubsubs: Vec<PubsubComponent>,
     /// Declarative subscriptions in load order.
     pub subscriptions: Vec<SubscriptionSpec>,
-    /// Names of the `Resiliency` documents that were read.
-    pub resiliency: Vec<String>,
+    /// `Resiliency` documents.
+    pub resiliency: Vec<super::resiliency::Resiliency>,
 }
 
 /// Loads and validates every resource under `paths`.
@@ -121,7 +121,11 @@ pub fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<Resources, ConfigRe
                         pending_subs.push((file.clone(), doc_no, s));
                     }
                 }
-                ("dapr.io/v1alpha1", "Resiliency") => res.resiliency.push(head.name),
+                ("dapr.io/v1alpha1", "Resiliency") => {
+                    if let Some(r) = super::resiliency::read(&mut ctx, &head.name, map) {
+                        res.resiliency.push(r);
+                    }
+                }
                 ("dapr.io/v1alpha1", "Configuration" | "HTTPEndpoint") => {
                     tracing::debug!(file = %file.display(), kind = %head.kind, "skipping resource Perch does not use");
                 }

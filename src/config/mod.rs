@@ -10,6 +10,7 @@ pub mod component;
 pub mod doc;
 pub mod error;
 pub mod load;
+pub mod resiliency;
 pub mod scopes;
 pub mod subscription;
 pub mod value;
