@@ -272,7 +272,8 @@ fn target(ctx: &mut DocCtx<'_>, path: &str, m: &Mapping, r: &Resiliency) -> Targ
     for (key, name, defined) in checks {
         if let Some(n) = name {
             // A timeout may also be given inline as a duration.
-            if !defined && !(key == "timeout" && parse_go_duration(n).is_ok()) {
+            let inline_timeout = key == "timeout" && parse_go_duration(n).is_ok();
+            if !(defined || inline_timeout) {
                 ctx.problem(
                     format!("{path}.{key}"),
                     format!("no {key} policy named {n:?} in spec.policies"),
