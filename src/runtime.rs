@@ -181,3 +181,43 @@ pub fn merge(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BulkSubscribe, Route, SubscriptionSource};
+
+    fn sub(topic: &str, path: &str, source: SubscriptionSource) -> SubscriptionSpec {
+        SubscriptionSpec {
+            name: String::new(),
+            pubsubname: "p".into(),
+            topic: topic.into(),
+            rules: vec![Route {
+                match_expr: String::new(),
+                path: path.into(),
+            }],
+            dead_letter_topic: None,
+            bulk: BulkSubscribe::default(),
+            metadata: BTreeMap::new(),
+            source,
+        }
+    }
+
+    #[test]
+    fn programmatic_replaces_declarative_and_first_declarative_wins() {
+        use SubscriptionSource::*;
+        let merged = merge(
+            vec![
+                sub("a", "/a1", Declarative),
+                sub("a", "/a2", Declarative),
+                sub("b", "/b-yaml", Declarative),
+            ],
+            vec![sub("b", "/b-app", Programmatic)],
+        );
+        let paths: Vec<(&str, &str)> = merged
+            .iter()
+            .map(|s| (s.topic.as_str(), s.rules[0].path.as_str()))
+            .collect();
+        assert_eq!(paths, [("b", "/b-app"), ("a", "/a1")]);
+    }
+}

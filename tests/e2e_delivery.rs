@@ -136,3 +136,88 @@ async fn sigterm_and_shutdown_api_exit_cleanly() -> TestResult {
     assert!(status.success(), "{status}");
     Ok(())
 }
+
+#[tokio::test]
+async fn not_ready_until_the_app_answers_but_outbound_is() -> TestResult {
+    let dir = resources(&[("pubsub.yaml", PUBSUB)]);
+    let port = free_port();
+    let closed_app_port = free_port();
+    let _child = tokio::process::Command::new(perch_bin())
+        .args([
+            "run",
+            "--app-id",
+            "x",
+            "--dapr-http-port",
+            &port.to_string(),
+        ])
+        .args([
+            "--app-port",
+            &closed_app_port.to_string(),
+            "--resources-path",
+        ])
+        .arg(dir.path())
+        .kill_on_drop(true)
+        .spawn()?;
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    let mut outbound = None;
+    for _ in 0..100 {
+        if let Ok(r) = request("GET", &url("/v1.0/healthz/outbound"), &[], "").await {
+            outbound = Some(r.0);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        outbound,
+        Some(204),
+        "outbound is ready once components are loaded"
+    );
+    let (status, _, body) = request("GET", &url("/v1.0/healthz"), &[], "").await?;
+    assert_eq!(status, 500);
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    assert_eq!(v["errorCode"], "ERR_HEALTH_NOT_READY");
+    // Publishing works before the app is up.
+    let (s, _, _) = request("POST", &url("/v1.0/publish/pubsub/t"), &[], "x").await?;
+    assert_eq!(s, 204);
+    Ok(())
+}
+
+#[tokio::test]
+async fn app_max_concurrency_bounds_calls_to_the_app() -> TestResult {
+    let pubsub = "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: pubsub}
+spec:
+  type: pubsub.in-memory
+  version: v1
+  metadata:
+    - {name: deliveryOrder, value: none}
+";
+    let dir = resources(&[
+        ("pubsub.yaml", pubsub),
+        ("s.yaml", &subscription("s", "orders", "/orders")),
+    ]);
+    // The app never answers, so every call it receives stays open.
+    let mut app = TestApp::start(None, Arc::new(|_| (0, String::new()))).await;
+    let sc = Sidecar::start(
+        dir.path(),
+        Some(app.port),
+        &[],
+        &["--app-max-concurrency", "2"],
+    )
+    .await;
+    for i in 0..5 {
+        assert_eq!(
+            sc.publish_json("pubsub/orders", &format!(r#"{{"n":{i}}}"#))
+                .await,
+            204
+        );
+    }
+    app.next(10).await?;
+    app.next(10).await?;
+    assert!(
+        app.next(2).await.is_err(),
+        "a third concurrent call was made despite --app-max-concurrency 2"
+    );
+    Ok(())
+}
