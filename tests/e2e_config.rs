@@ -90,3 +90,41 @@ scopes: [app-a]
         String::from_utf8_lossy(&other.stdout).contains("0 pubsub component(s), 0 subscription(s)")
     );
 }
+
+#[tokio::test]
+async fn namespace_template_scopes_topics_and_other_namespaces_are_skipped() -> TestResult {
+    let dir = resources(&[
+        (
+            "c.yaml",
+            "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: pubsub, namespace: ns1}
+spec:
+  type: pubsub.in-memory
+  version: v1
+  metadata:
+    - {name: consumerID, value: \"{namespace}\"}
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: elsewhere, namespace: ns2}
+spec: {type: pubsub.in-memory, version: v1}
+",
+        ),
+        ("s.yaml", &subscription("s", "orders", "/orders")),
+    ]);
+    let mut app = TestApp::ok(None).await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[("NAMESPACE", "ns1")], &[]).await;
+    assert_eq!(sc.publish_json("pubsub/orders", r#"{"n":1}"#).await, 204);
+    let ev = app.next(10).await?.json();
+    assert_eq!(
+        ev["topic"], "orders",
+        "the app sees the topic it subscribed to"
+    );
+    assert_eq!(
+        sc.publish_json("elsewhere/orders", "{}").await,
+        404,
+        "a component of another namespace is not loaded"
+    );
+    Ok(())
+}

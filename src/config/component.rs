@@ -73,9 +73,18 @@ pub struct PubsubComponent {
     pub dead_letter_default: Option<String>,
     /// All metadata after resolution, by key as written.
     pub metadata: BTreeMap<String, String>,
+    /// The namespace when a metadata value used `{namespace}`: Dapr then
+    /// scopes the component to it and prefixes every topic with it.
+    pub topic_prefix: String,
 }
 
 impl PubsubComponent {
+    /// The topic name on the broker: `topic`, prefixed with the namespace
+    /// when the component is namespace-scoped.
+    pub fn broker_topic(&self, topic: &str) -> String {
+        format!("{}{topic}", self.topic_prefix)
+    }
+
     /// The dead-letter topic for `topic` when a subscription names none.
     pub fn default_dead_letter_topic(&self, topic: &str) -> Option<String> {
         self.dead_letter_default
@@ -206,6 +215,13 @@ pub fn read(
         }
     }
     let scoping = Scoping::from_metadata(&metadata);
+    let uses_namespace = matches!(spec.get("metadata"), Some(Value::Sequence(items))
+        if items.iter().any(|i| i.get("value").and_then(Value::as_str).is_some_and(|v| v.contains("{namespace}"))));
+    let topic_prefix = if uses_namespace {
+        opts.namespace.clone().unwrap_or_default()
+    } else {
+        String::new()
+    };
     ok.then(|| PubsubComponent {
         name: name.to_owned(),
         type_name: type_name.clone(),
@@ -215,6 +231,7 @@ pub fn read(
         max_in_flight,
         dead_letter_default,
         metadata,
+        topic_prefix,
     })
 }
 
@@ -265,4 +282,65 @@ fn read_metadata(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::doc::DocCtx;
+
+    fn load(yaml: &str, ns: Option<&str>) -> (Option<PubsubComponent>, Vec<String>) {
+        let doc: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        let mut problems = vec![];
+        let mut ctx = DocCtx {
+            file: std::path::Path::new("c.yaml"),
+            doc: 1,
+            problems: &mut problems,
+        };
+        let opts = LoadOptions {
+            app_id: "app".into(),
+            namespace: ns.map(str::to_owned),
+            ..Default::default()
+        };
+        let c = read(&mut ctx, "pubsub", doc.as_mapping().unwrap(), &opts);
+        (
+            c,
+            problems
+                .iter()
+                .map(|p| format!("{}: {}", p.field, p.message))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn namespace_template_prefixes_topics() {
+        let yaml = "spec: {type: pubsub.in-memory, version: v1, metadata: [{name: consumerID, value: \"{namespace}\"}]}";
+        let (c, problems) = load(yaml, Some("prod"));
+        let c = c.unwrap_or_else(|| panic!("{problems:?}"));
+        assert_eq!(c.metadata["consumerID"], "prod.app");
+        assert_eq!(c.broker_topic("orders"), "prodorders");
+        let (c, _) = load("spec: {type: pubsub.in-memory, version: v1}", Some("prod"));
+        assert_eq!(c.unwrap().broker_topic("orders"), "orders");
+    }
+
+    #[test]
+    fn planned_types_say_they_are_not_available_yet() {
+        let (c, problems) = load("spec: {type: pubsub.kafka, version: v1}", None);
+        assert!(c.is_none());
+        assert_eq!(
+            problems,
+            ["spec.type: pubsub.kafka is not available in this version of Perch yet; use pubsub.in-memory"]
+        );
+    }
+
+    #[test]
+    fn dead_letter_default_pattern_and_opt_out() {
+        let (c, _) = load("spec: {type: pubsub.in-memory, version: v1}", None);
+        assert_eq!(
+            c.unwrap().default_dead_letter_topic("orders").as_deref(),
+            Some("orders.dlq")
+        );
+        let (c, _) = load("spec: {type: pubsub.in-memory, version: v1, metadata: [{name: deadLetterDefault, value: none}]}", None);
+        assert_eq!(c.unwrap().default_dead_letter_topic("orders"), None);
+    }
 }

@@ -153,7 +153,7 @@ impl Engine {
                     "CEL match rules are not evaluated in this version; only the default route is used");
             }
             let req = SubscribeRequest {
-                topic: sub.topic.clone(),
+                topic: entry.component.broker_topic(&sub.topic),
                 group: entry
                     .component
                     .metadata
@@ -359,7 +359,7 @@ async fn finish_dropped(ctx: &SubCtx, d: Delivery, mut stop: watch::Receiver<boo
         return;
     };
     let msg = Message {
-        topic: topic.clone(),
+        topic: entry.component.broker_topic(&topic),
         data: d.data.clone(),
         content_type: d.content_type.clone(),
         metadata: d.metadata.clone().into_iter().collect::<BTreeMap<_, _>>(),

@@ -98,7 +98,7 @@ async fn single_inner(
     };
     check_scope(shared, t.entry, &t.topic)?;
     let msg = Message {
-        topic: t.topic.clone(),
+        topic: t.entry.component.broker_topic(&t.topic),
         data,
         content_type: ct,
         metadata: md,
@@ -215,7 +215,7 @@ pub async fn bulk(req: Request<Incoming>, rest: String, shared: &Shared) -> Resp
         let mut broker_md = md.clone();
         broker_md.extend(entry_md);
         msgs.push(Message {
-            topic: t.topic.clone(),
+            topic: t.entry.component.broker_topic(&t.topic),
             data,
             content_type: ct,
             metadata: broker_md,
