@@ -221,3 +221,55 @@ spec:
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn cel_rules_route_each_event_and_unmatched_events_are_dead_lettered() -> TestResult {
+    let dir = resources(&[
+        ("pubsub.yaml", PUBSUB),
+        (
+            "s.yaml",
+            r#"apiVersion: dapr.io/v2alpha1
+kind: Subscription
+metadata: {name: routed}
+spec:
+  pubsubname: pubsub
+  topic: orders
+  routes:
+    rules:
+      - match: event.type == "widget"
+        path: /widgets
+      - match: int(event.data.amount) > 100
+        path: /big
+"#,
+        ),
+    ]);
+    let prog = json!([{"pubsubname": "pubsub", "topic": "orders.dlq", "route": "/dead"}]);
+    let mut app = TestApp::ok(Some(prog)).await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let publish = |ty: &'static str, amount: u32| {
+        let sc = &sc;
+        async move {
+            sc.call(
+                "POST",
+                &format!("/v1.0/publish/pubsub/orders?metadata.cloudevent.type={ty}"),
+                &[("content-type", "application/json")],
+                &format!(r#"{{"amount":{amount}}}"#),
+            )
+            .await
+            .unwrap()
+            .0
+        }
+    };
+    assert_eq!(publish("widget", 1).await, 204);
+    assert_eq!(app.next(10).await?.path, "/widgets");
+    assert_eq!(publish("order", 500).await, 204);
+    assert_eq!(app.next(10).await?.path, "/big");
+    assert_eq!(publish("order", 5).await, 204);
+    let dead = app.next(10).await?;
+    assert_eq!(
+        dead.path, "/dead",
+        "no rule matched and there is no default: dead-lettered"
+    );
+    assert_eq!(dead.json()["data"]["amount"], 5);
+    Ok(())
+}

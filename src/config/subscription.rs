@@ -64,17 +64,6 @@ pub struct SubscriptionSpec {
     pub source: SubscriptionSource,
 }
 
-impl SubscriptionSpec {
-    /// The path for an event: the first rule whose match is empty. CEL
-    /// matches are evaluated by the delivery engine's router.
-    pub fn default_path(&self) -> Option<&str> {
-        self.rules
-            .iter()
-            .find(|r| r.match_expr.trim().is_empty())
-            .map(|r| r.path.as_str())
-    }
-}
-
 /// One item of the app's `GET /dapr/subscribe` answer (JSON keys as Dapr's).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -196,6 +185,14 @@ pub fn read(ctx: &mut DocCtx<'_>, name: &str, doc: &Mapping, v2: bool) -> Option
                         };
                         ctx.unknown_keys(m, &p, &["match", "path"]);
                         let match_expr = m.get("match").and_then(scalar_text).unwrap_or_default();
+                        if !match_expr.trim().is_empty() {
+                            if let Err(e) = crate::delivery::routing::compile(match_expr.trim()) {
+                                ctx.problem(
+                                    format!("{p}.match"),
+                                    format!("subscription {name:?}: {e}"),
+                                );
+                            }
+                        }
                         if let Some(path) = ctx.required_string(m, &p, "path") {
                             rules.push(Route { match_expr, path });
                         }

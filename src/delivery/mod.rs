@@ -10,6 +10,7 @@
 mod app;
 pub mod outcome;
 pub mod retry;
+pub mod routing;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -148,10 +149,13 @@ impl Engine {
                     "subscription to topic '{}' on pubsub '{}' is not allowed", sub.topic, sub.pubsubname);
                 continue;
             }
-            if sub.rules.iter().any(|r| !r.match_expr.trim().is_empty()) {
-                tracing::warn!(pubsub = %sub.pubsubname, topic = %sub.topic,
-                    "CEL match rules are not evaluated in this version; only the default route is used");
-            }
+            let router = match routing::Router::new(&sub.rules) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(pubsub = %sub.pubsubname, topic = %sub.topic, error = %e, "subscription not started");
+                    continue;
+                }
+            };
             let req = SubscribeRequest {
                 topic: entry.component.broker_topic(&sub.topic),
                 group: entry
@@ -166,6 +170,7 @@ impl Engine {
                 Ok(stream) => {
                     tracing::info!(pubsub = %sub.pubsubname, topic = %sub.topic, "subscription started");
                     let ctx = Arc::new(SubCtx {
+                        router,
                         sub: sub.clone(),
                         shared: shared.clone(),
                         client: client.clone(),
@@ -200,6 +205,7 @@ impl Engine {
 
 struct SubCtx {
     sub: SubscriptionSpec,
+    router: routing::Router,
     shared: Arc<Shared>,
     client: AppClient,
     app_limit: Option<Arc<Semaphore>>,
@@ -288,9 +294,27 @@ async fn process(ctx: &SubCtx, d: Delivery, mut stop: watch::Receiver<bool>) {
         tracing::warn!(topic = %sub.topic, "dropping expired pub/sub event");
         return finish_dropped(ctx, d, stop).await;
     }
-    let Some(path) = sub.default_path().map(str::to_owned) else {
-        tracing::debug!(topic = %sub.topic, "no route matched; dropping");
-        return finish_dropped(ctx, d, stop).await;
+    let path = match ctx.router.route(&event) {
+        Ok(Some(p)) => p.to_owned(),
+        Ok(None) => {
+            tracing::debug!(topic = %sub.topic, "no route matched; dropping");
+            return finish_dropped(ctx, d, stop).await;
+        }
+        Err(e) if has_dead_letter_topic(ctx) => {
+            tracing::warn!(topic = %sub.topic, error = %e, "routing failed; dead-lettering");
+            return finish_dropped(ctx, d, stop).await;
+        }
+        Err(e) => {
+            // Dapr returns the error to the broker (redelivery); pause first
+            // so a bad rule does not spin.
+            tracing::error!(topic = %sub.topic, error = %e, "routing failed and no dead-letter topic; will redeliver");
+            tokio::select! {
+                _ = tokio::time::sleep(retry::DEFAULT_INITIAL) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let _ = d.ack.nack().await;
+            return;
+        }
     };
     let traceparent = event
         .get("traceparent")
@@ -347,14 +371,21 @@ async fn process(ctx: &SubCtx, d: Delivery, mut stop: watch::Receiver<bool>) {
 /// Sends the original message to the dead-letter topic and acks only after
 /// that publish succeeded; retries the publish until shutdown. Without a
 /// dead-letter topic (`deadLetterDefault: none`) the message is acked.
+fn dead_letter_topic(ctx: &SubCtx) -> Option<String> {
+    ctx.sub.dead_letter_topic.clone().or_else(|| {
+        ctx.entry()
+            .component
+            .default_dead_letter_topic(&ctx.sub.topic)
+    })
+}
+
+fn has_dead_letter_topic(ctx: &SubCtx) -> bool {
+    dead_letter_topic(ctx).is_some()
+}
+
 async fn finish_dropped(ctx: &SubCtx, d: Delivery, mut stop: watch::Receiver<bool>) {
     let entry = ctx.entry();
-    let dlq = ctx
-        .sub
-        .dead_letter_topic
-        .clone()
-        .or_else(|| entry.component.default_dead_letter_topic(&ctx.sub.topic));
-    let Some(topic) = dlq else {
+    let Some(topic) = dead_letter_topic(ctx) else {
         let _ = d.ack.ack().await;
         return;
     };
