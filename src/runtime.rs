@@ -51,6 +51,8 @@ pub struct Shared {
     pub pubsubs: BTreeMap<String, PubsubEntry>,
     /// Active subscriptions, for the metadata API.
     pub subscriptions: RwLock<Vec<SubscriptionSpec>>,
+    /// Resiliency documents (policies applied to deliveries).
+    pub resiliency: Vec<crate::config::resiliency::Resiliency>,
     /// Readiness latch behind `/v1.0/healthz`.
     pub ready: AtomicBool,
     /// `PUT /v1.0/metadata/{key}` attributes.
@@ -84,6 +86,7 @@ impl Shared {
             settings,
             pubsubs,
             subscriptions: RwLock::new(vec![]),
+            resiliency: resources.resiliency.clone(),
             ready: AtomicBool::new(false),
             extended: Mutex::new(BTreeMap::new()),
             shutdown: Notify::new(),

@@ -273,3 +273,66 @@ spec:
     assert_eq!(dead.json()["data"]["amount"], 5);
     Ok(())
 }
+
+fn resiliency(codes: &str) -> String {
+    format!(
+        "apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata: {{name: r}}
+spec:
+  policies:
+    retries:
+      quick:
+        policy: constant
+        duration: 100ms
+        maxRetries: 2
+        matching:
+          httpStatusCodes: \"{codes}\"
+  targets:
+    components:
+      pubsub:
+        inbound:
+          retry: quick
+"
+    )
+}
+
+async fn attempts_before_dead_letter(codes: &str) -> Result<usize, Box<dyn std::error::Error>> {
+    let dir = resources(&[("pubsub.yaml", PUBSUB), ("r.yaml", &resiliency(codes))]);
+    let mut app = TestApp::start(
+        Some(dlq_subscribe("/orders", "orders.dlq")),
+        Arc::new(|r| {
+            if r.path == "/orders" {
+                (500, String::new())
+            } else {
+                (200, String::new())
+            }
+        }),
+    )
+    .await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    assert_eq!(sc.publish_json("pubsub/orders", "{}").await, 204);
+    let mut attempts = 0;
+    loop {
+        let r = app.next(10).await?;
+        if r.path == "/dead" {
+            return Ok(attempts);
+        }
+        attempts += 1;
+    }
+}
+
+#[tokio::test]
+async fn resiliency_inbound_policy_sets_retry_count_and_matching() -> TestResult {
+    assert_eq!(
+        attempts_before_dead_letter("500-599").await?,
+        3,
+        "1 attempt + maxRetries 2"
+    );
+    assert_eq!(
+        attempts_before_dead_letter("503").await?,
+        1,
+        "500 is not matched: no retry"
+    );
+    Ok(())
+}

@@ -30,7 +30,7 @@ use crate::telemetry::trace::TraceParent;
 use crate::util::parse_go_bool;
 pub use app::AppClient;
 use outcome::Outcome;
-use retry::Backoff;
+use retry::{Backoff, RetryEnd, RetryPolicy};
 
 /// Fetches the app's programmatic subscriptions, retrying with backoff until
 /// the app answers (Dapr gives up after 10 s; a slow app then has none).
@@ -149,6 +149,7 @@ impl Engine {
                     "subscription to topic '{}' on pubsub '{}' is not allowed", sub.topic, sub.pubsubname);
                 continue;
             }
+            let inbound = inbound_policy(shared, &sub.pubsubname);
             let router = match routing::Router::new(&sub.rules) {
                 Ok(r) => r,
                 Err(e) => {
@@ -171,6 +172,8 @@ impl Engine {
                     tracing::info!(pubsub = %sub.pubsubname, topic = %sub.topic, "subscription started");
                     let ctx = Arc::new(SubCtx {
                         router,
+                        policy: inbound.0,
+                        timeout: inbound.1,
                         sub: sub.clone(),
                         shared: shared.clone(),
                         client: client.clone(),
@@ -205,6 +208,8 @@ impl Engine {
 
 struct SubCtx {
     sub: SubscriptionSpec,
+    policy: RetryPolicy,
+    timeout: Option<Duration>,
     router: routing::Router,
     shared: Arc<Shared>,
     client: AppClient,
@@ -321,50 +326,45 @@ async fn process(ctx: &SubCtx, d: Delivery, mut stop: watch::Receiver<bool>) {
         .or_else(|| event.get("traceid"))
         .and_then(Value::as_str)
         .map(|tp| TraceParent::child_of(Some(tp)).to_string());
-    let mut backoff = Backoff::new(retry::DEFAULT_INITIAL, retry::DEFAULT_MAX);
-    let mut retries = 0;
-    loop {
+    let end = retry::run(&ctx.policy, &mut stop, || async {
         let answer = {
             let _permit = match &ctx.app_limit {
                 Some(s) => Some(s.clone().acquire_owned().await.expect("semaphore open")),
                 None => None,
             };
-            ctx.client
-                .deliver(
-                    &path,
-                    decoded.body.clone(),
-                    &metadata,
-                    traceparent.as_deref(),
-                )
-                .await
+            let call = ctx.client.deliver(
+                &path,
+                decoded.body.clone(),
+                &metadata,
+                traceparent.as_deref(),
+            );
+            match ctx.timeout {
+                Some(t) => tokio::time::timeout(t, call).await.unwrap_or(None),
+                None => call.await,
+            }
         };
-        let outcome = match answer {
-            Some((status, body)) => outcome::classify(Some(status), &body),
+        let status = answer.as_ref().map(|(s, _)| *s);
+        match answer {
+            Some((s, body)) => outcome::classify(Some(s), &body),
             None => outcome::classify(None, b""),
-        };
-        match outcome {
-            Outcome::Success => {
-                let _ = d.ack.ack().await;
-                return;
-            }
-            Outcome::Drop(reason) => {
-                tracing::warn!(topic = %sub.topic, %reason, "message dropped by the app");
-                return finish_dropped(ctx, d, stop).await;
-            }
-            Outcome::Retry(reason) => {
-                if retries >= retry::DEFAULT_MAX_RETRIES {
-                    tracing::warn!(topic = %sub.topic, %reason, retries, "retries exhausted");
-                    return finish_dropped(ctx, d, stop).await;
-                }
-                retries += 1;
-                tracing::debug!(topic = %sub.topic, %reason, retries, "retrying delivery");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    // Shutdown is not exhaustion: leave the message unacked.
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-            }
         }
+        .into_attempt(status)
+    })
+    .await;
+    match end {
+        RetryEnd::Done(Outcome::Success) => {
+            let _ = d.ack.ack().await;
+        }
+        RetryEnd::Done(outcome) => {
+            tracing::warn!(topic = %sub.topic, ?outcome, "message dropped by the app");
+            finish_dropped(ctx, d, stop).await
+        }
+        RetryEnd::Exhausted(reason) => {
+            tracing::warn!(topic = %sub.topic, %reason, "retries exhausted");
+            finish_dropped(ctx, d, stop).await
+        }
+        // Shutdown is not exhaustion: leave the message unacked.
+        RetryEnd::Stopped => {}
     }
 }
 
@@ -412,4 +412,32 @@ async fn finish_dropped(ctx: &SubCtx, d: Delivery, mut stop: watch::Receiver<boo
             }
         }
     }
+}
+
+/// The retry policy and timeout for deliveries from `pubsub`: the
+/// Resiliency target `components.<pubsub>.inbound`, else `apps.<app-id>`,
+/// else the default policy and no timeout.
+fn inbound_policy(shared: &Shared, pubsub: &str) -> (RetryPolicy, Option<Duration>) {
+    for r in &shared.resiliency {
+        let target = r
+            .inbound
+            .get(pubsub)
+            .or_else(|| r.apps.get(&shared.settings.app_id));
+        if let Some(t) = target {
+            let policy = t
+                .retry
+                .as_ref()
+                .and_then(|name| r.retries.get(name))
+                .map(RetryPolicy::from)
+                .unwrap_or_default();
+            let timeout = t.timeout.as_ref().and_then(|name| {
+                r.timeouts
+                    .get(name)
+                    .copied()
+                    .or_else(|| crate::util::parse_go_duration(name).ok())
+            });
+            return (policy, timeout);
+        }
+    }
+    (RetryPolicy::default(), None)
 }

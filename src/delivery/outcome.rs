@@ -12,6 +12,16 @@ pub enum Outcome {
     Drop(String),
 }
 
+impl Outcome {
+    /// As a retry-loop attempt: success and drop end the loop, retry fails it.
+    pub fn into_attempt(self, status: Option<u16>) -> super::retry::Attempt<Outcome> {
+        match self {
+            Outcome::Retry(reason) => super::retry::Attempt::Failed { status, reason },
+            done => super::retry::Attempt::Done(done),
+        }
+    }
+}
+
 /// Classifies a response; `status` is `None` for a transport error.
 pub fn classify(status: Option<u16>, body: &[u8]) -> Outcome {
     let Some(status) = status else {
