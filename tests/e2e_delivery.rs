@@ -336,3 +336,86 @@ async fn resiliency_inbound_policy_sets_retry_count_and_matching() -> TestResult
     );
     Ok(())
 }
+
+fn ordered_pubsub(order: &str) -> String {
+    format!(
+        "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {{name: pubsub}}
+spec:
+  type: pubsub.in-memory
+  version: v1
+  metadata:
+    - {{name: deliveryOrder, value: {order}}}
+    - {{name: maxInFlight, value: 8}}
+"
+    )
+}
+
+/// Publishes 3 keys x 8 messages interleaved to an app taking 20 ms each;
+/// returns per-key sequences in arrival order and the app's peak concurrency.
+async fn run_ordering(order: &str) -> Result<(Vec<Vec<u64>>, usize), Box<dyn std::error::Error>> {
+    let dir = resources(&[
+        ("pubsub.yaml", &ordered_pubsub(order)),
+        ("s.yaml", &subscription("s", "orders", "/orders")),
+    ]);
+    let mut app = TestApp::start_slow(
+        None,
+        std::time::Duration::from_millis(20),
+        Arc::new(|_| (200, String::new())),
+    )
+    .await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    for seq in 0..8u64 {
+        for key in 0..3u64 {
+            let path = format!("/v1.0/publish/pubsub/orders?metadata.partitionKey=k{key}");
+            let body = format!(r#"{{"key":{key},"seq":{seq}}}"#);
+            assert_eq!(
+                sc.call(
+                    "POST",
+                    &path,
+                    &[("content-type", "application/json")],
+                    &body
+                )
+                .await?
+                .0,
+                204
+            );
+        }
+    }
+    let mut per_key = vec![vec![]; 3];
+    for _ in 0..24 {
+        let ev = app.next(10).await?.json();
+        per_key[ev["data"]["key"].as_u64().unwrap() as usize]
+            .push(ev["data"]["seq"].as_u64().unwrap());
+    }
+    Ok((per_key, app.max_concurrent.load(Ordering::SeqCst)))
+}
+
+#[tokio::test]
+async fn key_order_keeps_each_key_in_order_while_keys_run_concurrently() -> TestResult {
+    let (per_key, peak) = run_ordering("key").await?;
+    for seqs in &per_key {
+        assert_eq!(
+            seqs,
+            &(0..8).collect::<Vec<_>>(),
+            "same key delivered in order"
+        );
+    }
+    assert!(peak > 1, "different keys ran concurrently (peak {peak})");
+    assert!(
+        peak <= 3,
+        "never two of one key at once: peak {peak} over 3 keys"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn partition_order_delivers_one_at_a_time() -> TestResult {
+    let (per_key, peak) = run_ordering("partition").await?;
+    assert_eq!(peak, 1);
+    for seqs in &per_key {
+        assert_eq!(seqs, &(0..8).collect::<Vec<_>>());
+    }
+    Ok(())
+}

@@ -233,6 +233,8 @@ async fn consume(
         DeliveryOrder::Key | DeliveryOrder::None => comp.max_in_flight,
     };
     let slots = Arc::new(Semaphore::new(window));
+    let by_key = comp.delivery_order == DeliveryOrder::Key;
+    let mut key_order = KeyOrder::default();
     let mut tasks = JoinSet::new();
     loop {
         let permit = tokio::select! {
@@ -243,10 +245,20 @@ async fn consume(
             d = stream.recv() => match d { Some(d) => d, None => break },
             _ = stop.wait_for(|s| *s) => break,
         };
+        let (previous, done) = if by_key {
+            key_order.enqueue(ordering_key(&d.metadata), window)
+        } else {
+            (None, None)
+        };
         let ctx = ctx.clone();
         let stop = stop.clone();
         tasks.spawn(async move {
+            if let Some(prev) = previous {
+                // Sender dropped or sent: either way the predecessor is finished.
+                let _ = prev.await;
+            }
             process(&ctx, d, stop).await;
+            drop(done);
             drop(permit);
         });
         while tasks.try_join_next().is_some() {}
@@ -440,4 +452,43 @@ fn inbound_policy(shared: &Shared, pubsub: &str) -> (RetryPolicy, Option<Duratio
         }
     }
     (RetryPolicy::default(), None)
+}
+
+/// The ordering key of a message: `partitionKey`, else `__key` (Kafka).
+fn ordering_key(md: &BTreeMap<String, String>) -> Option<String> {
+    md.get("partitionKey").or_else(|| md.get("__key")).cloned()
+}
+
+/// Per-key ordering for `deliveryOrder: key`: each message waits for the
+/// previous message with the same key; different keys run concurrently.
+#[derive(Default)]
+struct KeyOrder {
+    tails: std::collections::HashMap<String, tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl KeyOrder {
+    /// Returns what the new message waits for, and what it signals when done.
+    /// Keyless messages have no order to keep.
+    fn enqueue(
+        &mut self,
+        key: Option<String>,
+        window: usize,
+    ) -> (
+        Option<tokio::sync::oneshot::Receiver<()>>,
+        Option<tokio::sync::oneshot::Sender<()>>,
+    ) {
+        let Some(key) = key else { return (None, None) };
+        if self.tails.len() > window * 2 {
+            // Forget keys whose last message has finished; keeps memory bounded.
+            self.tails.retain(|_, rx| {
+                matches!(
+                    rx.try_recv(),
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+                )
+            });
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let previous = self.tails.insert(key, rx);
+        (previous, Some(tx))
+    }
 }

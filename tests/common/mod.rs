@@ -39,11 +39,26 @@ pub type Behaviour = Arc<dyn Fn(&Received) -> (u16, String) + Send + Sync>;
 pub struct TestApp {
     pub port: u16,
     pub rx: mpsc::UnboundedReceiver<Received>,
+    /// Most requests the app had open at once.
+    pub max_concurrent: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl TestApp {
     /// `subscribe` is the JSON answered on `/dapr/subscribe` (`None`: 404).
     pub async fn start(subscribe: Option<serde_json::Value>, behaviour: Behaviour) -> Self {
+        Self::start_slow(subscribe, Duration::ZERO, behaviour).await
+    }
+
+    /// Like `start`, but each event takes `delay` before the app answers.
+    pub async fn start_slow(
+        subscribe: Option<serde_json::Value>,
+        delay: Duration,
+        behaviour: Behaviour,
+    ) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let open = Arc::new(AtomicUsize::new(0));
+        let max_concurrent = Arc::new(AtomicUsize::new(0));
+        let (open_c, max_c) = (open.clone(), max_concurrent.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -51,11 +66,13 @@ impl TestApp {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (tx, behaviour, subscribe) = (tx.clone(), behaviour.clone(), subscribe.clone());
+                let (open, max_c) = (open_c.clone(), max_c.clone());
                 tokio::spawn(async move {
                     let svc =
                         hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                             let (tx, behaviour, subscribe) =
                                 (tx.clone(), behaviour.clone(), subscribe.clone());
+                            let (open, max_c) = (open.clone(), max_c.clone());
                             async move {
                                 let path = req.uri().path().to_owned();
                                 if path == "/dapr/subscribe" {
@@ -77,7 +94,11 @@ impl TestApp {
                                         (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())
                                     })
                                     .collect();
+                                let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                                max_c.fetch_max(now, Ordering::SeqCst);
                                 let body = req.into_body().collect().await.unwrap().to_bytes();
+                                tokio::time::sleep(delay).await;
+                                open.fetch_sub(1, Ordering::SeqCst);
                                 let r = Received {
                                     path,
                                     headers,
@@ -101,7 +122,11 @@ impl TestApp {
                 });
             }
         });
-        Self { port, rx }
+        Self {
+            port,
+            rx,
+            max_concurrent,
+        }
     }
 
     /// An app that answers SUCCESS to everything.
