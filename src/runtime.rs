@@ -51,6 +51,8 @@ pub struct Shared {
     pub pubsubs: BTreeMap<String, PubsubEntry>,
     /// Active subscriptions, for the metadata API.
     pub subscriptions: RwLock<Vec<SubscriptionSpec>>,
+    /// Subscriptions refused by scoping (reported, never retried silently).
+    pub denied: RwLock<Vec<SubscriptionSpec>>,
     /// Resiliency documents (policies applied to deliveries).
     pub resiliency: Vec<crate::config::resiliency::Resiliency>,
     /// Readiness latch behind `/v1.0/healthz`.
@@ -87,6 +89,7 @@ impl Shared {
             pubsubs,
             subscriptions: RwLock::new(vec![]),
             resiliency: resources.resiliency.clone(),
+            denied: RwLock::new(vec![]),
             ready: AtomicBool::new(false),
             extended: Mutex::new(BTreeMap::new()),
             shutdown: Notify::new(),

@@ -419,3 +419,73 @@ async fn partition_order_delivers_one_at_a_time() -> TestResult {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn expired_events_are_not_delivered_but_dead_lettered() -> TestResult {
+    let dir = resources(&[("pubsub.yaml", &ordered_pubsub("partition"))]);
+    // One at a time and 1.5 s per event: the second event waits past its 1 s TTL.
+    let mut app = TestApp::start_slow(
+        Some(dlq_subscribe("/orders", "orders.dlq")),
+        std::time::Duration::from_millis(1500),
+        Arc::new(|_| (200, String::new())),
+    )
+    .await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    assert_eq!(sc.publish_json("pubsub/orders", r#"{"n":1}"#).await, 204);
+    let (s, _, _) = sc
+        .call(
+            "POST",
+            "/v1.0/publish/pubsub/orders?metadata.ttlInSeconds=1",
+            &[("content-type", "application/json")],
+            r#"{"n":2}"#,
+        )
+        .await?;
+    assert_eq!(s, 204);
+    let first = app.next(10).await?;
+    assert_eq!(
+        (first.path.as_str(), first.json()["data"]["n"].as_u64()),
+        ("/orders", Some(1))
+    );
+    let second = app.next(10).await?;
+    assert_eq!(
+        second.path, "/dead",
+        "the expired event never reached /orders"
+    );
+    assert_eq!(second.json()["data"]["n"], 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn subscriptions_denied_by_scoping_are_reported_in_metadata() -> TestResult {
+    let scoped = "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: pubsub}
+spec:
+  type: pubsub.in-memory
+  version: v1
+  metadata:
+    - {name: subscriptionScopes, value: \"test-app=allowed\"}
+";
+    let dir = resources(&[
+        ("pubsub.yaml", scoped),
+        ("a.yaml", &subscription("a", "allowed", "/a")),
+        ("b.yaml", &subscription("b", "secret", "/b")),
+    ]);
+    let app = TestApp::ok(None).await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let v: serde_json::Value =
+        serde_json::from_slice(&sc.call("GET", "/v1.0/metadata", &[], "").await?.2)?;
+    let active: Vec<&str> = v["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["topic"].as_str().unwrap())
+        .collect();
+    assert_eq!(active, ["allowed"]);
+    assert_eq!(v["deniedSubscriptions"][0]["topic"], "secret");
+    assert!(v["deniedSubscriptions"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("is not allowed"));
+    Ok(())
+}

@@ -145,6 +145,11 @@ impl Engine {
                 .scoping
                 .may_subscribe(&shared.settings.app_id, &sub.topic)
             {
+                shared
+                    .denied
+                    .write()
+                    .expect("denied lock")
+                    .push(sub.clone());
                 tracing::error!(pubsub = %sub.pubsubname, topic = %sub.topic,
                     "subscription to topic '{}' on pubsub '{}' is not allowed", sub.topic, sub.pubsubname);
                 continue;
@@ -307,7 +312,9 @@ async fn process(ctx: &SubCtx, d: Delivery, mut stop: watch::Receiver<bool>) {
         tracing::warn!(topic = %sub.topic, "message is not a JSON CloudEvent; dead-lettering");
         return finish_dropped(ctx, d, stop).await;
     };
-    if cloudevents::has_expired(&event) {
+    // A dead letter keeps its `expiration`; it is delivered anyway, since
+    // the dead-letter topic exists so that it can be inspected.
+    if !d.metadata.contains_key(DEAD_LETTER_FROM) && cloudevents::has_expired(&event) {
         tracing::warn!(topic = %sub.topic, "dropping expired pub/sub event");
         return finish_dropped(ctx, d, stop).await;
     }
@@ -395,6 +402,9 @@ fn has_dead_letter_topic(ctx: &SubCtx) -> bool {
     dead_letter_topic(ctx).is_some()
 }
 
+/// Metadata (and header to the app) naming the topic a dead letter came from.
+pub const DEAD_LETTER_FROM: &str = "perch-dead-letter-from";
+
 async fn finish_dropped(ctx: &SubCtx, d: Delivery, mut stop: watch::Receiver<bool>) {
     let entry = ctx.entry();
     let Some(topic) = dead_letter_topic(ctx) else {
@@ -405,7 +415,11 @@ async fn finish_dropped(ctx: &SubCtx, d: Delivery, mut stop: watch::Receiver<boo
         topic: entry.component.broker_topic(&topic),
         data: d.data.clone(),
         content_type: d.content_type.clone(),
-        metadata: d.metadata.clone().into_iter().collect::<BTreeMap<_, _>>(),
+        metadata: {
+            let mut md = d.metadata.clone();
+            md.insert(DEAD_LETTER_FROM.into(), ctx.sub.topic.clone());
+            md
+        },
     };
     let mut backoff = Backoff::new(retry::DEFAULT_INITIAL, retry::DEFAULT_MAX);
     loop {

@@ -94,6 +94,16 @@ pub fn metadata(shared: &Shared) -> Resp {
     if let Some(port) = s.app_port {
         app["port"] = json!(port);
     }
+    let denied: Vec<Value> = shared
+        .denied
+        .read()
+        .expect("denied lock")
+        .iter()
+        .map(|s| {
+            json!({"pubsubname": s.pubsubname, "topic": s.topic,
+                   "reason": format!("subscription to topic '{}' on pubsub '{}' is not allowed", s.topic, s.pubsubname)})
+        })
+        .collect();
     let extended = shared.extended.lock().expect("extended lock").clone();
     let body = json!({
         "id": s.app_id,
@@ -104,6 +114,7 @@ pub fn metadata(shared: &Shared) -> Resp {
         "appConnectionProperties": app,
         "extended": extended,
         "gracefulShutdown": format_duration(s.graceful_shutdown),
+        "deniedSubscriptions": denied,
     });
     json(StatusCode::OK, &body)
 }
