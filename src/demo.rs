@@ -80,9 +80,7 @@ pub async fn run(a: DemoArgs) -> ExitCode {
         },
     ));
     println!("perch demo: sidecar on 127.0.0.1:{port}, echo app on 127.0.0.1:{app_port}");
-    while !shared.ready.load(std::sync::atomic::Ordering::Acquire) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let _ = shared.ready.subscribe().wait_for(|ready| *ready).await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http();
     for i in 1..=a.count {

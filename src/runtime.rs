@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::broker::memory::MemoryBroker;
 use crate::broker::Broker;
@@ -56,7 +56,7 @@ pub struct Shared {
     /// Resiliency documents (policies applied to deliveries).
     pub resiliency: Vec<crate::config::resiliency::Resiliency>,
     /// Readiness latch behind `/v1.0/healthz`.
-    pub ready: AtomicBool,
+    pub ready: watch::Sender<bool>,
     /// `PUT /v1.0/metadata/{key}` attributes.
     pub extended: Mutex<BTreeMap<String, String>>,
     shutdown: Notify,
@@ -90,7 +90,7 @@ impl Shared {
             subscriptions: RwLock::new(vec![]),
             resiliency: resources.resiliency.clone(),
             denied: RwLock::new(vec![]),
-            ready: AtomicBool::new(false),
+            ready: watch::Sender::new(false),
             extended: Mutex::new(BTreeMap::new()),
             shutdown: Notify::new(),
             shutdown_requested: AtomicBool::new(false),
@@ -147,7 +147,7 @@ pub async fn run(
                 vec![]
             };
             engine.start(subs).await;
-            shared.ready.store(true, Ordering::Release);
+            shared.ready.send_replace(true);
             tracing::info!(app_id = %shared.settings.app_id, "perch is ready");
         })
     };
@@ -155,7 +155,7 @@ pub async fn run(
         _ = signal => tracing::info!("signal received, shutting down"),
         _ = shared.shutdown_requested() => tracing::info!("shutdown requested through the API"),
     }
-    shared.ready.store(false, Ordering::Release);
+    shared.ready.send_replace(false);
     let _ = stop_tx.send(true);
     starter.abort();
     engine.drain(shared.settings.graceful_shutdown).await;
@@ -170,17 +170,11 @@ pub fn merge(
     declared: Vec<SubscriptionSpec>,
     programmatic: Vec<SubscriptionSpec>,
 ) -> Vec<SubscriptionSpec> {
-    let prog_keys: BTreeSet<(String, String)> = programmatic
-        .iter()
-        .map(|s| (s.pubsubname.clone(), s.topic.clone()))
-        .collect();
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
+    // Programmatic first, so a declarative one for the same key is skipped.
     for s in programmatic.into_iter().chain(declared) {
         let key = (s.pubsubname.clone(), s.topic.clone());
-        if prog_keys.contains(&key) && s.source == crate::config::SubscriptionSource::Declarative {
-            continue;
-        }
         if seen.insert(key) {
             out.push(s);
         }

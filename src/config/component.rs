@@ -121,15 +121,7 @@ pub fn read(
     doc: &Mapping,
     opts: &LoadOptions,
 ) -> Option<PubsubComponent> {
-    ctx.unknown_keys(
-        doc,
-        "",
-        &["apiVersion", "kind", "metadata", "spec", "auth", "scopes"],
-    );
-    let Some(spec) = ctx.mapping(doc, "", "spec") else {
-        ctx.problem("spec", "missing required field");
-        return None;
-    };
+    let spec = ctx.spec(doc, &["auth"])?;
     ctx.unknown_keys(
         spec,
         "spec",

@@ -146,6 +146,21 @@ impl DocCtx<'_> {
     }
 }
 
+impl DocCtx<'_> {
+    /// Checks a resource's top-level keys (`extra` besides the common ones)
+    /// and returns its `spec`, or records that it is missing.
+    pub fn spec<'v>(&mut self, doc: &'v Mapping, extra: &[&str]) -> Option<&'v Mapping> {
+        let mut known = vec!["apiVersion", "kind", "metadata", "spec", "scopes"];
+        known.extend_from_slice(extra);
+        self.unknown_keys(doc, "", &known);
+        let spec = self.mapping(doc, "", "spec");
+        if spec.is_none() {
+            self.problem("spec", "missing required field");
+        }
+        spec
+    }
+}
+
 /// The text of a YAML scalar (strings unquoted, numbers and booleans as written).
 pub fn scalar_text(v: &Value) -> Option<String> {
     match v {

@@ -80,15 +80,7 @@ pub struct Resiliency {
 /// Reads a Resiliency document; `None` when it has problems.
 pub fn read(ctx: &mut DocCtx<'_>, name: &str, doc: &Mapping) -> Option<Resiliency> {
     let before = ctx.problems.len();
-    ctx.unknown_keys(
-        doc,
-        "",
-        &["apiVersion", "kind", "metadata", "spec", "scopes"],
-    );
-    let Some(spec) = ctx.mapping(doc, "", "spec") else {
-        ctx.problem("spec", "missing required field");
-        return None;
-    };
+    let spec = ctx.spec(doc, &[])?;
     ctx.unknown_keys(spec, "spec", &["policies", "targets"]);
     let mut r = Resiliency {
         name: name.to_owned(),

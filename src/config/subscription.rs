@@ -141,15 +141,7 @@ fn build_rules(mut rules: Vec<Route>, default: String) -> Vec<Route> {
 
 /// Reads a Subscription document (`v2` selects v2alpha1's `routes`).
 pub fn read(ctx: &mut DocCtx<'_>, name: &str, doc: &Mapping, v2: bool) -> Option<SubscriptionSpec> {
-    ctx.unknown_keys(
-        doc,
-        "",
-        &["apiVersion", "kind", "metadata", "spec", "scopes"],
-    );
-    let Some(spec) = ctx.mapping(doc, "", "spec") else {
-        ctx.problem("spec", "missing required field");
-        return None;
-    };
+    let spec = ctx.spec(doc, &[])?;
     let route_key = if v2 { "routes" } else { "route" };
     ctx.unknown_keys(
         spec,

@@ -324,7 +324,7 @@ async fn process(ctx: &SubCtx, d: Delivery, mut stop: watch::Receiver<bool>) {
             tracing::debug!(topic = %sub.topic, "no route matched; dropping");
             return finish_dropped(ctx, d, stop).await;
         }
-        Err(e) if has_dead_letter_topic(ctx) => {
+        Err(e) if dead_letter_topic(ctx).is_some() => {
             tracing::warn!(topic = %sub.topic, error = %e, "routing failed; dead-lettering");
             return finish_dropped(ctx, d, stop).await;
         }
@@ -396,10 +396,6 @@ fn dead_letter_topic(ctx: &SubCtx) -> Option<String> {
             .component
             .default_dead_letter_topic(&ctx.sub.topic)
     })
-}
-
-fn has_dead_letter_topic(ctx: &SubCtx) -> bool {
-    dead_letter_topic(ctx).is_some()
 }
 
 /// Metadata (and header to the app) naming the topic a dead letter came from.

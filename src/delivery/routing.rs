@@ -75,7 +75,7 @@ impl Router {
             };
             let ctx = ctx.get_or_insert_with(|| {
                 let mut c = Context::default();
-                c.add_variable_from_value("event", to_cel(&Value::Object(event.clone())));
+                c.add_variable_from_value("event", map_to_cel(event));
                 c
             });
             let expr = || source.clone();
@@ -107,11 +107,13 @@ fn to_cel(v: &Value) -> Cel {
         Value::Number(n) => Cel::Float(n.as_f64().unwrap_or(f64::NAN)),
         Value::String(s) => Cel::String(Arc::new(s.clone())),
         Value::Array(items) => Cel::List(Arc::new(items.iter().map(to_cel).collect())),
-        Value::Object(m) => {
-            let map: HashMap<String, Cel> = m.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect();
-            Cel::from(map)
-        }
+        Value::Object(m) => map_to_cel(m),
     }
+}
+
+fn map_to_cel(m: &serde_json::Map<String, Value>) -> Cel {
+    let map: HashMap<String, Cel> = m.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect();
+    Cel::from(map)
 }
 
 #[cfg(test)]

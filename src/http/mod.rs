@@ -145,13 +145,17 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                Ok(b) => {
-                    out.push(b);
-                    i += 2;
+            b'%' if i + 2 < bytes.len()
+                && s[i + 1..i + 3].bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
                 }
-                Err(_) => out.push(b'%'),
-            },
+            }
             b => out.push(b),
         }
         i += 1;
@@ -203,5 +207,10 @@ mod tests {
         assert_eq!(md.get("ttlInSeconds").unwrap(), "5");
         assert_eq!(md.get("a").unwrap(), " x");
         assert_eq!(md.len(), 2);
+        assert_eq!(
+            percent_decode("a%2Fb%+f%4"),
+            "a/b%+f%4",
+            "only two hex digits decode"
+        );
     }
 }

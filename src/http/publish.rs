@@ -158,14 +158,7 @@ pub async fn bulk(req: Request<Incoming>, rest: String, shared: &Shared) -> Resp
     };
     let mut seen = BTreeSet::new();
     for e in &entries {
-        if e.entry_id.is_empty() {
-            return error(&ApiError::marshal_events(
-                &name,
-                &t.topic,
-                "entryId is duplicated or not present for entry",
-            ));
-        }
-        if !seen.insert(e.entry_id.as_str()) {
+        if e.entry_id.is_empty() || !seen.insert(e.entry_id.as_str()) {
             return error(&ApiError::marshal_events(
                 &name,
                 &t.topic,

@@ -1,7 +1,5 @@
 //! Health, metadata and shutdown endpoints (reference 8.2).
 
-use std::sync::atomic::Ordering;
-
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
@@ -30,7 +28,7 @@ pub fn healthz(req: &Request<Incoming>, shared: &Shared) -> Resp {
             ));
         }
     }
-    if shared.ready.load(Ordering::Acquire) {
+    if *shared.ready.borrow() {
         empty(StatusCode::NO_CONTENT)
     } else {
         error(&ApiError::not_ready(
