@@ -113,7 +113,7 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiErr
 
 /// Splits `{pubsub}/{topic...}`; the topic may contain `/`.
 fn split_target(rest: &str) -> (String, String) {
-    let decode = |s: &str| percent_decode(s);
+    let decode = |s: &str| percent_decode(s, false);
     match rest.split_once('/') {
         Some((p, t)) => (decode(p), decode(t)),
         None => (decode(rest), String::new()),
@@ -129,22 +129,24 @@ fn query_metadata(query: Option<&str>) -> std::collections::BTreeMap<String, Str
         .filter(|p| !p.is_empty())
     {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_decode(k);
+        let k = percent_decode(k, true);
         if let Some(key) = k.strip_prefix("metadata.") {
             md.entry(key.to_owned())
-                .or_insert_with(|| percent_decode(v));
+                .or_insert_with(|| percent_decode(v, true));
         }
     }
     md
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decodes `%XX`; in a query string (`plus_is_space`) `+` is a space, in a
+/// path it is a literal `+`.
+fn percent_decode(s: &str, plus_is_space: bool) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' if i + 2 < bytes.len()
                 && s[i + 1..i + 3].bytes().all(|b| b.is_ascii_hexdigit()) =>
             {
@@ -208,9 +210,15 @@ mod tests {
         assert_eq!(md.get("a").unwrap(), " x");
         assert_eq!(md.len(), 2);
         assert_eq!(
-            percent_decode("a%2Fb%+f%4"),
+            percent_decode("a%2Fb%+f%4", false),
             "a/b%+f%4",
             "only two hex digits decode"
+        );
+        assert_eq!(percent_decode("a+b", true), "a b");
+        assert_eq!(
+            split_target("p/a+b"),
+            ("p".into(), "a+b".into()),
+            "+ is literal in a path"
         );
     }
 }
