@@ -7,34 +7,41 @@ use common::*;
 
 const BAD: &str = "tests/fixtures/bad-config";
 
-#[test]
-fn validate_lists_every_problem_with_file_document_and_field() {
-    let out = std::process::Command::new(perch_bin())
-        .args(["validate", BAD])
-        .output()
-        .unwrap();
+/// The command's stderr must be exactly the golden report, with exit code 1.
+fn assert_golden_report(out: std::process::Output) {
     assert_eq!(out.status.code(), Some(1));
     let golden = std::fs::read_to_string("tests/fixtures/bad-config.golden").unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stderr), golden);
 }
 
 #[test]
+fn validate_lists_every_problem_with_file_document_and_field() {
+    assert_golden_report(
+        std::process::Command::new(perch_bin())
+            .args(["validate", BAD])
+            .output()
+            .unwrap(),
+    );
+}
+
+#[test]
 fn run_with_bad_yaml_stops_before_serving_and_prints_the_same_report() {
-    let out = std::process::Command::new(perch_bin())
-        .args([
-            "run",
-            "--app-id",
-            "x",
-            "--dapr-http-port",
-            &free_port().to_string(),
-            "--resources-path",
-            BAD,
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let golden = std::fs::read_to_string("tests/fixtures/bad-config.golden").unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stderr), golden);
+    let port = free_port().to_string();
+    let args = [
+        "run",
+        "--app-id",
+        "x",
+        "--dapr-http-port",
+        &port,
+        "--resources-path",
+        BAD,
+    ];
+    assert_golden_report(
+        std::process::Command::new(perch_bin())
+            .args(args)
+            .output()
+            .unwrap(),
+    );
 }
 
 #[test]

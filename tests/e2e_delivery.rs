@@ -91,16 +91,8 @@ async fn retry_then_success_is_delivered_again_then_acked() -> TestResult {
 
 #[tokio::test]
 async fn dead_letters_can_be_disabled_and_then_drop_acks() -> TestResult {
-    let pubsub = "apiVersion: dapr.io/v1alpha1
-kind: Component
-metadata: {name: pubsub}
-spec:
-  type: pubsub.in-memory
-  version: v1
-  metadata:
-    - {name: deadLetterDefault, value: none}
-";
-    let dir = resources(&[("pubsub.yaml", pubsub)]);
+    let pubsub = component("pubsub", &[("deadLetterDefault", "none")]);
+    let dir = resources(&[("pubsub.yaml", &pubsub)]);
     let mut app = TestApp::start(
         Some(dlq_subscribe("/orders", "orders.dlq")),
         Arc::new(|_| (200, r#"{"status":"DROP"}"#.into())),
@@ -184,17 +176,9 @@ async fn not_ready_until_the_app_answers_but_outbound_is() -> TestResult {
 
 #[tokio::test]
 async fn app_max_concurrency_bounds_calls_to_the_app() -> TestResult {
-    let pubsub = "apiVersion: dapr.io/v1alpha1
-kind: Component
-metadata: {name: pubsub}
-spec:
-  type: pubsub.in-memory
-  version: v1
-  metadata:
-    - {name: deliveryOrder, value: none}
-";
+    let pubsub = component("pubsub", &[("deliveryOrder", "none")]);
     let dir = resources(&[
-        ("pubsub.yaml", pubsub),
+        ("pubsub.yaml", &pubsub),
         ("s.yaml", &subscription("s", "orders", "/orders")),
     ]);
     // The app never answers, so every call it receives stays open.
@@ -338,18 +322,7 @@ async fn resiliency_inbound_policy_sets_retry_count_and_matching() -> TestResult
 }
 
 fn ordered_pubsub(order: &str) -> String {
-    format!(
-        "apiVersion: dapr.io/v1alpha1
-kind: Component
-metadata: {{name: pubsub}}
-spec:
-  type: pubsub.in-memory
-  version: v1
-  metadata:
-    - {{name: deliveryOrder, value: {order}}}
-    - {{name: maxInFlight, value: 8}}
-"
-    )
+    component("pubsub", &[("deliveryOrder", order), ("maxInFlight", "8")])
 }
 
 /// Publishes 3 keys x 8 messages interleaved to an app taking 20 ms each;
@@ -457,17 +430,9 @@ async fn expired_events_are_not_delivered_but_dead_lettered() -> TestResult {
 
 #[tokio::test]
 async fn subscriptions_denied_by_scoping_are_reported_in_metadata() -> TestResult {
-    let scoped = "apiVersion: dapr.io/v1alpha1
-kind: Component
-metadata: {name: pubsub}
-spec:
-  type: pubsub.in-memory
-  version: v1
-  metadata:
-    - {name: subscriptionScopes, value: \"test-app=allowed\"}
-";
+    let scoped = component("pubsub", &[("subscriptionScopes", "test-app=allowed")]);
     let dir = resources(&[
-        ("pubsub.yaml", scoped),
+        ("pubsub.yaml", &scoped),
         ("a.yaml", &subscription("a", "allowed", "/a")),
         ("b.yaml", &subscription("b", "secret", "/b")),
     ]);

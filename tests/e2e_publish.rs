@@ -96,18 +96,8 @@ fn error_code(body: &[u8]) -> (String, Value) {
 
 #[tokio::test]
 async fn publish_errors_match_dapr_codes_and_statuses() -> TestResult {
-    let scoped = "apiVersion: dapr.io/v1alpha1
-kind: Component
-metadata:
-  name: scoped
-spec:
-  type: pubsub.in-memory
-  version: v1
-  metadata:
-    - name: publishingScopes
-      value: test-app=allowed
-";
-    let dir = resources(&[("pubsub.yaml", PUBSUB), ("scoped.yaml", scoped)]);
+    let scoped = component("scoped", &[("publishingScopes", "test-app=allowed")]);
+    let dir = resources(&[("pubsub.yaml", PUBSUB), ("scoped.yaml", &scoped)]);
     let sc = Sidecar::start(dir.path(), None, &[], &["--max-body-size", "1Ki"]).await;
     let cases: &[(&str, &str, &str, u16, &str)] = &[
         (
@@ -195,21 +185,12 @@ spec:
 async fn bulk_publish_reports_each_failed_entry() -> TestResult {
     // A queue bounded at 3 unacked messages and an app that never answers:
     // the broker takes 3 entries and refuses the rest.
-    let small = "apiVersion: dapr.io/v1alpha1
-kind: Component
-metadata:
-  name: pubsub
-spec:
-  type: pubsub.in-memory
-  version: v1
-  metadata:
-    - name: maxMessages
-      value: 3
-    - name: deliveryOrder
-      value: partition
-";
+    let small = component(
+        "pubsub",
+        &[("maxMessages", "3"), ("deliveryOrder", "partition")],
+    );
     let dir = resources(&[
-        ("pubsub.yaml", small),
+        ("pubsub.yaml", &small),
         ("sub.yaml", &subscription("s", "orders", "/slow")),
     ]);
     let app = TestApp::start(None, Arc::new(|_| (0, String::new()))).await;

@@ -276,6 +276,20 @@ spec:
   version: v1
 ";
 
+/// An in-memory pub/sub component named `name` with `metadata` entries.
+pub fn component(name: &str, metadata: &[(&str, &str)]) -> String {
+    let mut yaml = format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\nspec:\n  type: pubsub.in-memory\n  version: v1\n"
+    );
+    if !metadata.is_empty() {
+        yaml.push_str("  metadata:\n");
+        for (k, v) in metadata {
+            yaml.push_str(&format!("    - name: {k}\n      value: \"{v}\"\n"));
+        }
+    }
+    yaml
+}
+
 pub fn subscription(name: &str, topic: &str, route: &str) -> String {
     format!(
         "apiVersion: dapr.io/v2alpha1
