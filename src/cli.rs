@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, LoadOptions};
-use crate::runtime::{self, Settings, Shared};
+use crate::runtime::{self, AppHealthCheck, Settings, Shared};
 
 /// Perch: a Dapr-compatible pub/sub sidecar.
 #[derive(Debug, Parser)]
@@ -88,6 +88,21 @@ pub struct RunArgs {
         default_value_t = 5
     )]
     pub dapr_graceful_shutdown_seconds: u64,
+    /// Probe the app's health path and deliver only while it is healthy.
+    #[arg(long, env = "PERCH_ENABLE_APP_HEALTH_CHECK")]
+    pub enable_app_health_check: bool,
+    /// Path probed with GET (2xx is healthy).
+    #[arg(long, env = "PERCH_APP_HEALTH_CHECK_PATH", default_value = "/healthz")]
+    pub app_health_check_path: String,
+    /// Seconds between probes.
+    #[arg(long, env = "PERCH_APP_HEALTH_PROBE_INTERVAL", default_value_t = 5)]
+    pub app_health_probe_interval: u64,
+    /// Milliseconds a probe may take.
+    #[arg(long, env = "PERCH_APP_HEALTH_PROBE_TIMEOUT", default_value_t = 500)]
+    pub app_health_probe_timeout: u64,
+    /// Consecutive failed probes that make the app unhealthy.
+    #[arg(long, env = "PERCH_APP_HEALTH_THRESHOLD", default_value_t = 3)]
+    pub app_health_threshold: u32,
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +258,12 @@ pub fn settings_from(a: &RunArgs) -> Settings {
             .filter(|s| !s.is_empty()),
         max_body_size: a.max_body_size,
         graceful_shutdown: Duration::from_secs(a.dapr_graceful_shutdown_seconds),
+        app_health: a.enable_app_health_check.then(|| AppHealthCheck {
+            path: a.app_health_check_path.clone(),
+            interval: Duration::from_secs(a.app_health_probe_interval.max(1)),
+            timeout: Duration::from_millis(a.app_health_probe_timeout.max(1)),
+            threshold: a.app_health_threshold.max(1),
+        }),
     }
 }
 

@@ -68,6 +68,7 @@ pub async fn run(a: DemoArgs) -> ExitCode {
         app_api_token: None,
         max_body_size: 4 << 20,
         graceful_shutdown: Duration::from_secs(5),
+        app_health: None,
     };
     let shared = Shared::build(settings, &resources);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

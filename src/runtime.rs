@@ -33,6 +33,21 @@ pub struct Settings {
     pub max_body_size: usize,
     /// `--dapr-graceful-shutdown-seconds`.
     pub graceful_shutdown: Duration,
+    /// `--enable-app-health-check` and its settings; `None` when off.
+    pub app_health: Option<AppHealthCheck>,
+}
+
+/// How the app's health is probed (`--app-health-*` flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppHealthCheck {
+    /// Path probed with GET.
+    pub path: String,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Time a probe may take.
+    pub timeout: Duration,
+    /// Consecutive failures that make the app unhealthy.
+    pub threshold: u32,
 }
 
 /// One pub/sub component with its running broker.
@@ -57,6 +72,8 @@ pub struct Shared {
     pub resiliency: Vec<crate::config::resiliency::Resiliency>,
     /// Readiness latch behind `/v1.0/healthz`.
     pub ready: watch::Sender<bool>,
+    /// The app is healthy: deliveries run only while this is true.
+    pub app_healthy: watch::Sender<bool>,
     /// `PUT /v1.0/metadata/{key}` attributes.
     pub extended: Mutex<BTreeMap<String, String>>,
     shutdown: Notify,
@@ -91,6 +108,7 @@ impl Shared {
             resiliency: resources.resiliency.clone(),
             denied: RwLock::new(vec![]),
             ready: watch::Sender::new(false),
+            app_healthy: watch::Sender::new(false),
             extended: Mutex::new(BTreeMap::new()),
             shutdown: Notify::new(),
             shutdown_requested: AtomicBool::new(false),
@@ -136,10 +154,15 @@ pub async fn run(
         )));
     }
     let engine = delivery::Engine::new(shared.clone(), stop_rx.clone());
+    let health = delivery::health::watch_app(shared.clone(), stop_rx.clone());
     let starter = {
         let shared = shared.clone();
         let engine = engine.clone();
         tokio::spawn(async move {
+            let mut healthy = shared.app_healthy.subscribe();
+            if shared.settings.app_port.is_some() && healthy.wait_for(|h| *h).await.is_err() {
+                return;
+            }
             let subs = if shared.settings.app_port.is_some() {
                 let programmatic = delivery::discover(&shared, engine.stopping()).await;
                 merge(declared, programmatic)
@@ -158,6 +181,7 @@ pub async fn run(
     shared.ready.send_replace(false);
     let _ = stop_tx.send(true);
     starter.abort();
+    health.abort();
     engine.drain(shared.settings.graceful_shutdown).await;
     for s in servers {
         let _ = s.await;

@@ -454,3 +454,170 @@ async fn subscriptions_denied_by_scoping_are_reported_in_metadata() -> TestResul
         .contains("is not allowed"));
     Ok(())
 }
+
+#[tokio::test]
+async fn bulk_subscribe_batches_per_route_and_reads_per_entry_statuses() -> TestResult {
+    let dir = resources(&[
+        ("pubsub.yaml", PUBSUB),
+        (
+            "s.yaml",
+            r#"apiVersion: dapr.io/v2alpha1
+kind: Subscription
+metadata: {name: bulk}
+spec:
+  pubsubname: pubsub
+  topic: orders
+  bulkSubscribe: {enabled: true, maxMessagesCount: 4, maxAwaitDurationMs: 300}
+  routes:
+    rules:
+      - match: event.data.kind == "b"
+        path: /b
+    default: /a
+"#,
+        ),
+    ]);
+    let prog = json!([{"pubsubname": "pubsub", "topic": "orders.dlq", "route": "/dead"}]);
+    // n=3 is left out of the first answer that holds it (missing = RETRY),
+    // n=5 is DROPped; everything else succeeds.
+    let seen_3 = Arc::new(AtomicUsize::new(0));
+    let s3 = seen_3.clone();
+    let mut app = TestApp::start(
+        Some(prog),
+        Arc::new(move |r| {
+            if r.path == "/dead" {
+                return (200, String::new());
+            }
+            let req = r.json();
+            let statuses: Vec<serde_json::Value> = req["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|e| {
+                    let id = e["entryId"].clone();
+                    match e["event"]["data"]["n"].as_u64().unwrap() {
+                        3 if s3.fetch_add(1, Ordering::SeqCst) == 0 => None,
+                        5 => Some(json!({"entryId": id, "status": "DROP"})),
+                        _ => Some(json!({"entryId": id, "status": "SUCCESS"})),
+                    }
+                })
+                .collect();
+            (200, json!({ "statuses": statuses }).to_string())
+        }),
+    )
+    .await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    for n in 0..10u64 {
+        let kind = if n % 2 == 0 { "a" } else { "b" };
+        let body = json!({"n": n, "kind": kind}).to_string();
+        assert_eq!(sc.publish_json("pubsub/orders", &body).await, 204);
+    }
+    let mut delivered = std::collections::BTreeMap::<u64, usize>::new();
+    let mut dead = vec![];
+    while delivered.len() < 10 || dead.is_empty() {
+        let r = app.next(15).await?;
+        if r.path == "/dead" {
+            dead.push(r.json()["data"]["n"].as_u64().unwrap());
+            continue;
+        }
+        assert_eq!(r.headers["content-type"], "application/json");
+        assert_eq!(r.headers["pubsubname"], "pubsub");
+        let req = r.json();
+        assert_eq!(req["type"], "com.dapr.event.sent.bulk");
+        assert_eq!(req["topic"], "orders");
+        assert_eq!(req["metadata"]["pubsubName"], "pubsub");
+        let entries = req["entries"].as_array().unwrap();
+        assert!(
+            (1..=4).contains(&entries.len()),
+            "maxMessagesCount bounds a batch"
+        );
+        for e in entries {
+            assert_eq!(e["contentType"], "application/cloudevents+json");
+            assert_eq!(e["event"]["topic"], "orders");
+            let kind = e["event"]["data"]["kind"].as_str().unwrap();
+            assert_eq!(format!("/{kind}"), r.path, "one request per route path");
+            *delivered
+                .entry(e["event"]["data"]["n"].as_u64().unwrap())
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(
+        delivered[&3], 2,
+        "a missing status is RETRY: n=3 came again"
+    );
+    assert!(
+        delivered.iter().all(|(n, c)| *n == 3 || *c == 1),
+        "answered entries are not sent again: {delivered:?}"
+    );
+    assert_eq!(dead, [5], "the DROPped entry alone is dead-lettered");
+    assert!(app.next(2).await.is_err(), "nothing more arrives");
+    Ok(())
+}
+
+#[tokio::test]
+async fn app_health_check_gates_start_and_pauses_deliveries() -> TestResult {
+    use std::sync::atomic::AtomicBool;
+    let dir = resources(&[
+        ("pubsub.yaml", PUBSUB),
+        ("s.yaml", &subscription("s", "orders", "/orders")),
+    ]);
+    let healthy = Arc::new(AtomicBool::new(false));
+    let h = healthy.clone();
+    let mut app = TestApp::start(
+        None,
+        Arc::new(move |r| match r.path.as_str() {
+            "/healthz" if h.load(Ordering::SeqCst) => (200, String::new()),
+            "/healthz" => (503, String::new()),
+            _ => (200, String::new()),
+        }),
+    )
+    .await;
+    let flags = [
+        "--enable-app-health-check",
+        "--app-health-probe-interval",
+        "1",
+        "--app-health-threshold",
+        "1",
+    ];
+    let sc = Sidecar::start_until(
+        dir.path(),
+        Some(app.port),
+        &[],
+        &flags,
+        "/v1.0/healthz/outbound",
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        sc.call("GET", "/v1.0/healthz", &[], "").await?.0,
+        500,
+        "not ready while the app is unhealthy"
+    );
+    healthy.store(true, Ordering::SeqCst);
+    let mut ready = false;
+    for _ in 0..60 {
+        if sc.call("GET", "/v1.0/healthz", &[], "").await?.0 == 204 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ready, "ready once the app's health check passes");
+    assert_eq!(sc.publish_json("pubsub/orders", r#"{"n":1}"#).await, 204);
+    assert_eq!(app.next(5).await?.json()["data"]["n"], 1);
+
+    healthy.store(false, Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(sc.publish_json("pubsub/orders", r#"{"n":2}"#).await, 204);
+    assert!(
+        app.next(2).await.is_err(),
+        "nothing is delivered while the app is unhealthy"
+    );
+    healthy.store(true, Ordering::SeqCst);
+    let r = app.next(5).await?;
+    assert_eq!(
+        r.json()["data"]["n"],
+        2,
+        "held, not dropped: delivered once healthy"
+    );
+    Ok(())
+}

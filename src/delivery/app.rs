@@ -65,8 +65,44 @@ impl AppClient {
         metadata: &BTreeMap<String, String>,
         traceparent: Option<&str>,
     ) -> AppAnswer {
-        let mut req = Request::post(format!("{}{}", self.base, path))
-            .header("content-type", CLOUDEVENT_CONTENT_TYPE);
+        self.post(path, CLOUDEVENT_CONTENT_TYPE, body, metadata, traceparent)
+            .await
+    }
+
+    /// POSTs a bulk request (`application/json`) to `path` with the batch
+    /// metadata as headers.
+    pub async fn deliver_bulk(
+        &self,
+        path: &str,
+        body: Bytes,
+        metadata: &BTreeMap<String, String>,
+    ) -> AppAnswer {
+        self.post(path, "application/json", body, metadata, None)
+            .await
+    }
+
+    /// `GET {path}` within `timeout`: the status, `None` when unreachable.
+    pub async fn probe(&self, path: &str, timeout: std::time::Duration) -> Option<u16> {
+        let req = Request::get(format!("{}{}", self.base, path))
+            .body(Full::new(Bytes::new()))
+            .ok()?;
+        tokio::time::timeout(timeout, self.send(req))
+            .await
+            .ok()
+            .flatten()
+            .map(|(s, _)| s)
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+        metadata: &BTreeMap<String, String>,
+        traceparent: Option<&str>,
+    ) -> AppAnswer {
+        let mut req =
+            Request::post(format!("{}{}", self.base, path)).header("content-type", content_type);
         if let Some(tp) = traceparent {
             req = req.header("traceparent", tp);
         }

@@ -8,6 +8,8 @@
 //! never "retries exhausted": a message interrupted by it stays unacked.
 
 mod app;
+mod bulk;
+pub mod health;
 pub mod outcome;
 pub mod retry;
 pub mod routing;
@@ -183,6 +185,11 @@ impl Engine {
                         shared: shared.clone(),
                         client: client.clone(),
                         app_limit: self.inner.app_limit.clone(),
+                        raw: sub
+                            .metadata
+                            .get("rawPayload")
+                            .and_then(|v| parse_go_bool(v))
+                            .unwrap_or(false),
                     });
                     self.inner.consumers.lock().await.spawn(consume(
                         ctx,
@@ -219,6 +226,8 @@ struct SubCtx {
     shared: Arc<Shared>,
     client: AppClient,
     app_limit: Option<Arc<Semaphore>>,
+    /// `rawPayload` subscription metadata.
+    raw: bool,
 }
 
 impl SubCtx {
@@ -232,6 +241,17 @@ async fn consume(
     mut stream: crate::broker::DeliveryStream,
     mut stop: watch::Receiver<bool>,
 ) {
+    if ctx.sub.bulk.enabled {
+        loop {
+            let batch = bulk::next_batch(&ctx, &mut stream, &mut stop).await;
+            // An unhealthy app: hold the batch until it recovers; at
+            // shutdown the batch is dropped unfinished (redelivered).
+            if batch.is_empty() || !health::until_healthy(&ctx.shared, &mut stop).await {
+                return;
+            }
+            bulk::process_batch(&ctx, batch, stop.clone()).await;
+        }
+    }
     let comp = &ctx.entry().component;
     let window = match comp.delivery_order {
         DeliveryOrder::Partition => 1,
@@ -250,6 +270,11 @@ async fn consume(
             d = stream.recv() => match d { Some(d) => d, None => break },
             _ = stop.wait_for(|s| *s) => break,
         };
+        // An unhealthy app: hold the message until it recovers; at
+        // shutdown it is dropped unfinished (redelivered).
+        if !health::until_healthy(&ctx.shared, &mut stop).await {
+            break;
+        }
         let (previous, done) = if by_key {
             key_order.enqueue(ordering_key(&d.metadata), window)
         } else {
@@ -272,61 +297,64 @@ async fn consume(
     while tasks.join_next().await.is_some() {}
 }
 
-/// What decoding a delivery produced.
-struct Decoded {
+/// A message that passed decoding, expiry and routing: ready for the app.
+struct Ready {
+    /// The app path the routing chose.
+    path: String,
+    /// The HTTP body: the broker bytes, or the raw-payload envelope.
     body: Bytes,
-    event: Option<Envelope>,
+    /// The CloudEvent as a map.
+    event: Envelope,
+    /// Message metadata plus `content-type` and `pubsubName` (sent as headers).
+    metadata: BTreeMap<String, String>,
+    /// W3C trace parent for the delivery, from the event.
+    traceparent: Option<String>,
+    /// The broker message.
+    delivery: Delivery,
 }
 
-async fn process(ctx: &SubCtx, d: Delivery, mut stop: watch::Receiver<bool>) {
+/// Decodes, checks expiry and routes one delivery. A message that cannot be
+/// delivered (not a CloudEvent, expired, no route) is finished here (dead
+/// letter or ack) and `None` is returned.
+async fn prepare(ctx: &SubCtx, d: Delivery, mut stop: watch::Receiver<bool>) -> Option<Ready> {
     let sub = &ctx.sub;
     let mut metadata = d.metadata.clone();
     if let Some(ct) = &d.content_type {
         metadata.insert("content-type".into(), ct.clone());
     }
     metadata.insert("pubsubName".into(), sub.pubsubname.clone());
-    let raw = sub
-        .metadata
-        .get("rawPayload")
-        .and_then(|v| parse_go_bool(v))
-        .unwrap_or(false);
-    let decoded = if raw {
+    let (body, event) = if ctx.raw {
         let ev = cloudevents::raw_payload_envelope(&sub.pubsubname, &sub.topic, &d.data, &metadata);
-        Decoded {
-            body: Bytes::from(crate::util::to_go_json(&ev)),
-            event: Some(ev),
-        }
+        (Bytes::from(crate::util::to_go_json(&ev)), Some(ev))
     } else {
-        match serde_json::from_slice::<Envelope>(&d.data) {
-            Ok(ev) => Decoded {
-                body: d.data.clone(),
-                event: Some(ev),
-            },
-            Err(_) => Decoded {
-                body: d.data.clone(),
-                event: None,
-            },
-        }
+        (
+            d.data.clone(),
+            serde_json::from_slice::<Envelope>(&d.data).ok(),
+        )
     };
-    let Some(event) = decoded.event else {
+    let Some(event) = event else {
         tracing::warn!(topic = %sub.topic, "message is not a JSON CloudEvent; dead-lettering");
-        return finish_dropped(ctx, d, stop).await;
+        finish_dropped(ctx, d, stop).await;
+        return None;
     };
     // A dead letter keeps its `expiration`; it is delivered anyway, since
     // the dead-letter topic exists so that it can be inspected.
     if !d.metadata.contains_key(DEAD_LETTER_FROM) && cloudevents::has_expired(&event) {
         tracing::warn!(topic = %sub.topic, "dropping expired pub/sub event");
-        return finish_dropped(ctx, d, stop).await;
+        finish_dropped(ctx, d, stop).await;
+        return None;
     }
     let path = match ctx.router.route(&event) {
         Ok(Some(p)) => p.to_owned(),
         Ok(None) => {
             tracing::debug!(topic = %sub.topic, "no route matched; dropping");
-            return finish_dropped(ctx, d, stop).await;
+            finish_dropped(ctx, d, stop).await;
+            return None;
         }
         Err(e) if dead_letter_topic(ctx).is_some() => {
             tracing::warn!(topic = %sub.topic, error = %e, "routing failed; dead-lettering");
-            return finish_dropped(ctx, d, stop).await;
+            finish_dropped(ctx, d, stop).await;
+            return None;
         }
         Err(e) => {
             // Dapr returns the error to the broker (redelivery); pause first
@@ -334,10 +362,10 @@ async fn process(ctx: &SubCtx, d: Delivery, mut stop: watch::Receiver<bool>) {
             tracing::error!(topic = %sub.topic, error = %e, "routing failed and no dead-letter topic; will redeliver");
             tokio::select! {
                 _ = tokio::time::sleep(retry::DEFAULT_INITIAL) => {}
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.wait_for(|s| *s) => return None,
             }
             let _ = d.ack.nack().await;
-            return;
+            return None;
         }
     };
     let traceparent = event
@@ -345,23 +373,49 @@ async fn process(ctx: &SubCtx, d: Delivery, mut stop: watch::Receiver<bool>) {
         .or_else(|| event.get("traceid"))
         .and_then(Value::as_str)
         .map(|tp| TraceParent::child_of(Some(tp)).to_string());
-    let end = retry::run(&ctx.policy, &mut stop, || async {
-        let answer = {
-            let _permit = match &ctx.app_limit {
-                Some(s) => Some(s.clone().acquire_owned().await.expect("semaphore open")),
-                None => None,
-            };
-            let call = ctx.client.deliver(
-                &path,
-                decoded.body.clone(),
-                &metadata,
-                traceparent.as_deref(),
-            );
-            match ctx.timeout {
-                Some(t) => tokio::time::timeout(t, call).await.unwrap_or(None),
-                None => call.await,
-            }
+    Some(Ready {
+        path,
+        body,
+        event,
+        metadata,
+        traceparent,
+        delivery: d,
+    })
+}
+
+impl SubCtx {
+    /// One call to the app under `--app-max-concurrency`, the resiliency
+    /// timeout and the circuit breaker; `None` is a transport error, a
+    /// timeout or an open breaker.
+    async fn call_app<F: std::future::Future<Output = app::AppAnswer>>(
+        &self,
+        call: F,
+    ) -> app::AppAnswer {
+        let _permit = match &self.app_limit {
+            Some(s) => Some(s.clone().acquire_owned().await.expect("semaphore open")),
+            None => None,
         };
+        match self.timeout {
+            Some(t) => tokio::time::timeout(t, call).await.unwrap_or(None),
+            None => call.await,
+        }
+    }
+}
+
+async fn process(ctx: &SubCtx, d: Delivery, stop: watch::Receiver<bool>) {
+    let Some(ready) = prepare(ctx, d, stop.clone()).await else {
+        return;
+    };
+    let mut retry_stop = stop.clone();
+    let end = retry::run(&ctx.policy, &mut retry_stop, || async {
+        let answer = ctx
+            .call_app(ctx.client.deliver(
+                &ready.path,
+                ready.body.clone(),
+                &ready.metadata,
+                ready.traceparent.as_deref(),
+            ))
+            .await;
         let status = answer.as_ref().map(|(s, _)| *s);
         match answer {
             Some((s, body)) => outcome::classify(Some(s), &body),
@@ -370,16 +424,17 @@ async fn process(ctx: &SubCtx, d: Delivery, mut stop: watch::Receiver<bool>) {
         .into_attempt(status)
     })
     .await;
+    let d = ready.delivery;
     match end {
         RetryEnd::Done(Outcome::Success) => {
             let _ = d.ack.ack().await;
         }
         RetryEnd::Done(outcome) => {
-            tracing::warn!(topic = %sub.topic, ?outcome, "message dropped by the app");
+            tracing::warn!(topic = %ctx.sub.topic, ?outcome, "message dropped by the app");
             finish_dropped(ctx, d, stop).await
         }
         RetryEnd::Exhausted(reason) => {
-            tracing::warn!(topic = %sub.topic, %reason, "retries exhausted");
+            tracing::warn!(topic = %ctx.sub.topic, %reason, "retries exhausted");
             finish_dropped(ctx, d, stop).await
         }
         // Shutdown is not exhaustion: leave the message unacked.

@@ -92,6 +92,12 @@ pub fn metadata(shared: &Shared) -> Resp {
     if let Some(port) = s.app_port {
         app["port"] = json!(port);
     }
+    if let Some(h) = &s.app_health {
+        app["health"] = json!({"healthCheckPath": h.path,
+            "healthProbeInterval": format_duration(h.interval),
+            "healthProbeTimeout": format_duration(h.timeout),
+            "healthThreshold": h.threshold});
+    }
     let denied: Vec<Value> = shared
         .denied
         .read()

@@ -1,0 +1,248 @@
+//! Bulk subscribe (reference 3.5): messages are gathered into batches of at
+//! most `maxMessagesCount` (default 100), flushed when full or
+//! `maxAwaitDurationMs` (default 1000) after the first message arrived, and
+//! POSTed as one Dapr bulk request per route path. The app answers a status
+//! per entry; a missing entry or an empty status is RETRY. Entries still
+//! failing when the retry policy gives up are dead-lettered one by one.
+//!
+//! A bulk subscription has one batch in flight at a time: the batch is the
+//! unit of concurrency, and its entries are in broker order.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::sync::watch;
+
+use super::retry::{self, Attempt, RetryEnd};
+use super::{finish_dropped, prepare, Ready, SubCtx};
+use crate::broker::{Delivery, DeliveryStream};
+
+/// Dapr's default batcher limits.
+pub const DEFAULT_MAX_MESSAGES: usize = 100;
+/// Dapr's default batcher wait, from the first pending message.
+pub const DEFAULT_MAX_AWAIT: Duration = Duration::from_millis(1000);
+
+/// Reads the next batch: waits for one message, then takes more until the
+/// batch is full or the wait is over. Empty when the stream ended or `stop`
+/// fired; a batch cut short by `stop` is dropped unfinished, so its
+/// messages are redelivered.
+pub async fn next_batch(
+    ctx: &SubCtx,
+    stream: &mut DeliveryStream,
+    stop: &mut watch::Receiver<bool>,
+) -> Vec<Delivery> {
+    let max = ctx
+        .sub
+        .bulk
+        .max_messages_count
+        .map_or(DEFAULT_MAX_MESSAGES, |n| n as usize);
+    let wait = ctx
+        .sub
+        .bulk
+        .max_await_duration_ms
+        .map_or(DEFAULT_MAX_AWAIT, |ms| Duration::from_millis(ms.into()));
+    let mut batch = Vec::new();
+    let first = tokio::select! {
+        d = stream.recv() => d,
+        _ = stop.wait_for(|s| *s) => None,
+    };
+    let Some(first) = first else { return batch };
+    batch.push(first);
+    let deadline = tokio::time::Instant::now() + wait;
+    while batch.len() < max {
+        tokio::select! {
+            d = stream.recv() => match d {
+                Some(d) => batch.push(d),
+                None => break,
+            },
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = stop.wait_for(|s| *s) => return Vec::new(),
+        }
+    }
+    batch
+}
+
+/// One entry of the app's bulk answer.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EntryStatus {
+    #[serde(default)]
+    entry_id: String,
+    #[serde(default)]
+    status: String,
+}
+
+#[derive(Deserialize)]
+struct BulkAnswer {
+    #[serde(default)]
+    statuses: Vec<EntryStatus>,
+}
+
+/// Delivers a batch: each message is prepared (expired and unroutable ones
+/// are finished on their own), the rest grouped per route path, one bulk
+/// request per path, the paths one after another.
+pub async fn process_batch(ctx: &SubCtx, batch: Vec<Delivery>, stop: watch::Receiver<bool>) {
+    let mut by_path: BTreeMap<String, Vec<Ready>> = BTreeMap::new();
+    for d in batch {
+        if let Some(r) = prepare(ctx, d, stop.clone()).await {
+            by_path.entry(r.path.clone()).or_default().push(r);
+        }
+    }
+    for (path, entries) in by_path {
+        deliver_group(ctx, path, entries, stop.clone()).await;
+    }
+}
+
+/// What is left of a group between attempts.
+struct Pending {
+    entries: BTreeMap<String, Ready>,
+}
+
+async fn deliver_group(
+    ctx: &SubCtx,
+    path: String,
+    entries: Vec<Ready>,
+    stop: watch::Receiver<bool>,
+) {
+    let pending = Mutex::new(Pending {
+        entries: entries
+            .into_iter()
+            .map(|r| (uuid::Uuid::new_v4().to_string(), r))
+            .collect(),
+    });
+    let mut retry_stop = stop.clone();
+    let end = retry::run(&ctx.policy, &mut retry_stop, || async {
+        let body = {
+            let p = pending.lock().expect("pending lock");
+            request_body(ctx, &p.entries)
+        };
+        let headers = BTreeMap::from([("pubsubName".to_owned(), ctx.sub.pubsubname.clone())]);
+        let answer = ctx
+            .call_app(ctx.client.deliver_bulk(&path, body, &headers))
+            .await;
+        let (status, body) = match answer {
+            None => {
+                return Attempt::Failed {
+                    status: None,
+                    reason: "app unreachable".into(),
+                }
+            }
+            Some(a) => a,
+        };
+        let (succeeded, dropped) = {
+            let mut p = pending.lock().expect("pending lock");
+            match read_answer(status, &body, &mut p.entries) {
+                Ok(done) => done,
+                Err(reason) => {
+                    return Attempt::Failed {
+                        status: Some(status),
+                        reason,
+                    }
+                }
+            }
+        };
+        for r in succeeded {
+            let _ = r.delivery.ack.ack().await;
+        }
+        for r in dropped {
+            finish_dropped(ctx, r.delivery, stop.clone()).await;
+        }
+        let left = pending.lock().expect("pending lock").entries.len();
+        if left == 0 {
+            Attempt::Done(())
+        } else {
+            Attempt::Failed {
+                status: Some(status),
+                reason: format!("{left} bulk entries to retry"),
+            }
+        }
+    })
+    .await;
+    let left = std::mem::take(&mut pending.lock().expect("pending lock").entries);
+    match end {
+        RetryEnd::Done(()) => {}
+        RetryEnd::Exhausted(reason) => {
+            tracing::warn!(topic = %ctx.sub.topic, %reason, entries = left.len(), "bulk retries exhausted");
+            for (_, r) in left {
+                finish_dropped(ctx, r.delivery, stop.clone()).await;
+            }
+        }
+        // Shutdown: the entries stay unacknowledged for redelivery.
+        RetryEnd::Stopped => {}
+    }
+}
+
+/// The Dapr bulk request for the pending entries.
+fn request_body(ctx: &SubCtx, entries: &BTreeMap<String, Ready>) -> Bytes {
+    let items: Vec<Value> = entries
+        .iter()
+        .map(|(id, r)| {
+            let (event, content_type) = if ctx.raw {
+                (
+                    Value::String(
+                        base64::engine::general_purpose::STANDARD.encode(&r.delivery.data),
+                    ),
+                    "application/octet-stream",
+                )
+            } else {
+                (
+                    Value::Object(r.event.clone()),
+                    crate::cloudevents::CLOUDEVENT_CONTENT_TYPE,
+                )
+            };
+            let mut md = r.delivery.metadata.clone();
+            md.remove("pubsubName");
+            json!({"entryId": id, "event": event, "metadata": md, "contentType": content_type})
+        })
+        .collect();
+    let mut req = Map::new();
+    req.insert("id".into(), uuid::Uuid::new_v4().to_string().into());
+    req.insert("type".into(), "com.dapr.event.sent.bulk".into());
+    req.insert("topic".into(), ctx.sub.topic.clone().into());
+    req.insert("pubsubname".into(), ctx.sub.pubsubname.clone().into());
+    req.insert(
+        "metadata".into(),
+        json!({"pubsubName": ctx.sub.pubsubname.clone()}),
+    );
+    req.insert("entries".into(), Value::Array(items));
+    Bytes::from(crate::util::to_go_json(&req))
+}
+
+/// Applies the app's answer to the pending entries. Returns the entries
+/// that succeeded and those dropped; what stays in `entries` is retried.
+/// `Err` when the whole batch is to be retried (non-2xx, non-JSON body).
+/// A 404 drops every entry.
+fn read_answer(
+    status: u16,
+    body: &[u8],
+    entries: &mut BTreeMap<String, Ready>,
+) -> Result<(Vec<Ready>, Vec<Ready>), String> {
+    if status == 404 {
+        return Ok((vec![], std::mem::take(entries).into_values().collect()));
+    }
+    if !(200..300).contains(&status) {
+        return Err(format!("app answered status {status}"));
+    }
+    let answer: BulkAnswer = serde_json::from_slice(body)
+        .map_err(|_| "the app's bulk answer is not JSON with statuses".to_string())?;
+    let (mut ok, mut dropped) = (vec![], vec![]);
+    for s in answer.statuses {
+        let target = match s.status.as_str() {
+            "SUCCESS" => &mut ok,
+            "DROP" => &mut dropped,
+            _ => continue,
+        };
+        match entries.remove(&s.entry_id) {
+            Some(r) => target.push(r),
+            None => {
+                tracing::warn!(entry_id = %s.entry_id, "the app answered for an unknown bulk entry; ignored")
+            }
+        }
+    }
+    Ok((ok, dropped))
+}
