@@ -621,3 +621,40 @@ async fn app_health_check_gates_start_and_pauses_deliveries() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn an_open_circuit_breaker_stops_calls_to_the_app_until_its_timeout() -> TestResult {
+    let res = "apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata: {name: r}
+spec:
+  policies:
+    retries:
+      steady: {policy: constant, duration: 200ms, maxRetries: -1}
+    circuitBreakers:
+      cb: {maxRequests: 1, timeout: 3s, trip: consecutiveFailures > 2}
+  targets:
+    components:
+      pubsub:
+        inbound: {retry: steady, circuitBreaker: cb}
+";
+    let dir = resources(&[
+        ("pubsub.yaml", PUBSUB),
+        ("r.yaml", res),
+        ("s.yaml", &subscription("s", "orders", "/orders")),
+    ]);
+    let mut app = TestApp::start(None, Arc::new(|_| (500, String::new()))).await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    assert_eq!(sc.publish_json("pubsub/orders", "{}").await, 204);
+    for _ in 0..3 {
+        app.next(5).await?;
+    }
+    assert!(
+        app.next(2).await.is_err(),
+        "after three failures the breaker is open: the app is not called"
+    );
+    app.next(3).await.map_err(|e| {
+        format!("after the 3 s timeout the breaker half-opens and lets one call through: {e}")
+    })?;
+    Ok(())
+}

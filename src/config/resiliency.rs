@@ -123,6 +123,14 @@ pub fn read(ctx: &mut DocCtx<'_>, name: &str, doc: &Mapping) -> Option<Resilienc
                     .string(m, &path, "trip")
                     .unwrap_or_else(|| "consecutiveFailures > 5".into()),
             };
+            if let Err(e) = cel::Program::compile(&cb.trip) {
+                let reason = e.to_string();
+                let first = reason.lines().next().unwrap_or_default();
+                ctx.problem(
+                    format!("{path}.trip"),
+                    format!("trip expression {:?} does not compile: {first}", cb.trip),
+                );
+            }
             r.circuit_breakers.insert(key, cb);
         }
     }

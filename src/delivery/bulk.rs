@@ -123,7 +123,10 @@ async fn deliver_group(
         };
         let headers = BTreeMap::from([("pubsubName".to_owned(), ctx.sub.pubsubname.clone())]);
         let answer = ctx
-            .call_app(ctx.client.deliver_bulk(&path, body, &headers))
+            .call_app(ctx.client.deliver_bulk(&path, body, &headers), |a| {
+                a.as_ref()
+                    .is_some_and(|(s, _)| (200..300).contains(s) || *s == 404)
+            })
             .await;
         let (status, body) = match answer {
             None => {

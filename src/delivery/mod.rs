@@ -8,6 +8,7 @@
 //! never "retries exhausted": a message interrupted by it stays unacked.
 
 mod app;
+mod breaker;
 mod bulk;
 pub mod health;
 pub mod outcome;
@@ -137,6 +138,7 @@ impl Engine {
             return;
         };
         let mut active = Vec::new();
+        let mut breakers = std::collections::HashMap::new();
         for sub in subs {
             let Some(entry) = shared.pubsubs.get(&sub.pubsubname) else {
                 tracing::error!(pubsub = %sub.pubsubname, topic = %sub.topic, "subscription names an unknown pubsub; not started");
@@ -157,6 +159,12 @@ impl Engine {
                 continue;
             }
             let inbound = inbound_policy(shared, &sub.pubsubname);
+            let breaker = inbound.breaker.as_ref().and_then(|(key, cfg)| {
+                breakers
+                    .entry(key.clone())
+                    .or_insert_with(|| breaker::Breaker::new(key, cfg).map(Arc::new))
+                    .clone()
+            });
             let router = match routing::Router::new(&sub.rules) {
                 Ok(r) => r,
                 Err(e) => {
@@ -179,8 +187,9 @@ impl Engine {
                     tracing::info!(pubsub = %sub.pubsubname, topic = %sub.topic, "subscription started");
                     let ctx = Arc::new(SubCtx {
                         router,
-                        policy: inbound.0,
-                        timeout: inbound.1,
+                        policy: inbound.retry,
+                        timeout: inbound.timeout,
+                        breaker,
                         sub: sub.clone(),
                         shared: shared.clone(),
                         client: client.clone(),
@@ -226,6 +235,8 @@ struct SubCtx {
     shared: Arc<Shared>,
     client: AppClient,
     app_limit: Option<Arc<Semaphore>>,
+    /// The inbound target's circuit breaker, shared with its other users.
+    breaker: Option<Arc<breaker::Breaker>>,
     /// `rawPayload` subscription metadata.
     raw: bool,
 }
@@ -386,19 +397,33 @@ async fn prepare(ctx: &SubCtx, d: Delivery, mut stop: watch::Receiver<bool>) -> 
 impl SubCtx {
     /// One call to the app under `--app-max-concurrency`, the resiliency
     /// timeout and the circuit breaker; `None` is a transport error, a
-    /// timeout or an open breaker.
+    /// timeout or an open breaker. `succeeded` tells the breaker whether
+    /// the answer counts as a success.
     async fn call_app<F: std::future::Future<Output = app::AppAnswer>>(
         &self,
         call: F,
+        succeeded: impl Fn(&app::AppAnswer) -> bool,
     ) -> app::AppAnswer {
-        let _permit = match &self.app_limit {
-            Some(s) => Some(s.clone().acquire_owned().await.expect("semaphore open")),
-            None => None,
-        };
-        match self.timeout {
-            Some(t) => tokio::time::timeout(t, call).await.unwrap_or(None),
-            None => call.await,
+        if let Some(b) = &self.breaker {
+            if b.admit() == breaker::Admit::No {
+                tracing::debug!(topic = %self.sub.topic, "circuit breaker open; app not called");
+                return None;
+            }
         }
+        let answer = {
+            let _permit = match &self.app_limit {
+                Some(s) => Some(s.clone().acquire_owned().await.expect("semaphore open")),
+                None => None,
+            };
+            match self.timeout {
+                Some(t) => tokio::time::timeout(t, call).await.unwrap_or(None),
+                None => call.await,
+            }
+        };
+        if let Some(b) = &self.breaker {
+            b.record(succeeded(&answer));
+        }
+        answer
     }
 }
 
@@ -408,20 +433,23 @@ async fn process(ctx: &SubCtx, d: Delivery, stop: watch::Receiver<bool>) {
     };
     let mut retry_stop = stop.clone();
     let end = retry::run(&ctx.policy, &mut retry_stop, || async {
+        let classify = |answer: &app::AppAnswer| match answer {
+            Some((s, body)) => outcome::classify(Some(*s), body),
+            None => outcome::classify(None, b""),
+        };
         let answer = ctx
-            .call_app(ctx.client.deliver(
-                &ready.path,
-                ready.body.clone(),
-                &ready.metadata,
-                ready.traceparent.as_deref(),
-            ))
+            .call_app(
+                ctx.client.deliver(
+                    &ready.path,
+                    ready.body.clone(),
+                    &ready.metadata,
+                    ready.traceparent.as_deref(),
+                ),
+                |a| !matches!(classify(a), Outcome::Retry(_)),
+            )
             .await;
         let status = answer.as_ref().map(|(s, _)| *s);
-        match answer {
-            Some((s, body)) => outcome::classify(Some(s), &body),
-            None => outcome::classify(None, b""),
-        }
-        .into_attempt(status)
+        classify(&answer).into_attempt(status)
     })
     .await;
     let d = ready.delivery;
@@ -491,32 +519,54 @@ async fn finish_dropped(ctx: &SubCtx, d: Delivery, mut stop: watch::Receiver<boo
     }
 }
 
-/// The retry policy and timeout for deliveries from `pubsub`: the
-/// Resiliency target `components.<pubsub>.inbound`, else `apps.<app-id>`,
-/// else the default policy and no timeout.
-fn inbound_policy(shared: &Shared, pubsub: &str) -> (RetryPolicy, Option<Duration>) {
+/// The policies applied to deliveries from one pubsub.
+struct InboundPolicy {
+    retry: RetryPolicy,
+    timeout: Option<Duration>,
+    /// `(resiliency/target key, settings)` of the target's circuit breaker.
+    breaker: Option<(String, crate::config::resiliency::CircuitBreaker)>,
+}
+
+/// The retry policy, timeout and circuit breaker for deliveries from
+/// `pubsub`: the Resiliency target `components.<pubsub>.inbound`, else
+/// `apps.<app-id>`, else the default policy, no timeout and no breaker.
+fn inbound_policy(shared: &Shared, pubsub: &str) -> InboundPolicy {
     for r in &shared.resiliency {
-        let target = r
-            .inbound
-            .get(pubsub)
-            .or_else(|| r.apps.get(&shared.settings.app_id));
-        if let Some(t) = target {
-            let policy = t
-                .retry
-                .as_ref()
-                .and_then(|name| r.retries.get(name))
-                .map(RetryPolicy::from)
-                .unwrap_or_default();
-            let timeout = t.timeout.as_ref().and_then(|name| {
-                r.timeouts
-                    .get(name)
-                    .copied()
-                    .or_else(|| crate::util::parse_go_duration(name).ok())
-            });
-            return (policy, timeout);
-        }
+        let (key, target) = match r.inbound.get(pubsub) {
+            Some(t) => (format!("{}/components.{pubsub}.inbound", r.name), t),
+            None => match r.apps.get(&shared.settings.app_id) {
+                Some(t) => (format!("{}/apps.{}", r.name, shared.settings.app_id), t),
+                None => continue,
+            },
+        };
+        let retry = target
+            .retry
+            .as_ref()
+            .and_then(|name| r.retries.get(name))
+            .map(RetryPolicy::from)
+            .unwrap_or_default();
+        let timeout = target.timeout.as_ref().and_then(|name| {
+            r.timeouts
+                .get(name)
+                .copied()
+                .or_else(|| crate::util::parse_go_duration(name).ok())
+        });
+        let breaker = target
+            .circuit_breaker
+            .as_ref()
+            .and_then(|name| r.circuit_breakers.get(name))
+            .map(|cb| (key, cb.clone()));
+        return InboundPolicy {
+            retry,
+            timeout,
+            breaker,
+        };
     }
-    (RetryPolicy::default(), None)
+    InboundPolicy {
+        retry: RetryPolicy::default(),
+        timeout: None,
+        breaker: None,
+    }
 }
 
 /// The ordering key of a message: `partitionKey`, else `__key` (Kafka).
