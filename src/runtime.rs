@@ -9,9 +9,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
-use crate::broker::memory::MemoryBroker;
 use crate::broker::Broker;
-use crate::config::{PubsubComponent, PubsubKind, Resources, SubscriptionSpec};
+use crate::config::{PubsubComponent, Resources, SubscriptionSpec};
 use crate::delivery;
 
 /// Process settings (flags with env fallbacks; see `cli`).
@@ -87,11 +86,7 @@ impl Shared {
             .pubsubs
             .iter()
             .map(|c| {
-                let broker: Arc<dyn Broker> = match c.kind {
-                    PubsubKind::InMemory { max_messages } => {
-                        Arc::new(MemoryBroker::new(&c.name, max_messages))
-                    }
-                };
+                let broker = crate::broker::build(c);
                 (
                     c.name.clone(),
                     PubsubEntry {

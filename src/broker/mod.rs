@@ -8,6 +8,7 @@ pub mod memory;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -100,4 +101,14 @@ pub trait Broker: Send + Sync {
     fn health(&self) -> Result<(), BrokerError>;
     /// Dapr capability names for the metadata API (`BULK_PUBSUB`, `MESSAGE_TTL`, ...).
     fn capabilities(&self) -> Vec<&'static str>;
+}
+
+/// Builds the broker for a pub/sub component. Connecting happens in the
+/// background: a broker that is down at start-up is retried, not fatal.
+pub fn build(component: &crate::config::PubsubComponent) -> Arc<dyn Broker> {
+    match &component.kind {
+        crate::config::PubsubKind::InMemory { max_messages } => {
+            Arc::new(memory::MemoryBroker::new(&component.name, *max_messages))
+        }
+    }
 }

@@ -317,3 +317,66 @@ spec:
 "
     )
 }
+
+/// The broker a behaviour test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `pubsub.in-memory`.
+    Memory,
+    /// `pubsub.kafka` on the Kafka-protocol broker at 127.0.0.1:9092.
+    Kafka,
+    /// `pubsub.rabbitmq` on the RabbitMQ server at 127.0.0.1:5672.
+    Rabbit,
+}
+
+/// One test's view of a backend: component YAML and topic names unique to
+/// the test, so tests can share a real broker (and run concurrently).
+pub struct Bench {
+    pub backend: Backend,
+    pub id: String,
+}
+
+impl Bench {
+    pub fn new(backend: Backend) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+        Self { backend, id }
+    }
+
+    /// The real topic name for `base` (unique per test on real brokers).
+    pub fn topic(&self, base: &str) -> String {
+        match self.backend {
+            Backend::Memory => base.to_owned(),
+            _ => format!("{base}-{}", self.id),
+        }
+    }
+
+    /// The pubsub component named `pubsub` on this backend, with `metadata`.
+    pub fn pubsub(&self, metadata: &[(&str, &str)]) -> String {
+        let group = format!("g-{}", self.id);
+        let mut md: Vec<(&str, &str)> = match self.backend {
+            Backend::Memory => vec![],
+            Backend::Kafka => vec![
+                ("brokers", "127.0.0.1:9092"),
+                ("consumerGroup", group.as_str()),
+                ("initialOffset", "oldest"),
+            ],
+            Backend::Rabbit => vec![
+                ("connectionString", "amqp://guest:guest@127.0.0.1:5672"),
+                ("consumerID", group.as_str()),
+                ("deletedWhenUnused", "true"),
+            ],
+        };
+        md.extend_from_slice(metadata);
+        let ty = match self.backend {
+            Backend::Memory => "pubsub.in-memory",
+            Backend::Kafka => "pubsub.kafka",
+            Backend::Rabbit => "pubsub.rabbitmq",
+        };
+        component("pubsub", &md).replace("pubsub.in-memory", ty)
+    }
+
+    /// A v2alpha1 subscription to this test's `base` topic.
+    pub fn subscription(&self, name: &str, base: &str, route: &str) -> String {
+        subscription(name, &self.topic(base), route)
+    }
+}
