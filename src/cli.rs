@@ -222,7 +222,13 @@ async fn run(a: RunArgs) -> ExitCode {
     for p in &resources.pubsubs {
         tracing::info!(component = %p.name, r#type = %p.type_name, "component loaded");
     }
-    let shared = Shared::build(settings, &resources);
+    let shared = match Shared::build(settings, &resources) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("perch: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     runtime::run(
         shared,
         listeners,

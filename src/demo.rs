@@ -70,7 +70,13 @@ pub async fn run(a: DemoArgs) -> ExitCode {
         graceful_shutdown: Duration::from_secs(5),
         app_health: None,
     };
-    let shared = Shared::build(settings, &resources);
+    let shared = match Shared::build(settings, &resources) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("perch demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let sidecar = tokio::spawn(runtime::run(
         shared.clone(),

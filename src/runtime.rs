@@ -80,23 +80,25 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Builds brokers for the loaded components.
-    pub fn build(settings: Settings, resources: &Resources) -> Arc<Self> {
+    /// Builds brokers for the loaded components; fails with the component's
+    /// name when a client library refuses its settings.
+    pub fn build(settings: Settings, resources: &Resources) -> Result<Arc<Self>, String> {
         let pubsubs = resources
             .pubsubs
             .iter()
             .map(|c| {
-                let broker = crate::broker::build(c);
-                (
+                let broker =
+                    crate::broker::build(c).map_err(|e| format!("component {}: {e}", c.name))?;
+                Ok((
                     c.name.clone(),
                     PubsubEntry {
                         component: c.clone(),
                         broker,
                     },
-                )
+                ))
             })
-            .collect();
-        Arc::new(Self {
+            .collect::<Result<_, String>>()?;
+        Ok(Arc::new(Self {
             settings,
             pubsubs,
             subscriptions: RwLock::new(vec![]),
@@ -107,7 +109,7 @@ impl Shared {
             extended: Mutex::new(BTreeMap::new()),
             shutdown: Notify::new(),
             shutdown_requested: AtomicBool::new(false),
-        })
+        }))
     }
 
     /// Asks the process to shut down (`POST /v1.0/shutdown`).
@@ -178,6 +180,9 @@ pub async fn run(
     starter.abort();
     health.abort();
     engine.drain(shared.settings.graceful_shutdown).await;
+    for entry in shared.pubsubs.values() {
+        entry.broker.close().await;
+    }
     for s in servers {
         let _ = s.await;
     }

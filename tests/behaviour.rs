@@ -558,7 +558,6 @@ async fn two_subscriptions_each_receive_their_own_topic(b: &Bench) -> TestResult
 /// Graceful shutdown (durable brokers only): a delivery the app never
 /// answers is left unacknowledged when the grace period ends, and the next
 /// sidecar of the same app receives it.
-#[allow(dead_code)]
 async fn shutdown_leaves_unfinished_messages_for_redelivery(b: &Bench) -> TestResult {
     let dir = resources(&[
         ("pubsub.yaml", &b.pubsub(&[])),
@@ -623,3 +622,8 @@ macro_rules! suite {
 }
 
 suite!(memory, Backend::Memory, []);
+suite!(
+    kafka,
+    Backend::Kafka,
+    [shutdown_leaves_unfinished_messages_for_redelivery]
+);

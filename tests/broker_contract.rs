@@ -22,7 +22,7 @@ fn broker_for(b: &Bench) -> Arc<dyn Broker> {
         pod_name: None,
     };
     let res = perch::config::load(&[dir.path().to_owned()], &opts).expect("component loads");
-    perch::broker::build(&res.pubsubs[0])
+    perch::broker::build(&res.pubsubs[0]).expect("broker builds")
 }
 
 fn msg(topic: &str, n: u32) -> Message {
@@ -40,6 +40,7 @@ async fn subscribe(broker: &dyn Broker, b: &Bench, topic: &str) -> DeliveryStrea
             topic: topic.to_owned(),
             group: format!("g-{}", b.id),
             metadata: Default::default(),
+            window: 16,
         })
         .await
         .expect("subscribe")
@@ -144,3 +145,4 @@ macro_rules! contract {
 }
 
 contract!(memory, Backend::Memory);
+contract!(kafka, Backend::Kafka);

@@ -99,8 +99,8 @@ impl Broker for MemoryBroker {
                 })
                 .clone()
         };
-        let (tx, rx) = mpsc::channel(1);
-        tokio::spawn(pump(group, tx));
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(pump(group, tx, req.window.max(1)));
         Box::pin(async move { Ok(rx) })
     }
 
@@ -113,16 +113,18 @@ impl Broker for MemoryBroker {
     }
 }
 
-/// Moves queued messages into the subscription's channel until it is dropped.
-async fn pump(group: Arc<Group>, tx: mpsc::Sender<Delivery>) {
+/// Moves queued messages into the subscription's channel, at most `window`
+/// unfinished at a time, until the channel is dropped.
+async fn pump(group: Arc<Group>, tx: mpsc::UnboundedSender<Delivery>, window: usize) {
     loop {
-        let Ok(permit) = tx.reserve().await else {
-            return;
-        };
         let msg = loop {
             let next = {
                 let mut s = group.state.lock().expect("group lock");
-                let m = s.queue.pop_front();
+                let m = if s.in_flight < window {
+                    s.queue.pop_front()
+                } else {
+                    None
+                };
                 if m.is_some() {
                     s.in_flight += 1;
                 }
@@ -136,18 +138,25 @@ async fn pump(group: Arc<Group>, tx: mpsc::Sender<Delivery>) {
                 },
             }
         };
-        let mut metadata = msg.metadata.clone();
-        metadata.retain(|k, _| !k.starts_with("cloudevent.") && k != "rawPayload");
-        permit.send(Delivery {
+        let metadata = super::carried_metadata(&msg.metadata)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let delivery = Delivery {
             topic: msg.topic.clone(),
             data: msg.data.clone(),
             content_type: msg.content_type.clone(),
             metadata,
+            lane: 0,
+            owned: None,
             ack: Box::new(MemoryAck {
                 group: group.clone(),
                 msg: Some(msg),
             }),
-        });
+        };
+        // A closed channel hands the delivery back; dropping it requeues.
+        if tx.send(delivery).is_err() {
+            return;
+        }
     }
 }
 

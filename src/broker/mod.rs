@@ -3,11 +3,13 @@
 //! message), subscribe (a stream of deliveries, each with its own ack
 //! handle), health and capabilities.
 
+pub mod kafka;
 pub mod memory;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -49,6 +51,9 @@ pub struct SubscribeRequest {
     pub group: String,
     /// Subscription metadata.
     pub metadata: BTreeMap<String, String>,
+    /// Most deliveries of one lane (partition or queue) handed out and not
+    /// yet finished; the broker holds back the rest (flow control).
+    pub window: usize,
 }
 
 /// Finishes one delivery: `ack` when it is done with, `nack` to have it
@@ -70,13 +75,42 @@ pub struct Delivery {
     pub content_type: Option<String>,
     /// Broker metadata (forwarded to the app as headers).
     pub metadata: BTreeMap<String, String>,
+    /// The ordering lane: the partition (Kafka), or 0 for a single queue.
+    /// Order is kept per lane, and a slow lane never holds up another.
+    pub lane: i32,
+    /// Turns false when the broker took the message back (its partition was
+    /// revoked): it is then not delivered; its next owner delivers it.
+    pub owned: Option<Arc<AtomicBool>>,
     /// How to finish it.
     pub ack: Box<dyn AckHandle>,
 }
 
-/// A running subscription: deliveries arrive on the receiver; dropping it
-/// stops consumption and returns unfinished messages to the broker.
-pub type DeliveryStream = mpsc::Receiver<Delivery>;
+impl Delivery {
+    /// Still ours to deliver (not revoked).
+    pub fn is_owned(&self) -> bool {
+        self.owned
+            .as_ref()
+            .is_none_or(|o| o.load(std::sync::atomic::Ordering::Acquire))
+    }
+}
+
+/// A running subscription: deliveries arrive on the receiver in lane order;
+/// dropping it stops consumption and returns unfinished messages to the
+/// broker. The broker bounds it: at most `window` unfinished deliveries per
+/// lane are handed out.
+pub type DeliveryStream = mpsc::UnboundedReceiver<Delivery>;
+
+/// Consumer lag of one partition or queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lag {
+    /// Topic on the broker.
+    pub topic: String,
+    /// Partition (0 for a queue).
+    pub partition: i32,
+    /// Messages not yet finished by the group: high watermark minus the
+    /// committed offset (Kafka), or queue depth (RabbitMQ).
+    pub messages: i64,
+}
 
 /// A pub/sub backend.
 pub trait Broker: Send + Sync {
@@ -101,14 +135,35 @@ pub trait Broker: Send + Sync {
     fn health(&self) -> Result<(), BrokerError>;
     /// Dapr capability names for the metadata API (`BULK_PUBSUB`, `MESSAGE_TTL`, ...).
     fn capabilities(&self) -> Vec<&'static str>;
+    /// Consumer lag of the subscriptions' groups.
+    fn lag(&self) -> BoxFuture<'_, Vec<Lag>> {
+        Box::pin(async { vec![] })
+    }
+    /// Commits what finished and releases connections; called once after
+    /// the engine drained.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// Publish metadata that travels with a message: everything but Perch's
+/// publish-time controls (`cloudevent.*` overrides and `rawPayload`).
+pub fn carried_metadata(md: &BTreeMap<String, String>) -> impl Iterator<Item = (&String, &String)> {
+    md.iter()
+        .filter(|(k, _)| !k.starts_with("cloudevent.") && k.as_str() != "rawPayload")
 }
 
 /// Builds the broker for a pub/sub component. Connecting happens in the
 /// background: a broker that is down at start-up is retried, not fatal.
-pub fn build(component: &crate::config::PubsubComponent) -> Arc<dyn Broker> {
-    match &component.kind {
+/// Fails only on settings the client library refuses (a bad `rdkafka.*`
+/// property, say).
+pub fn build(component: &crate::config::PubsubComponent) -> Result<Arc<dyn Broker>, BrokerError> {
+    Ok(match &component.kind {
         crate::config::PubsubKind::InMemory { max_messages } => {
             Arc::new(memory::MemoryBroker::new(&component.name, *max_messages))
         }
-    }
+        crate::config::PubsubKind::Kafka(cfg) => {
+            Arc::new(kafka::KafkaBroker::new(&component.name, cfg)?)
+        }
+    })
 }

@@ -41,6 +41,8 @@ pub enum PubsubKind {
         /// `maxMessages`: unacknowledged messages kept per subscriber queue.
         max_messages: usize,
     },
+    /// `pubsub.kafka`.
+    Kafka(Box<super::kafka::KafkaConfig>),
 }
 
 /// How the engine orders deliveries of one partition or queue.
@@ -94,12 +96,7 @@ impl PubsubComponent {
 }
 
 /// Component types Perch will serve but whose backend is not built yet.
-const PLANNED_TYPES: &[&str] = &[
-    "pubsub.kafka",
-    "pubsub.rabbitmq",
-    "store.postgresql",
-    "store.in-memory",
-];
+const PLANNED_TYPES: &[&str] = &["pubsub.rabbitmq", "store.postgresql", "store.in-memory"];
 /// Dapr building blocks Perch does not serve: such components are skipped.
 const OTHER_BLOCKS: &[&str] = &[
     "state.",
@@ -137,25 +134,31 @@ pub fn read(
         Some(v) => ctx.problem("spec.version", format!("unsupported version {v:?}; use v1")),
         None => ctx.problem("spec.version", "missing required field (use v1)"),
     }
-    let own_keys: &[&str] = match type_name.as_str() {
-        "pubsub.in-memory" => &["maxMessages"],
+    let kafka_keys: Vec<&str> = super::kafka::KEYS
+        .iter()
+        .copied()
+        .chain(super::kafka::UNSUPPORTED.iter().map(|(k, _)| *k))
+        .collect();
+    let (own_keys, passthrough): (&[&str], Option<&str>) = match type_name.as_str() {
+        "pubsub.in-memory" => (&["maxMessages"], None),
+        "pubsub.kafka" => (&kafka_keys, Some(super::kafka::PASSTHROUGH)),
         t if PLANNED_TYPES.contains(&t) => {
             ctx.problem(
                 "spec.type",
-                format!("{t} is not available in this version of Perch yet; use pubsub.in-memory"),
+                format!("{t} is not available in this version of Perch yet; use pubsub.in-memory or pubsub.kafka"),
             );
             return None;
         }
         t => {
             ctx.problem(
                 "spec.type",
-                format!("unknown type {t:?}; supported: pubsub.in-memory"),
+                format!("unknown type {t:?}; supported: pubsub.in-memory, pubsub.kafka"),
             );
             return None;
         }
     };
     let before = ctx.problems.len();
-    let metadata = read_metadata(ctx, spec, own_keys, opts);
+    let metadata = read_metadata(ctx, spec, own_keys, passthrough, opts);
     let mut ok = ctx.problems.len() == before;
     let get = |k: &str| {
         metadata
@@ -179,8 +182,23 @@ pub fn read(
     };
     let max_in_flight = positive(ctx, "maxInFlight", DEFAULT_MAX_IN_FLIGHT);
     let max_messages = positive(ctx, "maxMessages", DEFAULT_MEMORY_MAX_MESSAGES);
+    let kind = match type_name.as_str() {
+        "pubsub.kafka" => match super::kafka::read(ctx, &metadata) {
+            Some(k) => PubsubKind::Kafka(Box::new(k)),
+            None => {
+                ok = false;
+                PubsubKind::InMemory { max_messages }
+            }
+        },
+        _ => PubsubKind::InMemory { max_messages },
+    };
+    let default_order = match kind {
+        PubsubKind::Kafka(_) => DeliveryOrder::Partition,
+        PubsubKind::InMemory { .. } => DeliveryOrder::None,
+    };
     let delivery_order = match get("deliveryOrder") {
-        None | Some("none") => DeliveryOrder::None,
+        None => default_order,
+        Some("none") => DeliveryOrder::None,
         Some("partition") => DeliveryOrder::Partition,
         Some("key") => DeliveryOrder::Key,
         Some(other) => {
@@ -217,7 +235,7 @@ pub fn read(
     ok.then(|| PubsubComponent {
         name: name.to_owned(),
         type_name: type_name.clone(),
-        kind: PubsubKind::InMemory { max_messages },
+        kind,
         scoping,
         delivery_order,
         max_in_flight,
@@ -231,6 +249,7 @@ fn read_metadata(
     ctx: &mut DocCtx<'_>,
     spec: &Mapping,
     own_keys: &[&str],
+    passthrough: Option<&str>,
     opts: &LoadOptions,
 ) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
@@ -252,7 +271,8 @@ fn read_metadata(
         let Some(key) = ctx.required_string(entry, &path, "name") else {
             continue;
         };
-        if !valid.iter().any(|k| k.eq_ignore_ascii_case(&key)) {
+        let passed = passthrough.is_some_and(|p| key.starts_with(p) && key.len() > p.len());
+        if !passed && !valid.iter().any(|k| k.eq_ignore_ascii_case(&key)) {
             ctx.problem(
                 format!("{path}.name"),
                 format!(
@@ -317,12 +337,64 @@ mod tests {
 
     #[test]
     fn planned_types_say_they_are_not_available_yet() {
-        let (c, problems) = load("spec: {type: pubsub.kafka, version: v1}", None);
+        let (c, problems) = load("spec: {type: pubsub.rabbitmq, version: v1}", None);
         assert!(c.is_none());
         assert_eq!(
             problems,
-            ["spec.type: pubsub.kafka is not available in this version of Perch yet; use pubsub.in-memory"]
+            ["spec.type: pubsub.rabbitmq is not available in this version of Perch yet; use pubsub.in-memory or pubsub.kafka"]
         );
+    }
+
+    fn kafka(metadata: &str) -> (Option<PubsubComponent>, Vec<String>) {
+        load(
+            &format!("spec: {{type: pubsub.kafka, version: v1, metadata: [{metadata}]}}"),
+            None,
+        )
+    }
+
+    #[test]
+    fn kafka_metadata_maps_onto_librdkafka() {
+        let (c, problems) = kafka(
+            "{name: brokers, value: 'a:9092,b:9092'}, {name: authType, value: password},
+             {name: saslUsername, value: u}, {name: saslPassword, value: p},
+             {name: saslMechanism, value: SHA-512}, {name: compression, value: zstd},
+             {name: rdkafka.fetch.wait.max.ms, value: '50'}, {name: initialOffset, value: oldest}",
+        );
+        let c = c.unwrap_or_else(|| panic!("{problems:?}"));
+        assert_eq!(c.delivery_order, DeliveryOrder::Partition, "Dapr's default");
+        let PubsubKind::Kafka(k) = c.kind else {
+            panic!("not kafka")
+        };
+        assert_eq!(k.common["bootstrap.servers"], "a:9092,b:9092");
+        assert_eq!(k.common["security.protocol"], "sasl_ssl");
+        assert_eq!(k.common["sasl.mechanism"], "SCRAM-SHA-512");
+        assert_eq!(k.common["fetch.wait.max.ms"], "50", "passthrough");
+        assert_eq!(k.producer["acks"], "all");
+        assert_eq!(k.producer["enable.idempotence"], "true");
+        assert_eq!(k.producer["compression.type"], "zstd");
+        assert_eq!(k.initial_offset, super::super::kafka::InitialOffset::Oldest);
+    }
+
+    #[test]
+    fn kafka_reports_unsupported_dapr_keys_and_bad_values() {
+        let (c, problems) = kafka(
+            "{name: brokers, value: 'a:9092'}, {name: consumeRetryEnabled, value: 'true'},
+             {name: authType, value: oidc}, {name: compresion, value: gzip}",
+        );
+        assert!(c.is_none());
+        assert!(problems.iter().any(|p| p.contains("consumeRetryEnabled")
+            && p.contains("not supported by Perch: the sidecar owns retries")));
+        assert!(problems
+            .iter()
+            .any(|p| p.starts_with("spec.metadata.authType") && p.contains("oidc")));
+        assert!(problems
+            .iter()
+            .any(|p| p.contains("unknown metadata key \"compresion\"")));
+        let (c, problems) = kafka("{name: initialOffset, value: oldest}");
+        assert!(c.is_none());
+        assert!(problems
+            .iter()
+            .any(|p| p.starts_with("spec.metadata.brokers: required")));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod component;
 pub mod doc;
 pub mod error;
+pub mod kafka;
 pub mod load;
 pub mod resiliency;
 pub mod scopes;

@@ -172,15 +172,16 @@ impl Engine {
                     continue;
                 }
             };
+            let md = &entry.component.metadata;
             let req = SubscribeRequest {
                 topic: entry.component.broker_topic(&sub.topic),
-                group: entry
-                    .component
-                    .metadata
-                    .get("consumerID")
+                group: md
+                    .get("consumerGroup")
+                    .or_else(|| md.get("consumerID"))
                     .cloned()
                     .unwrap_or_else(|| shared.settings.app_id.clone()),
                 metadata: sub.metadata.clone(),
+                window: entry.component.max_in_flight,
             };
             match entry.broker.subscribe(req).await {
                 Ok(stream) => {
@@ -263,20 +264,15 @@ async fn consume(
             bulk::process_batch(&ctx, batch, stop.clone()).await;
         }
     }
+    // The broker hands out at most `maxInFlight` unfinished deliveries per
+    // lane; the engine only orders them. Each message waits for its
+    // predecessor in its chain (the lane for `partition`, the key for `key`),
+    // so the receive loop never blocks and a slow lane never holds up another.
     let comp = &ctx.entry().component;
-    let window = match comp.delivery_order {
-        DeliveryOrder::Partition => 1,
-        DeliveryOrder::Key | DeliveryOrder::None => comp.max_in_flight,
-    };
-    let slots = Arc::new(Semaphore::new(window));
-    let by_key = comp.delivery_order == DeliveryOrder::Key;
-    let mut key_order = KeyOrder::default();
+    let order = comp.delivery_order;
+    let mut chains = KeyOrder::default();
     let mut tasks = JoinSet::new();
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("semaphore open"),
-            _ = stop.wait_for(|s| *s) => break,
-        };
         let d = tokio::select! {
             d = stream.recv() => match d { Some(d) => d, None => break },
             _ = stop.wait_for(|s| *s) => break,
@@ -286,11 +282,12 @@ async fn consume(
         if !health::until_healthy(&ctx.shared, &mut stop).await {
             break;
         }
-        let (previous, done) = if by_key {
-            key_order.enqueue(ordering_key(&d.metadata), window)
-        } else {
-            (None, None)
+        let chain = match order {
+            DeliveryOrder::Partition => Some(format!("lane {}", d.lane)),
+            DeliveryOrder::Key => ordering_key(&d.metadata).map(|k| format!("key {k}")),
+            DeliveryOrder::None => None,
         };
+        let (previous, done) = chains.enqueue(chain, comp.max_in_flight);
         let ctx = ctx.clone();
         let stop = stop.clone();
         tasks.spawn(async move {
@@ -298,9 +295,11 @@ async fn consume(
                 // Sender dropped or sent: either way the predecessor is finished.
                 let _ = prev.await;
             }
-            process(&ctx, d, stop).await;
+            // A revoked message is left to its next owner.
+            if d.is_owned() && !*stop.borrow() {
+                process(&ctx, d, stop).await;
+            }
             drop(done);
-            drop(permit);
         });
         while tasks.try_join_next().is_some() {}
     }
@@ -574,8 +573,8 @@ fn ordering_key(md: &BTreeMap<String, String>) -> Option<String> {
     md.get("partitionKey").or_else(|| md.get("__key")).cloned()
 }
 
-/// Per-key ordering for `deliveryOrder: key`: each message waits for the
-/// previous message with the same key; different keys run concurrently.
+/// Ordering chains: each message waits for the previous message of its
+/// chain (its lane, or its key); different chains run concurrently.
 #[derive(Default)]
 struct KeyOrder {
     tails: std::collections::HashMap<String, tokio::sync::oneshot::Receiver<()>>,

@@ -1,0 +1,412 @@
+//! `pubsub.kafka` metadata (reference 5.2) mapped onto librdkafka
+//! properties. Dapr's keys keep their names and meaning; Perch adds
+//! topic auto-creation settings, `publishTimeout` and a passthrough for raw
+//! librdkafka properties (`rdkafka.<property>`). Dapr keys Perch does not
+//! support are errors that say so, never ignored.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::doc::DocCtx;
+use crate::util::{parse_go_bool, parse_go_duration};
+
+/// Keys Perch reads for Kafka (Dapr's, then Perch's).
+pub const KEYS: &[&str] = &[
+    "brokers",
+    "consumerGroup",
+    "clientID",
+    "initialOffset",
+    "authType",
+    "saslUsername",
+    "saslPassword",
+    "saslMechanism",
+    "caCert",
+    "clientCert",
+    "clientKey",
+    "skipVerify",
+    "disableTls",
+    "maxMessageBytes",
+    "compression",
+    "escapeHeaders",
+    "excludeHeaderMetaRegex",
+    "producerRequiredAcks",
+    "producerRetryMax",
+    "heartbeatInterval",
+    "sessionTimeout",
+    "dialTimeout",
+    "clientConnectionTopicMetadataRefreshInterval",
+    "autoCreateTopics",
+    "topicPartitions",
+    "topicReplicationFactor",
+    "publishTimeout",
+];
+
+/// Dapr keys Perch recognises but does not support; each is an error.
+pub const UNSUPPORTED: &[(&str, &str)] = &[
+    ("authRequired", "use authType"),
+    ("version", "librdkafka negotiates the protocol version"),
+    ("channelBufferSize", "the in-flight window is maxInFlight"),
+    ("consumerFetchMin", "use rdkafka.fetch.min.bytes"),
+    ("consumerFetchDefault", "use rdkafka.fetch.max.bytes"),
+    (
+        "consumerGroupRebalanceStrategy",
+        "Perch always uses cooperative-sticky",
+    ),
+    (
+        "clientConnectionKeepAliveInterval",
+        "use rdkafka.socket.keepalive.enable",
+    ),
+    ("readTimeout", "use rdkafka.socket.timeout.ms"),
+    ("writeTimeout", "use rdkafka.socket.timeout.ms"),
+    ("metadataTimeout", "use rdkafka.metadata.max.age.ms"),
+    (
+        "consumeRetryEnabled",
+        "the sidecar owns retries: use a Resiliency policy",
+    ),
+    (
+        "consumeRetryInterval",
+        "the sidecar owns retries: use a Resiliency policy",
+    ),
+    (
+        "backOffPolicy",
+        "the sidecar owns retries: use a Resiliency policy",
+    ),
+    (
+        "backOffDuration",
+        "the sidecar owns retries: use a Resiliency policy",
+    ),
+    (
+        "backOffMaxRetries",
+        "the sidecar owns retries: use a Resiliency policy",
+    ),
+    (
+        "backOffInitialInterval",
+        "the sidecar owns retries: use a Resiliency policy",
+    ),
+    (
+        "backOffMaxInterval",
+        "the sidecar owns retries: use a Resiliency policy",
+    ),
+    (
+        "backOffMultiplier",
+        "the sidecar owns retries: use a Resiliency policy",
+    ),
+    (
+        "backOffRandomizationFactor",
+        "the sidecar owns retries: use a Resiliency policy",
+    ),
+    (
+        "backOffMaxElapsedTime",
+        "the sidecar owns retries: use a Resiliency policy",
+    ),
+    ("oidcTokenEndpoint", "OIDC is not supported yet"),
+    ("oidcClientID", "OIDC is not supported yet"),
+    ("oidcClientSecret", "OIDC is not supported yet"),
+    ("oidcScopes", "OIDC is not supported yet"),
+    ("oidcExtensions", "OIDC is not supported yet"),
+    ("oidcClientAssertionCert", "OIDC is not supported yet"),
+    ("oidcClientAssertionKey", "OIDC is not supported yet"),
+    ("oidcResource", "OIDC is not supported yet"),
+    ("oidcAudience", "OIDC is not supported yet"),
+    ("oidcKid", "OIDC is not supported yet"),
+    ("awsRegion", "AWS IAM is not supported yet"),
+    ("awsAccessKey", "AWS IAM is not supported yet"),
+    ("accessKey", "AWS IAM is not supported yet"),
+    ("awsSecretKey", "AWS IAM is not supported yet"),
+    ("secretKey", "AWS IAM is not supported yet"),
+    ("awsSessionToken", "AWS IAM is not supported yet"),
+    ("sessionToken", "AWS IAM is not supported yet"),
+    ("awsIamRoleArn", "AWS IAM is not supported yet"),
+    ("assumeRoleArn", "AWS IAM is not supported yet"),
+    ("awsStsSessionName", "AWS IAM is not supported yet"),
+    ("sessionName", "AWS IAM is not supported yet"),
+    (
+        "schemaRegistryURL",
+        "Avro and the schema registry are not supported yet",
+    ),
+    (
+        "schemaRegistryAPIKey",
+        "Avro and the schema registry are not supported yet",
+    ),
+    (
+        "schemaRegistryAPISecret",
+        "Avro and the schema registry are not supported yet",
+    ),
+    (
+        "schemaCachingEnabled",
+        "Avro and the schema registry are not supported yet",
+    ),
+    (
+        "schemaLatestVersionCacheTTL",
+        "Avro and the schema registry are not supported yet",
+    ),
+    (
+        "useAvroJSON",
+        "Avro and the schema registry are not supported yet",
+    ),
+];
+
+/// Prefix of raw librdkafka properties.
+pub const PASSTHROUGH: &str = "rdkafka.";
+
+/// Where a new consumer group starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialOffset {
+    /// Only messages produced after the group first joined.
+    Newest,
+    /// From the beginning of each partition.
+    Oldest,
+}
+
+/// A Kafka component's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// librdkafka properties shared by producer, consumer and admin client
+    /// (servers, client id, security, passthrough).
+    pub common: BTreeMap<String, String>,
+    /// Producer-only properties (acks, idempotence, compression, sizes).
+    pub producer: BTreeMap<String, String>,
+    /// Consumer-only properties (timeouts).
+    pub consumer: BTreeMap<String, String>,
+    /// `consumerGroup`, if set (else `consumerID`, else the app id).
+    pub consumer_group: Option<String>,
+    /// `initialOffset` (default newest, as Dapr).
+    pub initial_offset: InitialOffset,
+    /// `escapeHeaders`: URL-escape header values delivered to the app.
+    pub escape_headers: bool,
+    /// `excludeHeaderMetaRegex`: metadata and headers not carried either way.
+    pub exclude_headers: Option<String>,
+    /// `autoCreateTopics` (default true): create missing topics.
+    pub auto_create_topics: bool,
+    /// `topicPartitions` for created topics (default 1).
+    pub topic_partitions: i32,
+    /// `topicReplicationFactor` for created topics (default 1).
+    pub topic_replication: i32,
+    /// `publishTimeout` (default 10 s): a publish not confirmed by then fails.
+    pub publish_timeout: Duration,
+}
+
+/// Reads the Kafka keys of `metadata`; problems go to `ctx`.
+pub fn read(ctx: &mut DocCtx<'_>, metadata: &BTreeMap<String, String>) -> Option<KafkaConfig> {
+    let before = ctx.problems.len();
+    let get = |k: &str| {
+        metadata
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    let field = |k: &str| format!("spec.metadata.{k}");
+    for (key, why) in UNSUPPORTED {
+        if get(key).is_some() {
+            ctx.problem(
+                field(key),
+                format!("Dapr's Kafka key {key} is not supported by Perch: {why}"),
+            );
+        }
+    }
+    let mut common = BTreeMap::new();
+    let mut producer = BTreeMap::new();
+    let mut consumer: BTreeMap<String, String> = BTreeMap::new();
+    match get("brokers") {
+        Some(b) if !b.is_empty() => {
+            common.insert("bootstrap.servers".into(), b);
+        }
+        _ => ctx.problem(field("brokers"), "required: comma-separated host:port list"),
+    }
+    if let Some(id) = get("clientID") {
+        common.insert("client.id".into(), id);
+    }
+    let flag = |ctx: &mut DocCtx<'_>, key: &str, default: bool| match get(key) {
+        None => default,
+        Some(v) => parse_go_bool(&v).unwrap_or_else(|| {
+            ctx.problem(field(key), format!("must be true or false, got {v:?}"));
+            default
+        }),
+    };
+    let disable_tls = flag(ctx, "disableTls", false);
+    let skip_verify = flag(ctx, "skipVerify", false);
+    let escape_headers = flag(ctx, "escapeHeaders", false);
+    let auto_create_topics = flag(ctx, "autoCreateTopics", true);
+    let (ca, cert, key) = (get("caCert"), get("clientCert"), get("clientKey"));
+    if cert.is_some() != key.is_some() {
+        ctx.problem(
+            field("clientCert"),
+            "clientCert and clientKey go together: set both or neither",
+        );
+    }
+    let auth = get("authType").unwrap_or_else(|| "none".into());
+    let protocol = match auth.as_str() {
+        "none" if ca.is_some() && !disable_tls => "ssl",
+        "none" => "plaintext",
+        "password" => {
+            let mechanism = match get("saslMechanism").as_deref() {
+                None | Some("PLAINTEXT") | Some("PLAIN") => "PLAIN",
+                Some("SHA-256") | Some("SCRAM-SHA-256") => "SCRAM-SHA-256",
+                Some("SHA-512") | Some("SCRAM-SHA-512") => "SCRAM-SHA-512",
+                Some(other) => {
+                    ctx.problem(
+                        field("saslMechanism"),
+                        format!("must be PLAINTEXT, SHA-256 or SHA-512, got {other:?}"),
+                    );
+                    "PLAIN"
+                }
+            };
+            common.insert("sasl.mechanism".into(), mechanism.into());
+            for (k, prop) in [
+                ("saslUsername", "sasl.username"),
+                ("saslPassword", "sasl.password"),
+            ] {
+                match get(k) {
+                    Some(v) => {
+                        common.insert(prop.into(), v);
+                    }
+                    None => ctx.problem(field(k), "required with authType password"),
+                }
+            }
+            if disable_tls {
+                "sasl_plaintext"
+            } else {
+                "sasl_ssl"
+            }
+        }
+        "mtls" => {
+            if cert.is_none() {
+                ctx.problem(field("clientCert"), "required with authType mtls");
+            }
+            "ssl"
+        }
+        other => {
+            ctx.problem(
+                field("authType"),
+                format!("must be none, password or mtls, got {other:?} (Perch does not support oidc, awsiam or certificate yet)"),
+            );
+            "plaintext"
+        }
+    };
+    common.insert("security.protocol".into(), protocol.into());
+    if protocol.ends_with("ssl") {
+        for (v, prop) in [
+            (&ca, "ssl.ca.pem"),
+            (&cert, "ssl.certificate.pem"),
+            (&key, "ssl.key.pem"),
+        ] {
+            if let Some(v) = v {
+                common.insert(prop.into(), v.clone());
+            }
+        }
+        if skip_verify {
+            common.insert("enable.ssl.certificate.verification".into(), "false".into());
+        }
+    }
+    let initial_offset = match get("initialOffset").as_deref() {
+        None | Some("newest") => InitialOffset::Newest,
+        Some("oldest") => InitialOffset::Oldest,
+        Some(other) => {
+            ctx.problem(
+                field("initialOffset"),
+                format!("must be newest or oldest, got {other:?}"),
+            );
+            InitialOffset::Newest
+        }
+    };
+    match get("producerRequiredAcks").as_deref() {
+        None | Some("all") => {
+            producer.insert("acks".into(), "all".into());
+            producer.insert("enable.idempotence".into(), "true".into());
+        }
+        Some("local") => {
+            producer.insert("acks".into(), "1".into());
+        }
+        Some("none") => {
+            producer.insert("acks".into(), "0".into());
+        }
+        Some(other) => ctx.problem(
+            field("producerRequiredAcks"),
+            format!("must be all, local or none, got {other:?}"),
+        ),
+    }
+    match get("compression").as_deref() {
+        None => {}
+        Some(c @ ("none" | "gzip" | "snappy" | "lz4" | "zstd")) => {
+            producer.insert("compression.type".into(), c.into());
+        }
+        Some(other) => ctx.problem(
+            field("compression"),
+            format!("must be none, gzip, snappy, lz4 or zstd, got {other:?}"),
+        ),
+    }
+    let number = |ctx: &mut DocCtx<'_>, key: &str, min: i64| -> Option<i64> {
+        let v = get(key)?;
+        match v.parse::<i64>() {
+            Ok(n) if n >= min => Some(n),
+            _ => {
+                ctx.problem(
+                    field(key),
+                    format!("must be a whole number of at least {min}, got {v:?}"),
+                );
+                None
+            }
+        }
+    };
+    if let Some(n) = number(ctx, "maxMessageBytes", 1) {
+        producer.insert("message.max.bytes".into(), n.to_string());
+    }
+    if let Some(n) = number(ctx, "producerRetryMax", 0) {
+        producer.insert("message.send.max.retries".into(), n.to_string());
+    }
+    let topic_partitions = number(ctx, "topicPartitions", 1).unwrap_or(1) as i32;
+    let topic_replication = number(ctx, "topicReplicationFactor", 1).unwrap_or(1) as i32;
+    let duration = |ctx: &mut DocCtx<'_>, key: &str| -> Option<Duration> {
+        let v = get(key)?;
+        parse_go_duration(&v)
+            .map_err(|e| ctx.problem(field(key), e))
+            .ok()
+    };
+    for (key, prop, consumer_only) in [
+        ("heartbeatInterval", "heartbeat.interval.ms", true),
+        ("sessionTimeout", "session.timeout.ms", true),
+        ("dialTimeout", "socket.connection.setup.timeout.ms", false),
+        (
+            "clientConnectionTopicMetadataRefreshInterval",
+            "topic.metadata.refresh.interval.ms",
+            false,
+        ),
+    ] {
+        if let Some(d) = duration(ctx, key) {
+            let target = if consumer_only {
+                &mut consumer
+            } else {
+                &mut common
+            };
+            target.insert(prop.into(), d.as_millis().to_string());
+        }
+    }
+    let publish_timeout = duration(ctx, "publishTimeout").unwrap_or(Duration::from_secs(10));
+    let exclude_headers = get("excludeHeaderMetaRegex").filter(|r| !r.is_empty());
+    if let Some(r) = &exclude_headers {
+        if let Err(e) = regex::Regex::new(r) {
+            ctx.problem(
+                field("excludeHeaderMetaRegex"),
+                format!("not a valid regular expression: {e}"),
+            );
+        }
+    }
+    for (k, v) in metadata {
+        if let Some(prop) = k.strip_prefix(PASSTHROUGH) {
+            common.insert(prop.to_owned(), v.clone());
+        }
+    }
+    (ctx.problems.len() == before).then(|| KafkaConfig {
+        common,
+        producer,
+        consumer,
+        consumer_group: get("consumerGroup"),
+        initial_offset,
+        escape_headers,
+        exclude_headers,
+        auto_create_topics,
+        topic_partitions,
+        topic_replication,
+        publish_timeout,
+    })
+}
