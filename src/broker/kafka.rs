@@ -14,8 +14,10 @@
 //! Per partition the broker keeps:
 //! - the offsets received and not yet finished (handed out or waiting);
 //! - at most `window` (the component's `maxInFlight`) deliveries handed out;
-//!   the rest wait here, and the partition is paused while its window is
-//!   full, so memory stays bounded however large the backlog;
+//!   the rest wait here, up to 1024 messages or 8 MiB, beyond which the
+//!   partition is paused (resumed at a quarter of that), so memory stays
+//!   bounded however large the backlog (librdkafka's own prefetch queue is
+//!   capped at 16 MiB per consumer);
 //! - the committed position: the lowest unfinished offset (or the next
 //!   offset when all are finished). Completions arrive in any order, and no
 //!   gap is ever committed. Stored offsets are committed in the background
@@ -270,12 +272,25 @@ impl KafkaBroker {
             // New topics and partitions are noticed within 10 s.
             cc.set("topic.metadata.refresh.interval.ms", "10000");
         }
+        // Dapr's defaults (sessionTimeout 10 s, heartbeatInterval 3 s): a
+        // crashed member's partitions move after 10 s, not librdkafka's 45.
+        for (k, v) in [
+            ("session.timeout.ms", "10000"),
+            ("heartbeat.interval.ms", "3000"),
+        ] {
+            if !self.cfg.consumer.contains_key(k) && !self.cfg.common.contains_key(k) {
+                cc.set(k, v);
+            }
+        }
         cc.set("group.id", name)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
-            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set(
+                "partition.assignment.strategy",
+                self.cfg.assignment_strategy,
+            )
             .set("queued.max.messages.kbytes", "16384")
             .set(
                 "auto.offset.reset",
@@ -301,6 +316,7 @@ impl KafkaBroker {
             escape_headers: self.cfg.escape_headers,
             exclude: self.exclude.clone(),
             topics_changed: tokio::sync::Notify::new(),
+            resumed: tokio::sync::Notify::new(),
         });
         tokio::spawn(poll_loop(Arc::downgrade(&group)));
         tokio::spawn(apply_topics(Arc::downgrade(&group)));
@@ -503,6 +519,8 @@ struct Group {
     exclude: Option<regex::Regex>,
     /// The subscribed topic list changed.
     topics_changed: tokio::sync::Notify,
+    /// A paused partition was resumed.
+    resumed: tokio::sync::Notify,
 }
 
 /// Applies the group's topic list to the consumer, 200 ms after the last
@@ -572,6 +590,8 @@ struct Part {
     unfinished: BTreeSet<i64>,
     /// Received, not handed out, by offset.
     waiting: BTreeMap<i64, Record>,
+    /// Payload bytes in `waiting`.
+    waiting_bytes: usize,
     /// Handed out and not finished.
     out: usize,
     /// The offset after the highest received.
@@ -580,6 +600,21 @@ struct Part {
     stored: i64,
     paused: bool,
 }
+
+impl Part {
+    fn hold(&mut self, rec: Record) {
+        self.waiting_bytes += rec.data.len();
+        if let Some(old) = self.waiting.insert(rec.offset, rec) {
+            self.waiting_bytes -= old.data.len();
+        }
+    }
+}
+
+/// Per partition, received messages beyond the in-flight window wait here,
+/// up to this many (or `WAIT_BYTES`); then the partition is paused.
+const WAIT_MESSAGES: usize = 1024;
+/// Payload bytes that may wait per partition before it is paused.
+const WAIT_BYTES: usize = 8 << 20;
 
 #[derive(Default)]
 struct GroupState {
@@ -622,6 +657,7 @@ impl GroupState {
             let Some((_, rec)) = part.waiting.pop_first() else {
                 break;
             };
+            part.waiting_bytes -= rec.data.len();
             part.out += 1;
             let d = Delivery {
                 topic: rec.topic.clone(),
@@ -641,7 +677,11 @@ impl GroupState {
                 break;
             }
         }
-        let full = part.out + part.waiting.len() >= sub.window;
+        // Paused when the waiting buffer is full, resumed when it is down to
+        // a quarter: a pause/resume costs librdkafka a fetch round trip
+        // (about half a second), so it must be rare, not one per window.
+        let full = part.waiting.len() >= WAIT_MESSAGES || part.waiting_bytes >= WAIT_BYTES;
+        let low = part.waiting.len() <= WAIT_MESSAGES / 4 && part.waiting_bytes <= WAIT_BYTES / 4;
         let tpl = || {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&key.0, key.1);
@@ -651,8 +691,9 @@ impl GroupState {
             if group.consumer.pause(&tpl()).is_ok() {
                 part.paused = true;
             }
-        } else if !full && part.paused && group.consumer.resume(&tpl()).is_ok() {
+        } else if low && part.paused && group.consumer.resume(&tpl()).is_ok() {
             part.paused = false;
+            group.resumed.notify_one();
         }
         failed
     }
@@ -726,7 +767,12 @@ impl ConsumerContext for GroupContext {
 async fn poll_loop(group: Weak<Group>) {
     loop {
         let Some(g) = group.upgrade() else { return };
-        let received = tokio::time::timeout(Duration::from_millis(500), g.consumer.recv()).await;
+        // librdkafka does not always wake a waiting receive when a paused
+        // partition resumes; a resume therefore restarts the receive.
+        let received = tokio::select! {
+            r = tokio::time::timeout(Duration::from_millis(500), g.consumer.recv()) => r,
+            _ = g.resumed.notified() => continue,
+        };
         let failed = match received {
             Err(_) => vec![],
             Ok(Err(e)) => {
@@ -742,6 +788,7 @@ async fn poll_loop(group: Weak<Group>) {
                     owned: Arc::new(AtomicBool::new(true)),
                     unfinished: BTreeSet::new(),
                     waiting: BTreeMap::new(),
+                    waiting_bytes: 0,
                     out: 0,
                     next: rec.offset,
                     stored: rec.offset,
@@ -752,7 +799,7 @@ async fn poll_loop(group: Weak<Group>) {
                 if rec.offset >= part.next {
                     part.unfinished.insert(rec.offset);
                     part.next = part.next.max(rec.offset + 1);
-                    part.waiting.insert(rec.offset, rec);
+                    part.hold(rec);
                 }
                 s.pump(&g, &key)
             }
@@ -856,7 +903,7 @@ impl KafkaAck {
             if done {
                 s.finish(&group, &key, rec.offset);
             } else {
-                part.waiting.insert(rec.offset, rec);
+                part.hold(rec);
             }
             s.pump(&group, &key)
         };

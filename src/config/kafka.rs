@@ -35,6 +35,7 @@ pub const KEYS: &[&str] = &[
     "sessionTimeout",
     "dialTimeout",
     "clientConnectionTopicMetadataRefreshInterval",
+    "consumerGroupRebalanceStrategy",
     "autoCreateTopics",
     "topicPartitions",
     "topicReplicationFactor",
@@ -48,10 +49,6 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
     ("channelBufferSize", "the in-flight window is maxInFlight"),
     ("consumerFetchMin", "use rdkafka.fetch.min.bytes"),
     ("consumerFetchDefault", "use rdkafka.fetch.max.bytes"),
-    (
-        "consumerGroupRebalanceStrategy",
-        "Perch always uses cooperative-sticky",
-    ),
     (
         "clientConnectionKeepAliveInterval",
         "use rdkafka.socket.keepalive.enable",
@@ -184,6 +181,9 @@ pub struct KafkaConfig {
     pub topic_replication: i32,
     /// `publishTimeout` (default 10 s): a publish not confirmed by then fails.
     pub publish_timeout: Duration,
+    /// librdkafka's `partition.assignment.strategy`, from
+    /// `consumerGroupRebalanceStrategy` (default `sticky`).
+    pub assignment_strategy: &'static str,
 }
 
 /// Reads the Kafka keys of `metadata`; problems go to `ctx`.
@@ -382,6 +382,18 @@ pub fn read(ctx: &mut DocCtx<'_>, metadata: &BTreeMap<String, String>) -> Option
         }
     }
     let publish_timeout = duration(ctx, "publishTimeout").unwrap_or(Duration::from_secs(10));
+    let assignment_strategy = match get("consumerGroupRebalanceStrategy").as_deref() {
+        None | Some("sticky") => "cooperative-sticky",
+        Some("range") => "range",
+        Some("roundrobin") => "roundrobin",
+        Some(other) => {
+            ctx.problem(
+                field("consumerGroupRebalanceStrategy"),
+                format!("must be sticky, range or roundrobin, got {other:?}"),
+            );
+            "cooperative-sticky"
+        }
+    };
     let exclude_headers = get("excludeHeaderMetaRegex").filter(|r| !r.is_empty());
     if let Some(r) = &exclude_headers {
         if let Err(e) = regex::Regex::new(r) {
@@ -408,5 +420,6 @@ pub fn read(ctx: &mut DocCtx<'_>, metadata: &BTreeMap<String, String>) -> Option
         topic_partitions,
         topic_replication,
         publish_timeout,
+        assignment_strategy,
     })
 }
