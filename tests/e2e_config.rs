@@ -135,3 +135,18 @@ spec: {type: pubsub.in-memory, version: v1}
     );
     Ok(())
 }
+
+#[test]
+fn shipped_component_folders_are_valid() {
+    for dir in ["components/in-memory", "components/kafka"] {
+        let out = std::process::Command::new(perch_bin())
+            .args(["validate", "--app-id", "demo", dir])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{dir}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
