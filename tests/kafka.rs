@@ -423,3 +423,59 @@ async fn lag_counts_what_the_group_has_not_finished() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_stuck_partition_does_not_hold_up_the_others() -> TestResult {
+    let b = Bench::new(Backend::Kafka);
+    let dir = resources(&[
+        (
+            "pubsub.yaml",
+            &b.pubsub(&[("topicPartitions", "2"), ("deliveryOrder", "partition")]),
+        ),
+        ("s.yaml", &b.subscription("s", "orders", "/orders")),
+    ]);
+    // The app never answers for partition 0.
+    let mut app = TestApp::start(
+        None,
+        Arc::new(|r| {
+            if r.headers["__partition"] == "0" {
+                (0, String::new())
+            } else {
+                (200, String::new())
+            }
+        }),
+    )
+    .await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let topic = b.topic("orders");
+    for (n, partition) in [(0, 0), (1, 0), (2, 1), (3, 1), (4, 1)] {
+        let (status, _, _) = sc
+            .call(
+                "POST",
+                &format!("/v1.0/publish/pubsub/{topic}?metadata.partitionNumber={partition}"),
+                &[("content-type", "application/json")],
+                &json!({ "seq": n }).to_string(),
+            )
+            .await?;
+        assert_eq!(status, 204);
+    }
+    let mut got = BTreeMap::new();
+    while got.len() < 4 {
+        let r = app.next(30).await?;
+        got.insert(
+            r.json()["data"]["seq"].as_u64().unwrap(),
+            r.headers["__partition"].clone(),
+        );
+    }
+    assert_eq!(got[&0], "0", "partitionNumber pins the partition");
+    assert!(
+        !got.contains_key(&1),
+        "partition 0 is one at a time and stuck"
+    );
+    assert_eq!(
+        got.iter().filter(|(_, p)| *p == "1").count(),
+        3,
+        "partition 1 flows while partition 0 is stuck"
+    );
+    Ok(())
+}
