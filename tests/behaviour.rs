@@ -627,3 +627,8 @@ suite!(
     Backend::Kafka,
     [shutdown_leaves_unfinished_messages_for_redelivery]
 );
+suite!(
+    rabbitmq,
+    Backend::Rabbit,
+    [shutdown_leaves_unfinished_messages_for_redelivery]
+);

@@ -41,6 +41,7 @@ async fn subscribe(broker: &dyn Broker, b: &Bench, topic: &str) -> DeliveryStrea
             group: format!("g-{}", b.id),
             metadata: Default::default(),
             window: 16,
+            dead_letter_topic: None,
         })
         .await
         .expect("subscribe")
@@ -146,3 +147,4 @@ macro_rules! contract {
 
 contract!(memory, Backend::Memory);
 contract!(kafka, Backend::Kafka);
+contract!(rabbitmq, Backend::Rabbit);

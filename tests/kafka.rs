@@ -381,6 +381,7 @@ async fn lag_counts_what_the_group_has_not_finished() -> TestResult {
             group: format!("g-{}", b.id),
             metadata: Default::default(),
             window: 100,
+            dead_letter_topic: None,
         })
         .await?;
     for n in 0..10u32 {

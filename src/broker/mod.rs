@@ -5,6 +5,7 @@
 
 pub mod kafka;
 pub mod memory;
+pub mod rabbitmq;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -54,6 +55,9 @@ pub struct SubscribeRequest {
     /// Most deliveries of one lane (partition or queue) handed out and not
     /// yet finished; the broker holds back the rest (flow control).
     pub window: usize,
+    /// Where this subscription's dead letters go, so a broker can keep them
+    /// before anyone subscribes (RabbitMQ declares a durable queue).
+    pub dead_letter_topic: Option<String>,
 }
 
 /// Finishes one delivery: `ack` when it is done with, `nack` to have it
@@ -164,6 +168,9 @@ pub fn build(component: &crate::config::PubsubComponent) -> Result<Arc<dyn Broke
         }
         crate::config::PubsubKind::Kafka(cfg) => {
             Arc::new(kafka::KafkaBroker::new(&component.name, cfg)?)
+        }
+        crate::config::PubsubKind::Rabbit(cfg) => {
+            Arc::new(rabbitmq::RabbitBroker::new(&component.name, cfg))
         }
     })
 }

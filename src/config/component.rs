@@ -43,6 +43,8 @@ pub enum PubsubKind {
     },
     /// `pubsub.kafka`.
     Kafka(Box<super::kafka::KafkaConfig>),
+    /// `pubsub.rabbitmq`.
+    Rabbit(Box<super::rabbitmq::RabbitConfig>),
 }
 
 /// How the engine orders deliveries of one partition or queue.
@@ -96,7 +98,7 @@ impl PubsubComponent {
 }
 
 /// Component types Perch will serve but whose backend is not built yet.
-const PLANNED_TYPES: &[&str] = &["pubsub.rabbitmq", "store.postgresql", "store.in-memory"];
+const PLANNED_TYPES: &[&str] = &["store.postgresql", "store.in-memory"];
 /// Dapr building blocks Perch does not serve: such components are skipped.
 const OTHER_BLOCKS: &[&str] = &[
     "state.",
@@ -139,20 +141,26 @@ pub fn read(
         .copied()
         .chain(super::kafka::UNSUPPORTED.iter().map(|(k, _)| *k))
         .collect();
+    let rabbit_keys: Vec<&str> = super::rabbitmq::KEYS
+        .iter()
+        .copied()
+        .chain(super::rabbitmq::UNSUPPORTED.iter().map(|(k, _)| *k))
+        .collect();
     let (own_keys, passthrough): (&[&str], Option<&str>) = match type_name.as_str() {
         "pubsub.in-memory" => (&["maxMessages"], None),
         "pubsub.kafka" => (&kafka_keys, Some(super::kafka::PASSTHROUGH)),
+        "pubsub.rabbitmq" => (&rabbit_keys, None),
         t if PLANNED_TYPES.contains(&t) => {
             ctx.problem(
                 "spec.type",
-                format!("{t} is not available in this version of Perch yet; use pubsub.in-memory or pubsub.kafka"),
+                format!("{t} is not available in this version of Perch yet; use pubsub.in-memory, pubsub.kafka or pubsub.rabbitmq"),
             );
             return None;
         }
         t => {
             ctx.problem(
                 "spec.type",
-                format!("unknown type {t:?}; supported: pubsub.in-memory, pubsub.kafka"),
+                format!("unknown type {t:?}; supported: pubsub.in-memory, pubsub.kafka, pubsub.rabbitmq"),
             );
             return None;
         }
@@ -190,11 +198,23 @@ pub fn read(
                 PubsubKind::InMemory { max_messages }
             }
         },
+        "pubsub.rabbitmq" => match super::rabbitmq::read(ctx, &metadata) {
+            Some(r) => PubsubKind::Rabbit(Box::new(r)),
+            None => {
+                ok = false;
+                PubsubKind::InMemory { max_messages }
+            }
+        },
         _ => PubsubKind::InMemory { max_messages },
     };
-    let default_order = match kind {
+    let default_order = match &kind {
         PubsubKind::Kafka(_) => DeliveryOrder::Partition,
-        PubsubKind::InMemory { .. } => DeliveryOrder::None,
+        // Dapr's concurrencyMode: single is one at a time, parallel (its
+        // default) has no order.
+        PubsubKind::Rabbit(r) if r.concurrency_mode.as_deref() == Some("single") => {
+            DeliveryOrder::Partition
+        }
+        PubsubKind::Rabbit(_) | PubsubKind::InMemory { .. } => DeliveryOrder::None,
     };
     let delivery_order = match get("deliveryOrder") {
         None => default_order,
@@ -337,11 +357,11 @@ mod tests {
 
     #[test]
     fn planned_types_say_they_are_not_available_yet() {
-        let (c, problems) = load("spec: {type: pubsub.rabbitmq, version: v1}", None);
+        let (c, problems) = load("spec: {type: store.postgresql, version: v1}", None);
         assert!(c.is_none());
         assert_eq!(
             problems,
-            ["spec.type: pubsub.rabbitmq is not available in this version of Perch yet; use pubsub.in-memory or pubsub.kafka"]
+            ["spec.type: store.postgresql is not available in this version of Perch yet; use pubsub.in-memory, pubsub.kafka or pubsub.rabbitmq"]
         );
     }
 
@@ -373,6 +393,34 @@ mod tests {
         assert_eq!(k.producer["enable.idempotence"], "true");
         assert_eq!(k.producer["compression.type"], "zstd");
         assert_eq!(k.initial_offset, super::super::kafka::InitialOffset::Oldest);
+    }
+
+    #[test]
+    fn rabbitmq_defaults_keep_messages_and_concurrency_mode_maps_to_order() {
+        let (c, problems) = load(
+            "spec: {type: pubsub.rabbitmq, version: v1, metadata: [{name: hostname, value: mq},
+             {name: username, value: u}, {name: password, value: p}, {name: concurrencyMode, value: single}]}",
+            None,
+        );
+        let c = c.unwrap_or_else(|| panic!("{problems:?}"));
+        assert_eq!(
+            c.delivery_order,
+            DeliveryOrder::Partition,
+            "single = one at a time"
+        );
+        let PubsubKind::Rabbit(r) = c.kind else {
+            panic!("not rabbitmq")
+        };
+        assert_eq!(r.uri, "amqp://u:p@mq");
+        assert!(r.durable && !r.auto_delete && r.publisher_confirm);
+        assert_eq!(r.delivery_mode, 2, "persistent");
+        let (c, problems) = load(
+            "spec: {type: pubsub.rabbitmq, version: v1, metadata: [{name: connectionString, value: 'amqps://h'},
+             {name: enableDeadLetter, value: 'true'}, {name: autoAck, value: 'true'}]}",
+            None,
+        );
+        assert!(c.is_none());
+        assert_eq!(problems.len(), 3, "{problems:?}");
     }
 
     #[test]

@@ -182,6 +182,11 @@ impl Engine {
                     .unwrap_or_else(|| shared.settings.app_id.clone()),
                 metadata: sub.metadata.clone(),
                 window: entry.component.max_in_flight,
+                dead_letter_topic: sub
+                    .dead_letter_topic
+                    .clone()
+                    .or_else(|| entry.component.default_dead_letter_topic(&sub.topic))
+                    .map(|t| entry.component.broker_topic(&t)),
             };
             match entry.broker.subscribe(req).await {
                 Ok(stream) => {

@@ -334,19 +334,29 @@ pub enum Backend {
 pub struct Bench {
     pub backend: Backend,
     pub id: String,
+    /// Topics handed out, for clean-up.
+    topics: std::sync::Mutex<Vec<String>>,
 }
 
 impl Bench {
     pub fn new(backend: Backend) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
-        Self { backend, id }
+        Self {
+            backend,
+            id,
+            topics: Default::default(),
+        }
     }
 
     /// The real topic name for `base` (unique per test on real brokers).
     pub fn topic(&self, base: &str) -> String {
         match self.backend {
             Backend::Memory => base.to_owned(),
-            _ => format!("{base}-{}", self.id),
+            _ => {
+                let t = format!("{base}-{}", self.id);
+                self.topics.lock().unwrap().push(t.clone());
+                t
+            }
         }
     }
 
@@ -361,9 +371,8 @@ impl Bench {
                 ("initialOffset", "oldest"),
             ],
             Backend::Rabbit => vec![
-                ("connectionString", "amqp://guest:guest@127.0.0.1:5672"),
+                ("connectionString", RABBIT_URI),
                 ("consumerID", group.as_str()),
-                ("deletedWhenUnused", "true"),
             ],
         };
         md.extend_from_slice(metadata);
@@ -378,5 +387,57 @@ impl Bench {
     /// A v2alpha1 subscription to this test's `base` topic.
     pub fn subscription(&self, name: &str, base: &str, route: &str) -> String {
         subscription(name, &self.topic(base), route)
+    }
+}
+
+pub const RABBIT_URI: &str = "amqp://guest:guest@127.0.0.1:5672";
+
+impl Drop for Bench {
+    /// Deletes the test's exchanges and queues (`g-{id}-{topic}`, and the
+    /// same for `{topic}.dlq`) from the RabbitMQ server.
+    fn drop(&mut self) {
+        if self.backend != Backend::Rabbit {
+            return;
+        }
+        let mut topics = std::mem::take(&mut *self.topics.lock().unwrap());
+        topics.sort();
+        topics.dedup();
+        let group = format!("g-{}", self.id);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+                let Ok(conn) =
+                    lapin::Connection::connect(RABBIT_URI, lapin::ConnectionProperties::default())
+                        .await
+                else {
+                    return;
+                };
+                for t in topics {
+                    for name in [t.clone(), format!("{t}.dlq"), format!("{t}.dlq.dlq")] {
+                        // Each delete on its own channel: a failure closes it.
+                        if let Ok(ch) = conn.create_channel().await {
+                            let q = format!("{group}-{name}");
+                            let _ = ch
+                                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                                .await;
+                        }
+                        if let Ok(ch) = conn.create_channel().await {
+                            let _ = ch
+                                .exchange_delete(
+                                    name.as_str().into(),
+                                    ExchangeDeleteOptions::default(),
+                                )
+                                .await;
+                        }
+                    }
+                }
+                let _ = conn.close(200, "test clean-up".into()).await;
+            });
+        })
+        .join();
     }
 }
