@@ -3,7 +3,7 @@
 //! # Layout
 //! - [`config`]: Dapr-format YAML loading and validation (every problem at once).
 //! - [`cloudevents`]: Dapr's envelope rules, pure functions.
-//! - [`broker`]: the broker trait and its backends (`memory`, `kafka`).
+//! - [`broker`]: the broker trait and its backends (`memory`, `kafka`, `rabbitmq`).
 //! - [`http`]: the publish, bulk, health and metadata API on hyper.
 //! - [`delivery`]: subscriptions, pushing to the app, outcomes, retries, dead letters.
 //! - [`runtime`]: the life cycle that ties them together.

@@ -325,3 +325,77 @@ async fn a_broker_down_at_start_up_is_retried_until_it_is_up() -> TestResult {
     assert_eq!(got, (seq + 1..seq + 6).collect());
     Ok(())
 }
+
+#[tokio::test]
+async fn message_properties_reach_the_app_as_metadata_when_asked() -> TestResult {
+    let b = Bench::new(Backend::Rabbit);
+    let topic = b.topic("props");
+    let dir = resources(&[
+        (
+            "pubsub.yaml",
+            &b.pubsub(&[("publishMessagePropertiesToMetadata", "true")]),
+        ),
+        ("s.yaml", &subscription("s", &topic, "/props")),
+    ]);
+    let mut app = TestApp::ok(None).await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let query = "?metadata.messageID=m-1&metadata.correlationID=c-1&metadata.type=order";
+    assert_eq!(publish(&sc, &topic, query, json!({"seq": 1})).await, 204);
+    let r = app.next(20).await?;
+    assert_eq!(r.headers["metadata.messageid"], "m-1");
+    assert_eq!(r.headers["metadata.correlationid"], "c-1");
+    assert_eq!(r.headers["metadata.type"], "order");
+    assert_eq!(
+        r.headers["metadata.contenttype"],
+        "application/cloudevents+json"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn lag_is_the_queue_depth() -> TestResult {
+    use perch::broker::{Message, SubscribeRequest};
+    let b = Bench::new(Backend::Rabbit);
+    let dir = resources(&[("pubsub.yaml", &b.pubsub(&[]))]);
+    let opts = perch::config::LoadOptions {
+        app_id: "lag".into(),
+        ..Default::default()
+    };
+    let res = perch::config::load(&[dir.path().to_owned()], &opts).expect("loads");
+    let broker = perch::broker::build(&res.pubsubs[0])?;
+    let topic = b.topic("lag");
+    let mut stream = broker
+        .subscribe(SubscribeRequest {
+            topic: topic.clone(),
+            group: format!("g-{}", b.id),
+            metadata: Default::default(),
+            window: 1,
+            dead_letter_topic: None,
+        })
+        .await?;
+    for n in 0..5u32 {
+        broker
+            .publish(Message {
+                topic: topic.clone(),
+                data: n.to_string().into(),
+                content_type: None,
+                metadata: Default::default(),
+            })
+            .await?;
+    }
+    let held = tokio::time::timeout(Duration::from_secs(20), stream.recv())
+        .await?
+        .expect("delivery");
+    let mut depth = 0;
+    for _ in 0..20 {
+        depth = broker.lag().await.iter().map(|l| l.messages).sum::<i64>();
+        if depth == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(depth, 4, "prefetch 1: one out, four waiting in the queue");
+    held.ack.ack().await?;
+    broker.close().await;
+    Ok(())
+}
