@@ -20,5 +20,6 @@ pub mod delivery;
 pub mod demo;
 pub mod http;
 pub mod runtime;
+pub mod store;
 pub mod telemetry;
 pub mod util;

@@ -80,6 +80,8 @@ pub struct PubsubComponent {
     /// The namespace when a metadata value used `{namespace}`: Dapr then
     /// scopes the component to it and prefixes every topic with it.
     pub topic_prefix: String,
+    /// `idempotencyStore`: the store component that deduplicates deliveries.
+    pub idempotency_store: Option<String>,
 }
 
 impl PubsubComponent {
@@ -97,8 +99,14 @@ impl PubsubComponent {
     }
 }
 
-/// Component types Perch will serve but whose backend is not built yet.
-const PLANNED_TYPES: &[&str] = &["store.postgresql", "store.in-memory"];
+/// What a Component document turned out to be.
+#[derive(Debug, Clone)]
+pub enum Loaded {
+    /// A pub/sub component.
+    Pubsub(Box<PubsubComponent>),
+    /// A store component.
+    Store(super::store::StoreComponent),
+}
 /// Dapr building blocks Perch does not serve: such components are skipped.
 const OTHER_BLOCKS: &[&str] = &[
     "state.",
@@ -114,12 +122,7 @@ const OTHER_BLOCKS: &[&str] = &[
 ];
 
 /// Reads a Component document; `None` when it has problems or is skipped.
-pub fn read(
-    ctx: &mut DocCtx<'_>,
-    name: &str,
-    doc: &Mapping,
-    opts: &LoadOptions,
-) -> Option<PubsubComponent> {
+pub fn read(ctx: &mut DocCtx<'_>, name: &str, doc: &Mapping, opts: &LoadOptions) -> Option<Loaded> {
     let spec = ctx.spec(doc, &["auth"])?;
     ctx.unknown_keys(
         spec,
@@ -150,17 +153,23 @@ pub fn read(
         "pubsub.in-memory" => (&["maxMessages"], None),
         "pubsub.kafka" => (&kafka_keys, Some(super::kafka::PASSTHROUGH)),
         "pubsub.rabbitmq" => (&rabbit_keys, None),
-        t if PLANNED_TYPES.contains(&t) => {
-            ctx.problem(
-                "spec.type",
-                format!("{t} is not available in this version of Perch yet; use pubsub.in-memory, pubsub.kafka or pubsub.rabbitmq"),
-            );
-            return None;
+        t @ ("store.postgresql" | "store.in-memory") => {
+            let keys = if t == "store.postgresql" {
+                super::store::POSTGRES_KEYS
+            } else {
+                super::store::MEMORY_KEYS
+            };
+            let before = ctx.problems.len();
+            let metadata = read_metadata(ctx, spec, keys, None, opts);
+            if ctx.problems.len() != before {
+                return None;
+            }
+            return super::store::read(ctx, name, t, &metadata).map(Loaded::Store);
         }
         t => {
             ctx.problem(
                 "spec.type",
-                format!("unknown type {t:?}; supported: pubsub.in-memory, pubsub.kafka, pubsub.rabbitmq"),
+                format!("unknown type {t:?}; supported: pubsub.in-memory, pubsub.kafka, pubsub.rabbitmq, store.postgresql, store.in-memory"),
             );
             return None;
         }
@@ -235,15 +244,15 @@ pub fn read(
         Some("none") => None,
         Some(p) => Some(p.to_owned()),
     };
-    for key in ["idempotencyStore", "outboxStore"] {
-        if let Some(store) = get(key) {
-            ctx.problem(
-                format!("spec.metadata.{key}"),
-                format!("names store {store:?}, but no store component is loaded (store.* components are not available in this version yet)"),
-            );
-            ok = false;
-        }
+    if get("outboxStore").is_some() {
+        ctx.problem(
+            "spec.metadata.outboxStore",
+            "the publish outbox is not available in this version of Perch yet",
+        );
+        ok = false;
     }
+    // Checked against the loaded stores once every document is read.
+    let idempotency_store = get("idempotencyStore").map(str::to_owned);
     let scoping = Scoping::from_metadata(&metadata);
     let uses_namespace = matches!(spec.get("metadata"), Some(Value::Sequence(items))
         if items.iter().any(|i| i.get("value").and_then(Value::as_str).is_some_and(|v| v.contains("{namespace}"))));
@@ -252,16 +261,19 @@ pub fn read(
     } else {
         String::new()
     };
-    ok.then(|| PubsubComponent {
-        name: name.to_owned(),
-        type_name: type_name.clone(),
-        kind,
-        scoping,
-        delivery_order,
-        max_in_flight,
-        dead_letter_default,
-        metadata,
-        topic_prefix,
+    ok.then(|| {
+        Loaded::Pubsub(Box::new(PubsubComponent {
+            name: name.to_owned(),
+            idempotency_store,
+            type_name: type_name.clone(),
+            kind,
+            scoping,
+            delivery_order,
+            max_in_flight,
+            dead_letter_default,
+            metadata,
+            topic_prefix,
+        }))
     })
 }
 
@@ -335,6 +347,10 @@ mod tests {
             ..Default::default()
         };
         let c = read(&mut ctx, "pubsub", doc.as_mapping().unwrap(), &opts);
+        let c = match c {
+            Some(Loaded::Pubsub(p)) => Some(*p),
+            _ => None,
+        };
         (
             c,
             problems
@@ -356,12 +372,12 @@ mod tests {
     }
 
     #[test]
-    fn planned_types_say_they_are_not_available_yet() {
+    fn a_postgres_store_needs_a_connection_string() {
         let (c, problems) = load("spec: {type: store.postgresql, version: v1}", None);
         assert!(c.is_none());
         assert_eq!(
             problems,
-            ["spec.type: store.postgresql is not available in this version of Perch yet; use pubsub.in-memory, pubsub.kafka or pubsub.rabbitmq"]
+            ["spec.metadata.connectionString: required (e.g. postgres://user@host/db)"]
         );
     }
 

@@ -47,6 +47,8 @@ pub struct Resources {
     pub subscriptions: Vec<SubscriptionSpec>,
     /// `Resiliency` documents.
     pub resiliency: Vec<super::resiliency::Resiliency>,
+    /// Store components (`store.*`).
+    pub stores: Vec<super::store::StoreComponent>,
 }
 
 /// Loads and validates every resource under `paths`.
@@ -54,6 +56,7 @@ pub fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<Resources, ConfigRe
     let mut problems = Vec::new();
     let mut res = Resources::default();
     let mut pending_subs: Vec<(PathBuf, usize, SubscriptionSpec)> = Vec::new();
+    let mut store_refs: Vec<(PathBuf, usize, String)> = Vec::new();
     let mut names: BTreeSet<(String, String)> = BTreeSet::new();
     // Components declared, loaded or not: a subscription to one that has
     // problems of its own is not reported again.
@@ -111,8 +114,15 @@ pub fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<Resources, ConfigRe
             match (head.api_version.as_str(), head.kind.as_str()) {
                 ("dapr.io/v1alpha1", "Component") => {
                     declared_components.insert(head.name.clone());
-                    if let Some(c) = component::read(&mut ctx, &head.name, map, opts) {
-                        res.pubsubs.push(c);
+                    match component::read(&mut ctx, &head.name, map, opts) {
+                        Some(component::Loaded::Pubsub(c)) => {
+                            if let Some(store) = &c.idempotency_store {
+                                store_refs.push((file.clone(), doc_no, store.clone()));
+                            }
+                            res.pubsubs.push(*c)
+                        }
+                        Some(component::Loaded::Store(s)) => res.stores.push(s),
+                        None => {}
                     }
                 }
                 ("dapr.io/v1alpha1" | "dapr.io/v2alpha1", "Subscription") => {
@@ -167,6 +177,24 @@ pub fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<Resources, ConfigRe
             continue;
         }
         res.subscriptions.push(sub);
+    }
+    for (file, doc, store) in store_refs {
+        if !res.stores.iter().any(|s| s.name == store) {
+            let known: Vec<&str> = res.stores.iter().map(|s| s.name.as_str()).collect();
+            problems.push(Problem {
+                file,
+                doc: Some(doc),
+                field: "spec.metadata.idempotencyStore".into(),
+                message: format!(
+                    "no store component named {store:?} is loaded (loaded: {})",
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            });
+        }
     }
     // Stable: document order within a file is kept.
     problems.sort_by(|a, b| (&a.file, a.doc).cmp(&(&b.file, b.doc)));

@@ -14,6 +14,7 @@ pub mod load;
 pub mod rabbitmq;
 pub mod resiliency;
 pub mod scopes;
+pub mod store;
 pub mod subscription;
 pub mod value;
 

@@ -1,0 +1,148 @@
+//! `store.in-memory`: the store protocol in this process, bounded. For the
+//! demo and unit tests; it does not survive a restart or span replicas.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Claim, Finish, Key, Store, StoreError};
+use crate::broker::BoxFuture;
+
+#[derive(Debug)]
+enum State {
+    InProgress { lease_until: Instant },
+    Finished { at: Instant },
+}
+
+#[derive(Debug)]
+struct Entry {
+    state: State,
+    attempts: u32,
+}
+
+/// The in-memory store.
+pub struct MemoryStore {
+    max_entries: usize,
+    lease: Duration,
+    retention: Duration,
+    entries: Mutex<HashMap<Key, Entry>>,
+}
+
+impl MemoryStore {
+    /// A store keeping at most `max_entries` keys.
+    pub fn new(max_entries: usize, lease: Duration, retention: Duration) -> Self {
+        Self {
+            max_entries,
+            lease,
+            retention,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Makes room by forgetting the oldest finished keys (a tenth at once).
+    fn evict(&self, entries: &mut HashMap<Key, Entry>) {
+        if entries.len() < self.max_entries {
+            return;
+        }
+        let mut finished: Vec<(Instant, Key)> = entries
+            .iter()
+            .filter_map(|(k, e)| match e.state {
+                State::Finished { at } => Some((at, k.clone())),
+                State::InProgress { .. } => None,
+            })
+            .collect();
+        finished.sort();
+        for (_, k) in finished.into_iter().take(self.max_entries / 10 + 1) {
+            entries.remove(&k);
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    fn claim(&self, keys: Vec<Key>) -> BoxFuture<'_, Result<Vec<Claim>, StoreError>> {
+        let now = Instant::now();
+        let mut entries = self.entries.lock().expect("store lock");
+        self.evict(&mut entries);
+        let out = keys
+            .into_iter()
+            .map(|k| match entries.get_mut(&k) {
+                None => {
+                    entries.insert(
+                        k,
+                        Entry {
+                            state: State::InProgress {
+                                lease_until: now + self.lease,
+                            },
+                            attempts: 1,
+                        },
+                    );
+                    Claim::Owned { attempts: 1 }
+                }
+                Some(Entry {
+                    state: State::Finished { .. },
+                    ..
+                }) => Claim::Done,
+                Some(e) => match e.state {
+                    State::InProgress { lease_until } if lease_until > now => Claim::Busy,
+                    _ => {
+                        e.state = State::InProgress {
+                            lease_until: now + self.lease,
+                        };
+                        e.attempts += 1;
+                        Claim::Owned {
+                            attempts: e.attempts,
+                        }
+                    }
+                },
+            })
+            .collect();
+        Box::pin(async move { Ok(out) })
+    }
+
+    fn finish(&self, keys: Vec<Key>, _how: Finish) -> BoxFuture<'_, Result<Vec<bool>, StoreError>> {
+        let now = Instant::now();
+        let mut entries = self.entries.lock().expect("store lock");
+        let out = keys
+            .iter()
+            .map(|k| match entries.get_mut(k) {
+                Some(e) if matches!(e.state, State::InProgress { .. }) => {
+                    e.state = State::Finished { at: now };
+                    true
+                }
+                _ => false,
+            })
+            .collect();
+        Box::pin(async move { Ok(out) })
+    }
+
+    fn release(&self, keys: Vec<Key>) -> BoxFuture<'_, Result<(), StoreError>> {
+        let now = Instant::now();
+        let mut entries = self.entries.lock().expect("store lock");
+        for k in &keys {
+            if let Some(e) = entries.get_mut(k) {
+                if matches!(e.state, State::InProgress { .. }) {
+                    e.state = State::InProgress { lease_until: now };
+                }
+            }
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn purge(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let now = Instant::now();
+        let mut entries = self.entries.lock().expect("store lock");
+        let before = entries.len();
+        entries.retain(|_, e| match e.state {
+            State::Finished { at } => now.duration_since(at) < self.retention,
+            State::InProgress { .. } => true,
+        });
+        let purged = (before - entries.len()) as u64;
+        Box::pin(async move { Ok(purged) })
+    }
+
+    fn health(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

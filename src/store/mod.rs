@@ -1,0 +1,101 @@
+//! Idempotency stores: each event reaches the app once per subscriber,
+//! across retries, restarts and replicas (DESIGN.md section 5).
+//!
+//! The protocol, per delivery:
+//! 1. **claim** the key: a fresh key, or one whose lease expired, becomes
+//!    ours (`Owned`, with the number of claims so far); a `done` key is a
+//!    duplicate (ack without delivery); a live lease of another sidecar is
+//!    `Busy` (wait and claim again; neither deliver nor ack).
+//! 2. deliver to the app (the lease is renewed while this runs);
+//! 3. on SUCCESS or DROP mark it **done** (fenced by the lease owner), then
+//!    ack the broker; after dead-lettering mark it **dead**; on shutdown
+//!    **release** it so another sidecar may take it at once.
+//!
+//! Key: subscriber `{app-id}/{pubsub}/{topic}` and the CloudEvent's
+//! `source` and `id`; a raw payload has no stable id and uses the broker's
+//! identity (Kafka partition and offset), or is not deduplicated.
+//!
+//! The window left open: the app succeeded and the sidecar died before
+//! `done` was written; the event is delivered again after the lease. The
+//! key reaches the app as the `idempotency-key` header so an app with side
+//! effects can record it in its own transaction.
+
+pub mod memory;
+pub mod postgres;
+
+use std::sync::Arc;
+
+use crate::broker::BoxFuture;
+use crate::config::store::{StoreComponent, StoreKind};
+
+/// One event for one subscriber.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    /// `{app-id}/{pubsub}/{topic}`.
+    pub subscriber: String,
+    /// `{source} {id}` of the CloudEvent, or the broker identity.
+    pub msg_key: String,
+}
+
+impl Key {
+    /// The value of the `idempotency-key` header.
+    pub fn header(&self) -> String {
+        format!("{}/{}", self.subscriber, self.msg_key)
+    }
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Ours; `attempts` counts the claims of this key, this one included.
+    Owned {
+        /// Claims so far.
+        attempts: u32,
+    },
+    /// Already done (or dead-lettered): a duplicate.
+    Done,
+    /// Another sidecar holds a live lease.
+    Busy,
+}
+
+/// How a claimed key ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Delivered (SUCCESS) or dropped by the app.
+    Done,
+    /// Dead-lettered.
+    Dead,
+}
+
+/// The store is unreachable or failed; deliveries pause.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+/// An idempotency store. Every call takes many keys: one round trip for a
+/// batch.
+pub trait Store: Send + Sync {
+    /// Claims each key; one answer per key, in order.
+    fn claim(&self, keys: Vec<Key>) -> BoxFuture<'_, Result<Vec<Claim>, StoreError>>;
+    /// Marks claimed keys done or dead; `false` where the lease was lost
+    /// (taken over by another sidecar: a possible duplicate).
+    fn finish(&self, keys: Vec<Key>, how: Finish) -> BoxFuture<'_, Result<Vec<bool>, StoreError>>;
+    /// Gives claimed keys back (their lease ends now).
+    fn release(&self, keys: Vec<Key>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Deletes done and dead keys older than the retention, in small
+    /// batches; returns how many went.
+    fn purge(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
+    /// `Ok` while the store is reachable.
+    fn health(&self) -> Result<(), StoreError>;
+}
+
+/// Builds a store; a Postgres store connects lazily (a database that is
+/// down at start-up pauses deliveries; it is not fatal).
+pub fn build(c: &StoreComponent) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match &c.kind {
+        StoreKind::Memory { max_entries } => {
+            Arc::new(memory::MemoryStore::new(*max_entries, c.lease, c.retention))
+        }
+        StoreKind::Postgres { .. } => Arc::new(postgres::PostgresStore::new(c)?),
+    })
+}

@@ -1,0 +1,503 @@
+//! `store.postgresql` on tokio-postgres with a deadpool pool.
+//!
+//! - **Schema**: the numbered files under `migrations/` (compiled in), with
+//!   `{inbox}` replaced by the configured table, applied on first use under
+//!   a transaction-scoped advisory lock, and recorded in
+//!   `perch_schema_migrations`, so sidecars starting together are safe.
+//! - **Batching**: concurrent claims (and finishes) are coalesced by a task
+//!   into one statement over `UNNEST` arrays: one round trip for many keys.
+//! - **Leases** live on the database clock (`now()`), and are renewed every
+//!   third of the lease for the keys this sidecar holds.
+//! - **Retention**: done and dead rows older than `retention` are deleted in
+//!   batches of 5000 every `cleanupInterval`.
+//! - **Health**: a `SELECT 1` every 2 s; while it fails, deliveries pause.
+
+use std::collections::{BTreeSet, HashMap};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::NoTls;
+
+use super::{Claim, Finish, Key, Store, StoreError};
+use crate::broker::BoxFuture;
+use crate::config::store::{StoreComponent, StoreKind};
+
+/// The migrations, in order: (version, SQL with `{inbox}`).
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/001_inbox.sql"))];
+/// Most keys in one statement.
+const BATCH: usize = 512;
+
+type ClaimRequest = (Vec<Key>, oneshot::Sender<Result<Vec<Claim>, StoreError>>);
+type FinishRequest = (
+    Vec<Key>,
+    Finish,
+    oneshot::Sender<Result<Vec<bool>, StoreError>>,
+);
+
+/// The Postgres store.
+pub struct PostgresStore {
+    shared: Arc<Shared>,
+    claims: mpsc::UnboundedSender<ClaimRequest>,
+    finishes: mpsc::UnboundedSender<FinishRequest>,
+}
+
+struct Shared {
+    name: String,
+    pool: Pool,
+    table: String,
+    /// This sidecar's lease owner id (new on every start).
+    owner_text: String,
+    lease: Duration,
+    retention: Duration,
+    migrated: tokio::sync::Mutex<bool>,
+    healthy: AtomicBool,
+    /// Keys this sidecar holds a lease on (renewed in the background).
+    held: Mutex<BTreeSet<Key>>,
+}
+
+impl PostgresStore {
+    /// Creates the pool (no connection yet) and the background tasks.
+    pub fn new(c: &StoreComponent) -> Result<Self, StoreError> {
+        let StoreKind::Postgres {
+            connection_string,
+            inbox_table,
+            max_connections,
+            cleanup_interval,
+        } = &c.kind
+        else {
+            return Err(StoreError("not a postgres store".into()));
+        };
+        let config = tokio_postgres::Config::from_str(connection_string)
+            .map_err(|e| StoreError(format!("store {}: connectionString: {e}", c.name)))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(*max_connections)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError(format!("store {}: pool: {e}", c.name)))?;
+        let shared = Arc::new(Shared {
+            name: c.name.clone(),
+            pool,
+            table: inbox_table.clone(),
+            owner_text: uuid::Uuid::new_v4().to_string(),
+            lease: c.lease,
+            retention: c.retention,
+            migrated: tokio::sync::Mutex::new(false),
+            healthy: AtomicBool::new(true),
+            held: Mutex::new(BTreeSet::new()),
+        });
+        let (claims, claim_rx) = mpsc::unbounded_channel();
+        let (finishes, finish_rx) = mpsc::unbounded_channel();
+        tokio::spawn(claim_loop(Arc::downgrade(&shared), claim_rx));
+        tokio::spawn(finish_loop(Arc::downgrade(&shared), finish_rx));
+        tokio::spawn(upkeep(Arc::downgrade(&shared), *cleanup_interval));
+        Ok(Self {
+            shared,
+            claims,
+            finishes,
+        })
+    }
+}
+
+impl Shared {
+    fn error(&self, e: impl std::fmt::Display) -> StoreError {
+        self.healthy.store(false, Ordering::Release);
+        StoreError(format!("store {}: {e}", self.name))
+    }
+
+    /// A pooled connection with the schema in place.
+    async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        let client = self.pool.get().await.map_err(|e| self.error(e))?;
+        let mut migrated = self.migrated.lock().await;
+        if !*migrated {
+            migrate(&client, &self.table)
+                .await
+                .map_err(|e| self.error(format!("migrations: {e}")))?;
+            *migrated = true;
+        }
+        Ok(client)
+    }
+
+    async fn claim(&self, keys: &[Key]) -> Result<Vec<Claim>, StoreError> {
+        let client = self.client().await?;
+        // A key twice in one batch: the first claims, the others are busy.
+        let mut unique: Vec<&Key> = Vec::new();
+        let mut seen = BTreeSet::new();
+        for k in keys {
+            if seen.insert(k) {
+                unique.push(k);
+            }
+        }
+        let subs: Vec<&str> = unique.iter().map(|k| k.subscriber.as_str()).collect();
+        let ids: Vec<&str> = unique.iter().map(|k| k.msg_key.as_str()).collect();
+        let lease = self.lease.as_secs_f64();
+        let t = &self.table;
+        let claimed = client
+            .query(
+                &format!(
+                    "INSERT INTO {t} AS i (subscriber, msg_key, state, lease_owner, lease_until)
+                     SELECT s, k, 'in_progress', $3::text::uuid, now() + make_interval(secs => $4)
+                       FROM UNNEST($1::text[], $2::text[]) AS u(s, k)
+                     ON CONFLICT (subscriber, msg_key) DO UPDATE
+                        SET lease_owner = EXCLUDED.lease_owner,
+                            lease_until = EXCLUDED.lease_until,
+                            attempts = i.attempts + 1
+                      WHERE i.state = 'in_progress' AND i.lease_until < now()
+                     RETURNING i.subscriber, i.msg_key, i.attempts"
+                ),
+                &[&subs, &ids, &self.owner_text, &lease],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut owned: HashMap<(String, String), i32> = claimed
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .collect();
+        let mut states: HashMap<(String, String), String> = HashMap::new();
+        if owned.len() < unique.len() {
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT i.subscriber, i.msg_key, i.state FROM {t} i
+                           JOIN UNNEST($1::text[], $2::text[]) AS u(s, k)
+                             ON i.subscriber = u.s AND i.msg_key = u.k"
+                    ),
+                    &[&subs, &ids],
+                )
+                .await
+                .map_err(|e| self.error(e))?;
+            states = rows
+                .iter()
+                .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+                .collect();
+        }
+        self.healthy.store(true, Ordering::Release);
+        let mut held = self.held.lock().expect("held lock");
+        Ok(keys
+            .iter()
+            .map(|k| {
+                let id = (k.subscriber.clone(), k.msg_key.clone());
+                if let Some(attempts) = owned.remove(&id) {
+                    held.insert(k.clone());
+                    Claim::Owned {
+                        attempts: attempts.max(1) as u32,
+                    }
+                } else {
+                    match states.get(&id).map(String::as_str) {
+                        Some("done" | "dead") => Claim::Done,
+                        _ => Claim::Busy,
+                    }
+                }
+            })
+            .collect())
+    }
+
+    async fn finish(&self, keys: &[Key], how: Finish) -> Result<Vec<bool>, StoreError> {
+        let client = self.client().await?;
+        let subs: Vec<&str> = keys.iter().map(|k| k.subscriber.as_str()).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.msg_key.as_str()).collect();
+        let state = match how {
+            Finish::Done => "done",
+            Finish::Dead => "dead",
+        };
+        let t = &self.table;
+        let rows = client
+            .query(
+                &format!(
+                    "UPDATE {t} AS i SET state = $4, done_at = now()
+                       FROM UNNEST($1::text[], $2::text[]) AS u(s, k)
+                      WHERE i.subscriber = u.s AND i.msg_key = u.k
+                        AND i.lease_owner = $3::text::uuid AND i.state = 'in_progress'
+                     RETURNING i.subscriber, i.msg_key"
+                ),
+                &[&subs, &ids, &self.owner_text, &state],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        self.healthy.store(true, Ordering::Release);
+        let marked: BTreeSet<(String, String)> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut held = self.held.lock().expect("held lock");
+        Ok(keys
+            .iter()
+            .map(|k| {
+                held.remove(k);
+                marked.contains(&(k.subscriber.clone(), k.msg_key.clone()))
+            })
+            .collect())
+    }
+
+    /// Extends the lease of every key held, or ends it (`release`).
+    async fn set_leases(&self, keys: &[Key], release: bool) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        let subs: Vec<&str> = keys.iter().map(|k| k.subscriber.as_str()).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.msg_key.as_str()).collect();
+        let secs = if release {
+            0.0
+        } else {
+            self.lease.as_secs_f64()
+        };
+        let t = &self.table;
+        client
+            .execute(
+                &format!(
+                    "UPDATE {t} AS i SET lease_until = now() + make_interval(secs => $4)
+                       FROM UNNEST($1::text[], $2::text[]) AS u(s, k)
+                      WHERE i.subscriber = u.s AND i.msg_key = u.k
+                        AND i.lease_owner = $3::text::uuid AND i.state = 'in_progress'"
+                ),
+                &[&subs, &ids, &self.owner_text, &secs],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn purge(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let t = &self.table;
+        let secs = self.retention.as_secs_f64();
+        let mut total = 0;
+        loop {
+            let n = client
+                .execute(
+                    &format!(
+                        "DELETE FROM {t} WHERE ctid IN (
+                           SELECT ctid FROM {t}
+                            WHERE state <> 'in_progress'
+                              AND done_at < now() - make_interval(secs => $1)
+                            LIMIT 5000)"
+                    ),
+                    &[&secs],
+                )
+                .await
+                .map_err(|e| self.error(e))?;
+            total += n;
+            if n < 5000 {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+/// Applies the migrations not yet recorded for `table`.
+async fn migrate(
+    client: &deadpool_postgres::Client,
+    table: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS perch_schema_migrations (
+                 inbox_table text NOT NULL, version integer NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (inbox_table, version))",
+        )
+        .await
+        .or_else(|e| {
+            // Two sidecars creating it at once: one wins, the other sees a
+            // unique violation on the catalog; the table exists either way.
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+    let tx_sql = "BEGIN; SELECT pg_advisory_xact_lock(7352410001);";
+    client.batch_execute(tx_sql).await?;
+    let result = async {
+        for (version, sql) in MIGRATIONS {
+            let applied = client
+                .query_opt(
+                    "SELECT 1 FROM perch_schema_migrations WHERE inbox_table = $1 AND version = $2",
+                    &[&table, version],
+                )
+                .await?
+                .is_some();
+            if !applied {
+                client.batch_execute(&sql.replace("{inbox}", table)).await?;
+                client
+                    .execute(
+                        "INSERT INTO perch_schema_migrations (inbox_table, version) VALUES ($1, $2)",
+                        &[&table, version],
+                    )
+                    .await?;
+                tracing::info!(%table, version, "store migration applied");
+            }
+        }
+        Ok::<(), tokio_postgres::Error>(())
+    }
+    .await;
+    match result {
+        Ok(()) => client.batch_execute("COMMIT").await,
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+/// Serves claim requests, many per statement.
+async fn claim_loop(shared: Weak<Shared>, mut rx: mpsc::UnboundedReceiver<ClaimRequest>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let mut n = batch[0].0.len();
+        while n < BATCH {
+            match rx.try_recv() {
+                Ok(r) => {
+                    n += r.0.len();
+                    batch.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(s) = shared.upgrade() else { return };
+        let keys: Vec<Key> = batch.iter().flat_map(|(k, _)| k.iter().cloned()).collect();
+        let result = s.claim(&keys).await;
+        let mut offset = 0;
+        for (k, reply) in batch {
+            let part = result
+                .as_ref()
+                .map(|all| all[offset..offset + k.len()].to_vec())
+                .map_err(Clone::clone);
+            offset += k.len();
+            let _ = reply.send(part);
+        }
+    }
+}
+
+/// Serves finish requests, many per statement (one per finish kind).
+async fn finish_loop(shared: Weak<Shared>, mut rx: mpsc::UnboundedReceiver<FinishRequest>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let Some(s) = shared.upgrade() else { return };
+        let (done, dead): (Vec<_>, Vec<_>) = batch.into_iter().partition(|r| r.1 == Finish::Done);
+        for (how, group) in [(Finish::Done, done), (Finish::Dead, dead)] {
+            if group.is_empty() {
+                continue;
+            }
+            let keys: Vec<Key> = group.iter().flat_map(|r| r.0.iter().cloned()).collect();
+            let result = s.finish(&keys, how).await;
+            let mut offset = 0;
+            for (k, _, reply) in group {
+                let part = result
+                    .as_ref()
+                    .map(|all| all[offset..offset + k.len()].to_vec())
+                    .map_err(Clone::clone);
+                offset += k.len();
+                let _ = reply.send(part);
+            }
+        }
+    }
+}
+
+/// Health probe every 2 s, lease renewal every lease/3, purge every
+/// `cleanup`.
+async fn upkeep(shared: Weak<Shared>, cleanup: Duration) {
+    let mut last_renew = tokio::time::Instant::now();
+    let mut last_purge = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let Some(s) = shared.upgrade() else { return };
+        let ok = match s.pool.get().await {
+            Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
+            Err(_) => false,
+        };
+        if s.healthy.swap(ok, Ordering::AcqRel) != ok {
+            if ok {
+                tracing::info!(store = %s.name, "store reachable again; deliveries resume");
+            } else {
+                tracing::warn!(store = %s.name, "store unreachable; deliveries pause");
+            }
+        }
+        if !ok {
+            continue;
+        }
+        if last_renew.elapsed() >= s.lease / 3 {
+            let keys: Vec<Key> = s.held.lock().expect("held lock").iter().cloned().collect();
+            if let Err(e) = s.set_leases(&keys, false).await {
+                tracing::warn!(store = %s.name, error = %e, "lease renewal failed");
+            }
+            last_renew = tokio::time::Instant::now();
+        }
+        if last_purge.elapsed() >= cleanup {
+            match s.purge().await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(store = %s.name, purged = n, "old idempotency keys deleted")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(store = %s.name, error = %e, "purge failed"),
+            }
+            last_purge = tokio::time::Instant::now();
+        }
+    }
+}
+
+impl Store for PostgresStore {
+    fn claim(&self, keys: Vec<Key>) -> BoxFuture<'_, Result<Vec<Claim>, StoreError>> {
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            self.claims
+                .send((keys, tx))
+                .map_err(|_| StoreError("store closed".into()))?;
+            rx.await.map_err(|_| StoreError("store closed".into()))?
+        })
+    }
+
+    fn finish(&self, keys: Vec<Key>, how: Finish) -> BoxFuture<'_, Result<Vec<bool>, StoreError>> {
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            self.finishes
+                .send((keys, how, tx))
+                .map_err(|_| StoreError("store closed".into()))?;
+            rx.await.map_err(|_| StoreError("store closed".into()))?
+        })
+    }
+
+    fn release(&self, keys: Vec<Key>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            {
+                let mut held = self.shared.held.lock().expect("held lock");
+                for k in &keys {
+                    held.remove(k);
+                }
+            }
+            self.shared.set_leases(&keys, true).await
+        })
+    }
+
+    fn purge(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move { self.shared.purge().await })
+    }
+
+    fn health(&self) -> Result<(), StoreError> {
+        if self.shared.healthy.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(StoreError(format!(
+                "store {}: unreachable",
+                self.shared.name
+            )))
+        }
+    }
+}
