@@ -63,6 +63,8 @@ pub struct Shared {
     pub settings: Settings,
     /// Pub/sub components by name.
     pub pubsubs: BTreeMap<String, PubsubEntry>,
+    /// Store components by name.
+    pub stores: BTreeMap<String, Arc<dyn crate::store::Store>>,
     /// Active subscriptions, for the metadata API.
     pub subscriptions: RwLock<Vec<SubscriptionSpec>>,
     /// Subscriptions refused by scoping (reported, never retried silently).
@@ -98,9 +100,19 @@ impl Shared {
                 ))
             })
             .collect::<Result<_, String>>()?;
+        let stores = resources
+            .stores
+            .iter()
+            .map(|c| {
+                let store =
+                    crate::store::build(c).map_err(|e| format!("component {}: {e}", c.name))?;
+                Ok((c.name.clone(), store))
+            })
+            .collect::<Result<_, String>>()?;
         Ok(Arc::new(Self {
             settings,
             pubsubs,
+            stores,
             subscriptions: RwLock::new(vec![]),
             resiliency: resources.resiliency.clone(),
             denied: RwLock::new(vec![]),

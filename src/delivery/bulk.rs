@@ -153,7 +153,7 @@ async fn deliver_group(
             let _ = r.delivery.ack.ack().await;
         }
         for r in dropped {
-            finish_dropped(ctx, r.delivery, stop.clone()).await;
+            finish_dropped(ctx, r.delivery, stop.clone(), None).await;
         }
         let left = pending.lock().expect("pending lock").entries.len();
         if left == 0 {
@@ -172,7 +172,7 @@ async fn deliver_group(
         RetryEnd::Exhausted(reason) => {
             tracing::warn!(topic = %ctx.sub.topic, %reason, entries = left.len(), "bulk retries exhausted");
             for (_, r) in left {
-                finish_dropped(ctx, r.delivery, stop.clone()).await;
+                finish_dropped(ctx, r.delivery, stop.clone(), None).await;
             }
         }
         // Shutdown: the entries stay unacknowledged for redelivery.

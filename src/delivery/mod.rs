@@ -29,6 +29,7 @@ use crate::cloudevents::{self, Envelope};
 use crate::config::subscription::ProgrammaticSubscription;
 use crate::config::{DeliveryOrder, SubscriptionSpec};
 use crate::runtime::{PubsubEntry, Shared};
+use crate::store::{Claim, Finish, Key, Store};
 use crate::telemetry::trace::TraceParent;
 use crate::util::parse_go_bool;
 pub use app::AppClient;
@@ -205,6 +206,17 @@ impl Engine {
                             .get("rawPayload")
                             .and_then(|v| parse_go_bool(v))
                             .unwrap_or(false),
+                        store: entry
+                            .component
+                            .idempotency_store
+                            .as_ref()
+                            .filter(|_| {
+                                sub.metadata
+                                    .get("idempotency")
+                                    .and_then(|v| parse_go_bool(v))
+                                    .unwrap_or(true)
+                            })
+                            .and_then(|name| shared.stores.get(name).cloned()),
                     });
                     self.inner.consumers.lock().await.spawn(consume(
                         ctx,
@@ -245,6 +257,8 @@ struct SubCtx {
     breaker: Option<Arc<breaker::Breaker>>,
     /// `rawPayload` subscription metadata.
     raw: bool,
+    /// The pubsub's idempotency store, unless the subscription opts out.
+    store: Option<Arc<dyn Store>>,
 }
 
 impl SubCtx {
@@ -349,26 +363,26 @@ async fn prepare(ctx: &SubCtx, d: Delivery, mut stop: watch::Receiver<bool>) -> 
     };
     let Some(event) = event else {
         tracing::warn!(topic = %sub.topic, "message is not a JSON CloudEvent; dead-lettering");
-        finish_dropped(ctx, d, stop).await;
+        finish_dropped(ctx, d, stop, None).await;
         return None;
     };
     // A dead letter keeps its `expiration`; it is delivered anyway, since
     // the dead-letter topic exists so that it can be inspected.
     if !d.metadata.contains_key(DEAD_LETTER_FROM) && cloudevents::has_expired(&event) {
         tracing::warn!(topic = %sub.topic, "dropping expired pub/sub event");
-        finish_dropped(ctx, d, stop).await;
+        finish_dropped(ctx, d, stop, None).await;
         return None;
     }
     let path = match ctx.router.route(&event) {
         Ok(Some(p)) => p.to_owned(),
         Ok(None) => {
             tracing::debug!(topic = %sub.topic, "no route matched; dropping");
-            finish_dropped(ctx, d, stop).await;
+            finish_dropped(ctx, d, stop, None).await;
             return None;
         }
         Err(e) if dead_letter_topic(ctx).is_some() => {
             tracing::warn!(topic = %sub.topic, error = %e, "routing failed; dead-lettering");
-            finish_dropped(ctx, d, stop).await;
+            finish_dropped(ctx, d, stop, None).await;
             return None;
         }
         Err(e) => {
@@ -432,8 +446,33 @@ impl SubCtx {
 }
 
 async fn process(ctx: &SubCtx, d: Delivery, stop: watch::Receiver<bool>) {
-    let Some(ready) = prepare(ctx, d, stop.clone()).await else {
+    let Some(mut ready) = prepare(ctx, d, stop.clone()).await else {
         return;
+    };
+    let claim = match (&ctx.store, idempotency_key(ctx, &ready)) {
+        (Some(store), Some(key)) => {
+            let mut s = stop.clone();
+            match claim(ctx, store.as_ref(), &key, &mut s).await {
+                Claimed::Duplicate => {
+                    tracing::debug!(topic = %ctx.sub.topic, key = %key.header(), "duplicate event; acknowledged without delivery");
+                    let _ = ready.delivery.ack.ack().await;
+                    return;
+                }
+                Claimed::Stopped => return,
+                Claimed::Owned { attempts } => {
+                    let limit = ctx.policy.max_retries.map(|r| r + 1);
+                    if limit.is_some_and(|l| attempts > l) {
+                        tracing::warn!(topic = %ctx.sub.topic, key = %key.header(), attempts,
+                            "claimed more times than the retry policy allows (earlier attempts were cut short); dead-lettering");
+                        let mark = Some((store.as_ref(), &key, Finish::Dead));
+                        return finish_dropped(ctx, ready.delivery, stop, mark).await;
+                    }
+                    ready.metadata.insert(IDEMPOTENCY_KEY.into(), key.header());
+                    Some((store.clone(), key))
+                }
+            }
+        }
+        _ => None,
     };
     let mut retry_stop = stop.clone();
     let end = retry::run(&ctx.policy, &mut retry_stop, || async {
@@ -457,20 +496,134 @@ async fn process(ctx: &SubCtx, d: Delivery, stop: watch::Receiver<bool>) {
     })
     .await;
     let d = ready.delivery;
+    let mark = claim
+        .as_ref()
+        .map(|(store, key)| (store.as_ref(), key, Finish::Done));
     match end {
         RetryEnd::Done(Outcome::Success) => {
+            if let Some((store, key, how)) = mark {
+                if !mark_finished(ctx, store, key, how, stop).await {
+                    return;
+                }
+            }
             let _ = d.ack.ack().await;
         }
         RetryEnd::Done(outcome) => {
             tracing::warn!(topic = %ctx.sub.topic, ?outcome, "message dropped by the app");
-            finish_dropped(ctx, d, stop).await
+            finish_dropped(ctx, d, stop, mark).await
         }
         RetryEnd::Exhausted(reason) => {
             tracing::warn!(topic = %ctx.sub.topic, %reason, "retries exhausted");
-            finish_dropped(ctx, d, stop).await
+            let mark = claim
+                .as_ref()
+                .map(|(store, key)| (store.as_ref(), key, Finish::Dead));
+            finish_dropped(ctx, d, stop, mark).await
         }
-        // Shutdown is not exhaustion: leave the message unacked.
-        RetryEnd::Stopped => {}
+        // Shutdown is not exhaustion: leave the message unacked, and give
+        // the claim back so another sidecar may take it at once.
+        RetryEnd::Stopped => {
+            if let Some((store, key)) = claim {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), store.release(vec![key])).await;
+            }
+        }
+    }
+}
+
+/// Header (and metadata key) carrying the idempotency key to the app.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The idempotency key of a delivery: the CloudEvent's `source` and `id`;
+/// for a raw payload (whose envelope id is random) the Kafka record's
+/// topic, partition and offset, else none.
+fn idempotency_key(ctx: &SubCtx, ready: &Ready) -> Option<Key> {
+    let subscriber = format!(
+        "{}/{}/{}",
+        ctx.shared.settings.app_id, ctx.sub.pubsubname, ctx.sub.topic
+    );
+    let msg_key = if ctx.raw {
+        let md = &ready.delivery.metadata;
+        format!(
+            "kafka {}/{}/{}",
+            md.get("__topic")?,
+            md.get("__partition")?,
+            md.get("__offset")?
+        )
+    } else {
+        let source = ready
+            .event
+            .get("source")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let id = ready.event.get("id").and_then(Value::as_str)?;
+        format!("{source} {id}")
+    };
+    Some(Key {
+        subscriber,
+        msg_key,
+    })
+}
+
+enum Claimed {
+    Owned { attempts: u32 },
+    Duplicate,
+    Stopped,
+}
+
+/// Claims `key`, waiting while another sidecar holds it and while the
+/// store is unreachable (nothing is delivered without a claim, nothing is
+/// acked).
+async fn claim(
+    ctx: &SubCtx,
+    store: &dyn Store,
+    key: &Key,
+    stop: &mut watch::Receiver<bool>,
+) -> Claimed {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        let wait = match store.claim(vec![key.clone()]).await.map(|c| c[0]) {
+            Ok(Claim::Owned { attempts }) => return Claimed::Owned { attempts },
+            Ok(Claim::Done) => return Claimed::Duplicate,
+            Ok(Claim::Busy) => Duration::from_secs(1),
+            Err(e) => {
+                tracing::warn!(topic = %ctx.sub.topic, error = %e, "idempotency store unavailable; delivery paused");
+                backoff.next_delay()
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return Claimed::Stopped,
+        }
+    }
+}
+
+/// Marks a claimed key done or dead, retrying while the store is down;
+/// `false` when shutdown came first (then the message stays unacked).
+async fn mark_finished(
+    ctx: &SubCtx,
+    store: &dyn Store,
+    key: &Key,
+    how: Finish,
+    mut stop: watch::Receiver<bool>,
+) -> bool {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        match store.finish(vec![key.clone()], how).await {
+            Ok(marked) => {
+                if !marked[0] {
+                    tracing::warn!(topic = %ctx.sub.topic, key = %key.header(),
+                        "the claim was taken over before it was marked: a duplicate delivery is possible");
+                }
+                return true;
+            }
+            Err(e) => {
+                tracing::warn!(topic = %ctx.sub.topic, error = %e, "idempotency store unavailable; acknowledgement waits");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = stop.wait_for(|s| *s) => return false,
+                }
+            }
+        }
     }
 }
 
@@ -488,10 +641,25 @@ fn dead_letter_topic(ctx: &SubCtx) -> Option<String> {
 /// Metadata (and header to the app) naming the topic a dead letter came from.
 pub const DEAD_LETTER_FROM: &str = "perch-dead-letter-from";
 
-async fn finish_dropped(ctx: &SubCtx, d: Delivery, mut stop: watch::Receiver<bool>) {
+/// With `mark`, the claimed key is marked (after the dead-letter publish,
+/// before the ack).
+async fn finish_dropped(
+    ctx: &SubCtx,
+    d: Delivery,
+    mut stop: watch::Receiver<bool>,
+    mark: Option<(&dyn Store, &Key, Finish)>,
+) {
     let entry = ctx.entry();
+    let marked = |stop: watch::Receiver<bool>| async move {
+        match mark {
+            Some((store, key, how)) => mark_finished(ctx, store, key, how, stop).await,
+            None => true,
+        }
+    };
     let Some(topic) = dead_letter_topic(ctx) else {
-        let _ = d.ack.ack().await;
+        if marked(stop).await {
+            let _ = d.ack.ack().await;
+        }
         return;
     };
     let msg = Message {
@@ -509,7 +677,9 @@ async fn finish_dropped(ctx: &SubCtx, d: Delivery, mut stop: watch::Receiver<boo
         match entry.broker.publish(msg.clone()).await {
             Ok(()) => {
                 tracing::info!(pubsub = %ctx.sub.pubsubname, from = %ctx.sub.topic, to = %topic, "message dead-lettered");
-                let _ = d.ack.ack().await;
+                if marked(stop).await {
+                    let _ = d.ack.ack().await;
+                }
                 return;
             }
             Err(e) => {

@@ -38,7 +38,7 @@ pub fn healthz(req: &Request<Incoming>, shared: &Shared) -> Resp {
     }
 }
 
-/// `GET /v1.0/healthz/outbound`: 204 when every broker is reachable.
+/// `GET /v1.0/healthz/outbound`: 204 when every broker and store is reachable.
 pub fn outbound(shared: &Shared) -> Resp {
     let down: Vec<String> = shared
         .pubsubs
@@ -49,6 +49,12 @@ pub fn outbound(shared: &Shared) -> Resp {
                 .err()
                 .map(|e| format!("{}: {e}", p.component.name))
         })
+        .chain(
+            shared
+                .stores
+                .iter()
+                .filter_map(|(name, s)| s.health().err().map(|e| format!("{name}: {e}"))),
+        )
         .collect();
     if down.is_empty() {
         empty(StatusCode::NO_CONTENT)

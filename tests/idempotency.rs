@@ -1,0 +1,321 @@
+//! Idempotent delivery end to end: the real binary, a real broker (Kafka
+//! on tansu and RabbitMQ), and the Postgres inbox (a fresh table per test).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+pub const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A Postgres store component named `inbox` on its own table (3 s leases, so
+/// a killed sidecar's claims expire quickly), dropped when the guard goes.
+pub struct Inbox {
+    pub table: String,
+}
+
+impl Default for Inbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Inbox {
+    pub fn new() -> Self {
+        Self {
+            table: format!("inbox_{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    pub fn yaml(&self) -> String {
+        format!(
+            "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: inbox
+spec:
+  type: store.postgresql
+  version: v1
+  metadata:
+    - name: connectionString
+      value: {PG}
+    - name: inboxTable
+      value: {}
+    - name: leaseDuration
+      value: 3s
+",
+            self.table
+        )
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args([PG, "-qc", &format!("DROP TABLE IF EXISTS {}", self.table)])
+            .output();
+    }
+}
+
+/// Publishes a CloudEvent with a fixed `source` and `id`.
+async fn publish_event(sc: &Sidecar, topic: &str, id: &str, seq: u64) -> u16 {
+    let ce = json!({"specversion": "1.0", "source": "orders-service", "id": id,
+                    "type": "order.created", "datacontenttype": "application/json",
+                    "data": {"seq": seq}});
+    sc.call(
+        "POST",
+        &format!("/v1.0/publish/pubsub/{topic}"),
+        &[("content-type", "application/cloudevents+json")],
+        &ce.to_string(),
+    )
+    .await
+    .unwrap()
+    .0
+}
+
+fn dir_for(b: &Bench, inbox: &Inbox, extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let mut md = vec![("idempotencyStore", "inbox")];
+    md.extend_from_slice(extra);
+    resources(&[
+        ("pubsub.yaml", &b.pubsub(&md)),
+        ("inbox.yaml", &inbox.yaml()),
+        ("s.yaml", &b.subscription("s", "orders", "/orders")),
+    ])
+}
+
+async fn the_same_event_published_three_times_arrives_once(b: &Bench) -> TestResult {
+    let inbox = Inbox::new();
+    let dir = dir_for(b, &inbox, &[]);
+    let mut app = TestApp::ok(None).await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let topic = b.topic("orders");
+    for _ in 0..3 {
+        assert_eq!(publish_event(&sc, &topic, "evt-1", 1).await, 204);
+    }
+    assert_eq!(publish_event(&sc, &topic, "evt-2", 2).await, 204);
+    let first = app.next(30).await?;
+    assert_eq!(first.json()["id"], "evt-1");
+    assert_eq!(
+        first.headers["idempotency-key"],
+        format!("test-app/pubsub/{topic}/orders-service evt-1"),
+        "the key reaches the app"
+    );
+    let second = app.next(30).await?;
+    assert_eq!(
+        second.json()["id"],
+        "evt-2",
+        "the copies of evt-1 were not delivered"
+    );
+    assert!(app.next(3).await.is_err(), "nothing more");
+    Ok(())
+}
+
+async fn retry_twice_then_success_is_seen_three_times_and_never_again(b: &Bench) -> TestResult {
+    let inbox = Inbox::new();
+    let res = "apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata: {name: r}
+spec:
+  policies:
+    retries:
+      quick: {policy: constant, duration: 100ms, maxRetries: 5}
+  targets:
+    components:
+      pubsub:
+        inbound: {retry: quick}
+";
+    let dir = dir_for(b, &inbox, &[]);
+    std::fs::write(dir.path().join("r.yaml"), res)?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let mut app = TestApp::start(
+        None,
+        Arc::new(move |_| {
+            if c.fetch_add(1, Ordering::SeqCst) < 2 {
+                (200, r#"{"status":"RETRY"}"#.into())
+            } else {
+                (200, r#"{"status":"SUCCESS"}"#.into())
+            }
+        }),
+    )
+    .await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let topic = b.topic("orders");
+    assert_eq!(publish_event(&sc, &topic, "evt-r", 1).await, 204);
+    for _ in 0..3 {
+        assert_eq!(app.next(30).await?.json()["id"], "evt-r");
+    }
+    assert_eq!(
+        publish_event(&sc, &topic, "evt-r", 1).await,
+        204,
+        "published again"
+    );
+    assert!(app.next(3).await.is_err(), "done: never delivered again");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    Ok(())
+}
+
+async fn two_sidecars_of_one_app_deliver_each_event_once_in_total(b: &Bench) -> TestResult {
+    let inbox = Inbox::new();
+    let extra: &[(&str, &str)] = if b.backend == Backend::Kafka {
+        &[("topicPartitions", "2")]
+    } else {
+        &[]
+    };
+    let dir = dir_for(b, &inbox, extra);
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let app_of = |seen: Arc<Mutex<Vec<String>>>| {
+        TestApp::start(
+            None,
+            Arc::new(move |r| {
+                seen.lock()
+                    .unwrap()
+                    .push(r.json()["id"].as_str().unwrap().to_owned());
+                (200, String::new())
+            }),
+        )
+    };
+    let mut a = app_of(seen.clone()).await;
+    let mut c = app_of(seen.clone()).await;
+    let sc_a = Sidecar::start(dir.path(), Some(a.port), &[], &[]).await;
+    let sc_c = Sidecar::start(dir.path(), Some(c.port), &[], &[]).await;
+    let topic = b.topic("orders");
+    // Every event is published twice, once through each sidecar.
+    for n in 0..40u64 {
+        let id = format!("evt-{n}");
+        assert_eq!(publish_event(&sc_a, &topic, &id, n).await, 204);
+        assert_eq!(publish_event(&sc_c, &topic, &id, n).await, 204);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while seen.lock().unwrap().iter().collect::<BTreeSet<_>>().len() < 40
+        && std::time::Instant::now() < deadline
+    {
+        tokio::select! {
+            _ = a.next(1) => {}
+            _ = c.next(1) => {}
+        }
+    }
+    // Let late duplicates (if any) arrive.
+    while a.next(2).await.is_ok() || c.next(1).await.is_ok() {}
+    let seen = seen.lock().unwrap().clone();
+    let distinct: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(distinct.len(), 40, "every event arrived");
+    assert_eq!(seen.len(), 40, "each once in total, over both sidecars");
+    Ok(())
+}
+
+macro_rules! suite {
+    ($module:ident, $backend:expr) => {
+        mod $module {
+            use super::*;
+            suite!(@tests $backend;
+                the_same_event_published_three_times_arrives_once,
+                retry_twice_then_success_is_seen_three_times_and_never_again,
+                two_sidecars_of_one_app_deliver_each_event_once_in_total);
+        }
+    };
+    (@tests $backend:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test]
+            async fn $name() -> TestResult {
+                super::$name(&Bench::new($backend)).await
+            }
+        )*
+    };
+}
+
+suite!(kafka, Backend::Kafka);
+suite!(rabbitmq, Backend::Rabbit);
+
+/// SIGKILL while delivering (RabbitMQ: its redelivery is immediate; Kafka's
+/// restart is covered on the mock cluster in kafka.rs): nothing is lost,
+/// and every event delivered twice was in flight at the kill.
+#[tokio::test]
+async fn sigkill_while_delivering_loses_nothing_and_duplicates_only_what_was_in_flight(
+) -> TestResult {
+    let b = Bench::new(Backend::Rabbit);
+    let inbox = Inbox::new();
+    let dir = dir_for(
+        &b,
+        &inbox,
+        &[("maxInFlight", "8"), ("deliveryOrder", "none")],
+    );
+    let log = Arc::new(Mutex::new(Vec::<(String, bool)>::new()));
+    let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (l, k) = (log.clone(), killed.clone());
+    let mut app = TestApp::start_slow(
+        None,
+        Duration::from_millis(20),
+        Arc::new(move |r| {
+            let id = r.json()["id"].as_str().unwrap().to_owned();
+            l.lock().unwrap().push((id, k.load(Ordering::SeqCst)));
+            (200, String::new())
+        }),
+    )
+    .await;
+    let mut sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let topic = b.topic("orders");
+    for n in 0..120u64 {
+        assert_eq!(
+            publish_event(&sc, &topic, &format!("evt-{n}"), n).await,
+            204
+        );
+    }
+    for _ in 0..40 {
+        app.next(30).await?;
+    }
+    sc.child.start_kill()?;
+    sc.child.wait().await?;
+    killed.store(true, Ordering::SeqCst);
+    let _sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, _)| id)
+        .collect::<BTreeSet<_>>()
+        .len()
+        < 120
+        && std::time::Instant::now() < deadline
+    {
+        let _ = app.next(1).await;
+    }
+    while app.next(2).await.is_ok() {}
+    let log = log.lock().unwrap().clone();
+    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+    for (id, _) in &log {
+        *count.entry(id.as_str()).or_default() += 1;
+    }
+    assert_eq!(count.len(), 120, "nothing lost");
+    let before_kill: BTreeSet<&str> = log
+        .iter()
+        .filter(|(_, k)| !k)
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let duplicated: Vec<&str> = count
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| *id)
+        .collect();
+    for id in &duplicated {
+        assert!(
+            before_kill.contains(id),
+            "{id} was delivered twice without having been in flight at the kill"
+        );
+    }
+    assert!(
+        duplicated.len() <= 8,
+        "duplicates are bounded by the in-flight window: {duplicated:?}"
+    );
+    println!(
+        "SIGKILL with the Postgres inbox: {} duplicates over 120 events",
+        duplicated.len()
+    );
+    Ok(())
+}
