@@ -19,6 +19,7 @@ pub mod config;
 pub mod delivery;
 pub mod demo;
 pub mod http;
+pub mod outbox;
 pub mod runtime;
 pub mod store;
 pub mod telemetry;

@@ -55,6 +55,10 @@ pub struct PubsubEntry {
     pub component: PubsubComponent,
     /// Its broker.
     pub broker: Arc<dyn Broker>,
+    /// The `outboxStore`, if set.
+    pub outbox: Option<Arc<dyn crate::store::Store>>,
+    /// Messages waiting in the outbox (as last counted).
+    pub outbox_pending: std::sync::atomic::AtomicU64,
 }
 
 /// State shared by the API and the delivery engine.
@@ -85,6 +89,15 @@ impl Shared {
     /// Builds brokers for the loaded components; fails with the component's
     /// name when a client library refuses its settings.
     pub fn build(settings: Settings, resources: &Resources) -> Result<Arc<Self>, String> {
+        let stores: BTreeMap<String, Arc<dyn crate::store::Store>> = resources
+            .stores
+            .iter()
+            .map(|c| {
+                let store =
+                    crate::store::build(c).map_err(|e| format!("component {}: {e}", c.name))?;
+                Ok((c.name.clone(), store))
+            })
+            .collect::<Result<_, String>>()?;
         let pubsubs = resources
             .pubsubs
             .iter()
@@ -96,17 +109,10 @@ impl Shared {
                     PubsubEntry {
                         component: c.clone(),
                         broker,
+                        outbox: c.outbox_store.as_ref().and_then(|n| stores.get(n).cloned()),
+                        outbox_pending: Default::default(),
                     },
                 ))
-            })
-            .collect::<Result<_, String>>()?;
-        let stores = resources
-            .stores
-            .iter()
-            .map(|c| {
-                let store =
-                    crate::store::build(c).map_err(|e| format!("component {}: {e}", c.name))?;
-                Ok((c.name.clone(), store))
             })
             .collect::<Result<_, String>>()?;
         Ok(Arc::new(Self {
@@ -161,6 +167,15 @@ pub async fn run(
                 let _ = rx.wait_for(|s| *s).await;
             },
         )));
+    }
+    for (name, entry) in &shared.pubsubs {
+        if entry.outbox.is_some() {
+            tokio::spawn(crate::outbox::relay(
+                shared.clone(),
+                name.clone(),
+                stop_rx.clone(),
+            ));
+        }
     }
     let engine = delivery::Engine::new(shared.clone(), stop_rx.clone());
     let health = delivery::health::watch_app(shared.clone(), stop_rx.clone());

@@ -30,7 +30,7 @@ impl Drop for Pair {
     fn drop(&mut self) {
         if let Some(t) = self.table.take() {
             let _ = std::process::Command::new("psql")
-                .args([PG, "-qc", &format!("DROP TABLE IF EXISTS {t}")])
+                .args([PG, "-qc", &format!("DROP TABLE IF EXISTS {t}, {t}_out")])
                 .output();
         }
     }
@@ -46,6 +46,7 @@ fn component(kind: Kind, table: &str, lease: Duration, retention: Duration) -> S
             Kind::Postgres => StoreKind::Postgres {
                 connection_string: PG.into(),
                 inbox_table: table.into(),
+                outbox_table: format!("{table}_out"),
                 max_connections: 4,
                 cleanup_interval: Duration::from_secs(3600),
             },
@@ -194,6 +195,33 @@ async fn retention_purges_finished_keys_only(kind: Kind) -> TestResult {
     Ok(())
 }
 
+async fn the_outbox_keeps_order_until_deleted(kind: Kind) -> TestResult {
+    let p = pair(kind, Duration::from_secs(60), Duration::from_secs(3600));
+    let msg = |n: u32| perch::broker::Message {
+        topic: "orders".into(),
+        data: format!("m{n}").into(),
+        content_type: (n % 2 == 0).then(|| "text/plain".to_owned()),
+        metadata: [("partitionKey".to_owned(), format!("k{n}"))].into(),
+    };
+    p.a.outbox_put("pubsub", (0..5).map(msg).collect()).await?;
+    p.a.outbox_put("other", vec![msg(99)]).await?;
+    p.a.outbox_put("pubsub", vec![msg(5)]).await?;
+    assert_eq!(p.b.outbox_depth("pubsub").await?, 6);
+    let first = p.b.outbox_peek("pubsub", 4).await?;
+    let data: Vec<&[u8]> = first.iter().map(|(_, m)| m.data.as_ref()).collect();
+    assert_eq!(data, [b"m0", b"m1", b"m2", b"m3"], "in publish order");
+    assert_eq!(first[0].1.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(first[1].1.content_type, None);
+    assert_eq!(first[2].1.metadata["partitionKey"], "k2");
+    p.b.outbox_delete(first.iter().map(|(id, _)| *id).collect())
+        .await?;
+    let rest = p.a.outbox_peek("pubsub", 10).await?;
+    let data: Vec<&[u8]> = rest.iter().map(|(_, m)| m.data.as_ref()).collect();
+    assert_eq!(data, [b"m4", b"m5"]);
+    assert_eq!(p.a.outbox_depth("other").await?, 1);
+    Ok(())
+}
+
 macro_rules! contract {
     ($module:ident, $kind:expr) => {
         mod $module {
@@ -204,7 +232,8 @@ macro_rules! contract {
                 an_expired_lease_is_taken_over_and_the_old_owner_is_fenced,
                 many_keys_in_one_call,
                 concurrent_claims_have_one_winner,
-                retention_purges_finished_keys_only);
+                retention_purges_finished_keys_only,
+                the_outbox_keeps_order_until_deleted);
         }
     };
     (@tests $kind:expr; $($name:ident),*) => {

@@ -82,6 +82,8 @@ pub struct PubsubComponent {
     pub topic_prefix: String,
     /// `idempotencyStore`: the store component that deduplicates deliveries.
     pub idempotency_store: Option<String>,
+    /// `outboxStore`: the store that keeps publishes the broker cannot take.
+    pub outbox_store: Option<String>,
 }
 
 impl PubsubComponent {
@@ -244,15 +246,9 @@ pub fn read(ctx: &mut DocCtx<'_>, name: &str, doc: &Mapping, opts: &LoadOptions)
         Some("none") => None,
         Some(p) => Some(p.to_owned()),
     };
-    if get("outboxStore").is_some() {
-        ctx.problem(
-            "spec.metadata.outboxStore",
-            "the publish outbox is not available in this version of Perch yet",
-        );
-        ok = false;
-    }
     // Checked against the loaded stores once every document is read.
     let idempotency_store = get("idempotencyStore").map(str::to_owned);
+    let outbox_store = get("outboxStore").map(str::to_owned);
     let scoping = Scoping::from_metadata(&metadata);
     let uses_namespace = matches!(spec.get("metadata"), Some(Value::Sequence(items))
         if items.iter().any(|i| i.get("value").and_then(Value::as_str).is_some_and(|v| v.contains("{namespace}"))));
@@ -265,6 +261,7 @@ pub fn read(ctx: &mut DocCtx<'_>, name: &str, doc: &Mapping, opts: &LoadOptions)
         Loaded::Pubsub(Box::new(PubsubComponent {
             name: name.to_owned(),
             idempotency_store,
+            outbox_store,
             type_name: type_name.clone(),
             kind,
             scoping,

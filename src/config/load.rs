@@ -56,7 +56,7 @@ pub fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<Resources, ConfigRe
     let mut problems = Vec::new();
     let mut res = Resources::default();
     let mut pending_subs: Vec<(PathBuf, usize, SubscriptionSpec)> = Vec::new();
-    let mut store_refs: Vec<(PathBuf, usize, String)> = Vec::new();
+    let mut store_refs: Vec<(PathBuf, usize, &str, String)> = Vec::new();
     let mut names: BTreeSet<(String, String)> = BTreeSet::new();
     // Components declared, loaded or not: a subscription to one that has
     // problems of its own is not reported again.
@@ -116,8 +116,13 @@ pub fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<Resources, ConfigRe
                     declared_components.insert(head.name.clone());
                     match component::read(&mut ctx, &head.name, map, opts) {
                         Some(component::Loaded::Pubsub(c)) => {
-                            if let Some(store) = &c.idempotency_store {
-                                store_refs.push((file.clone(), doc_no, store.clone()));
+                            for (key, store) in [
+                                ("idempotencyStore", &c.idempotency_store),
+                                ("outboxStore", &c.outbox_store),
+                            ] {
+                                if let Some(store) = store {
+                                    store_refs.push((file.clone(), doc_no, key, store.clone()));
+                                }
                             }
                             res.pubsubs.push(*c)
                         }
@@ -178,13 +183,13 @@ pub fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<Resources, ConfigRe
         }
         res.subscriptions.push(sub);
     }
-    for (file, doc, store) in store_refs {
+    for (file, doc, key, store) in store_refs {
         if !res.stores.iter().any(|s| s.name == store) {
             let known: Vec<&str> = res.stores.iter().map(|s| s.name.as_str()).collect();
             problems.push(Problem {
                 file,
                 doc: Some(doc),
-                field: "spec.metadata.idempotencyStore".into(),
+                field: format!("spec.metadata.{key}"),
                 message: format!(
                     "no store component named {store:?} is loaded (loaded: {})",
                     if known.is_empty() {

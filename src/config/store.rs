@@ -11,6 +11,7 @@ use crate::util::parse_go_duration;
 pub const POSTGRES_KEYS: &[&str] = &[
     "connectionString",
     "inboxTable",
+    "outboxTable",
     "retention",
     "leaseDuration",
     "maxConnections",
@@ -28,6 +29,8 @@ pub enum StoreKind {
         connection_string: String,
         /// Inbox table name (default `perch_inbox`).
         inbox_table: String,
+        /// Outbox table name (default `perch_outbox`).
+        outbox_table: String,
         /// Pool size (default 8).
         max_connections: usize,
         /// How often done rows past retention are deleted (default 1 m).
@@ -107,6 +110,7 @@ pub fn read(
             String::new()
         });
         let inbox_table = get("inboxTable").unwrap_or_else(|| "perch_inbox".into());
+        let outbox_table = get("outboxTable").unwrap_or_else(|| "perch_outbox".into());
         let valid = |t: &str| {
             !t.is_empty()
                 && t.len() <= 50
@@ -114,15 +118,18 @@ pub fn read(
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
                 && !t.starts_with(|c: char| c.is_ascii_digit())
         };
-        if !valid(&inbox_table) {
-            ctx.problem(
-                field("inboxTable"),
-                format!("must be a lower-case SQL identifier (a-z, 0-9, _), got {inbox_table:?}"),
-            );
+        for (key, table) in [("inboxTable", &inbox_table), ("outboxTable", &outbox_table)] {
+            if !valid(table) {
+                ctx.problem(
+                    field(key),
+                    format!("must be a lower-case SQL identifier (a-z, 0-9, _), got {table:?}"),
+                );
+            }
         }
         StoreKind::Postgres {
             connection_string,
             inbox_table,
+            outbox_table,
             max_connections: count(ctx, "maxConnections", 8),
             cleanup_interval: duration(ctx, "cleanupInterval", Duration::from_secs(60)),
         }

@@ -103,9 +103,7 @@ async fn single_inner(
         content_type: ct,
         metadata: md,
     };
-    t.entry
-        .broker
-        .publish(msg)
+    crate::outbox::publish(t.entry, msg)
         .await
         .map_err(|e| ApiError::publish_failed(name, &t.topic, &e.to_string()))
 }
@@ -217,7 +215,7 @@ pub async fn bulk(req: Request<Incoming>, rest: String, shared: &Shared) -> Resp
     if let Err(e) = check_scope(shared, t.entry, &t.topic) {
         return error(&e);
     }
-    let results = t.entry.broker.publish_batch(msgs).await;
+    let results = crate::outbox::publish_batch(t.entry, msgs).await;
     let failed: Vec<Value> = entries
         .iter()
         .zip(results)

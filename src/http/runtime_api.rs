@@ -115,6 +115,17 @@ pub fn metadata(shared: &Shared) -> Resp {
         })
         .collect();
     let extended = shared.extended.lock().expect("extended lock").clone();
+    let outbox: serde_json::Map<String, Value> = shared
+        .pubsubs
+        .iter()
+        .filter(|(_, e)| e.outbox.is_some())
+        .map(|(n, e)| {
+            (
+                n.clone(),
+                json!(e.outbox_pending.load(std::sync::atomic::Ordering::Acquire)),
+            )
+        })
+        .collect();
     let body = json!({
         "id": s.app_id,
         "runtimeVersion": concat!("perch-", env!("CARGO_PKG_VERSION")),
@@ -125,6 +136,7 @@ pub fn metadata(shared: &Shared) -> Resp {
         "extended": extended,
         "gracefulShutdown": format_duration(s.graceful_shutdown),
         "deniedSubscriptions": denied,
+        "outboxPending": outbox,
     });
     json(StatusCode::OK, &body)
 }

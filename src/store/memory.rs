@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Claim, Finish, Key, Store, StoreError};
-use crate::broker::BoxFuture;
+use crate::broker::{BoxFuture, Message};
 
 #[derive(Debug)]
 enum State {
@@ -28,7 +28,12 @@ pub struct MemoryStore {
     lease: Duration,
     retention: Duration,
     entries: Mutex<HashMap<Key, Entry>>,
+    /// The last id given, and the kept messages in id order.
+    outbox: Mutex<(i64, Vec<Kept>)>,
 }
+
+/// An outbox entry: id, pubsub, message.
+type Kept = (i64, String, Message);
 
 impl MemoryStore {
     /// A store keeping at most `max_entries` keys.
@@ -38,6 +43,7 @@ impl MemoryStore {
             lease,
             retention,
             entries: Mutex::new(HashMap::new()),
+            outbox: Mutex::new((0, vec![])),
         }
     }
 
@@ -144,5 +150,55 @@ impl Store for MemoryStore {
 
     fn health(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn outbox_put(
+        &self,
+        pubsub: &str,
+        msgs: Vec<Message>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mut o = self.outbox.lock().expect("outbox lock");
+        for m in msgs {
+            o.0 += 1;
+            let id = o.0;
+            o.1.push((id, pubsub.to_owned(), m));
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn outbox_peek(
+        &self,
+        pubsub: &str,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(i64, Message)>, StoreError>> {
+        let o = self.outbox.lock().expect("outbox lock");
+        let out =
+            o.1.iter()
+                .filter(|(_, p, _)| p == pubsub)
+                .take(limit)
+                .map(|(id, _, m)| (*id, m.clone()))
+                .collect();
+        Box::pin(async move { Ok(out) })
+    }
+
+    fn outbox_delete(&self, ids: Vec<i64>) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.outbox
+            .lock()
+            .expect("outbox lock")
+            .1
+            .retain(|(id, _, _)| !ids.contains(id));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn outbox_depth(&self, pubsub: &str) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let n = self
+            .outbox
+            .lock()
+            .expect("outbox lock")
+            .1
+            .iter()
+            .filter(|(_, p, _)| p == pubsub)
+            .count() as u64;
+        Box::pin(async move { Ok(n) })
     }
 }

@@ -25,7 +25,7 @@ pub mod postgres;
 
 use std::sync::Arc;
 
-use crate::broker::BoxFuture;
+use crate::broker::{BoxFuture, Message};
 use crate::config::store::{StoreComponent, StoreKind};
 
 /// One event for one subscriber.
@@ -87,6 +87,19 @@ pub trait Store: Send + Sync {
     fn purge(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// `Ok` while the store is reachable.
     fn health(&self) -> Result<(), StoreError>;
+    /// Keeps messages the broker of `pubsub` could not take, in order.
+    fn outbox_put(&self, pubsub: &str, msgs: Vec<Message>)
+        -> BoxFuture<'_, Result<(), StoreError>>;
+    /// The oldest `limit` kept messages of `pubsub`, with their ids.
+    fn outbox_peek(
+        &self,
+        pubsub: &str,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(i64, Message)>, StoreError>>;
+    /// Forgets relayed messages.
+    fn outbox_delete(&self, ids: Vec<i64>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// How many messages of `pubsub` wait.
+    fn outbox_depth(&self, pubsub: &str) -> BoxFuture<'_, Result<u64, StoreError>>;
 }
 
 /// Builds a store; a Postgres store connects lazily (a database that is

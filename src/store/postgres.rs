@@ -23,11 +23,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 
 use super::{Claim, Finish, Key, Store, StoreError};
-use crate::broker::BoxFuture;
+use crate::broker::{BoxFuture, Message};
 use crate::config::store::{StoreComponent, StoreKind};
 
 /// The migrations, in order: (version, SQL with `{inbox}`).
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/001_inbox.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../migrations/001_inbox.sql")),
+    (2, include_str!("../../migrations/002_outbox.sql")),
+];
 /// Most keys in one statement.
 const BATCH: usize = 512;
 
@@ -49,6 +52,7 @@ struct Shared {
     name: String,
     pool: Pool,
     table: String,
+    outbox: String,
     /// This sidecar's lease owner id (new on every start).
     owner_text: String,
     lease: Duration,
@@ -65,6 +69,7 @@ impl PostgresStore {
         let StoreKind::Postgres {
             connection_string,
             inbox_table,
+            outbox_table,
             max_connections,
             cleanup_interval,
         } = &c.kind
@@ -91,6 +96,7 @@ impl PostgresStore {
             name: c.name.clone(),
             pool,
             table: inbox_table.clone(),
+            outbox: outbox_table.clone(),
             owner_text: uuid::Uuid::new_v4().to_string(),
             lease: c.lease,
             retention: c.retention,
@@ -122,7 +128,7 @@ impl Shared {
         let client = self.pool.get().await.map_err(|e| self.error(e))?;
         let mut migrated = self.migrated.lock().await;
         if !*migrated {
-            migrate(&client, &self.table)
+            migrate(&client, &self.table, &self.outbox)
                 .await
                 .map_err(|e| self.error(format!("migrations: {e}")))?;
             *migrated = true;
@@ -299,6 +305,7 @@ impl Shared {
 async fn migrate(
     client: &deadpool_postgres::Client,
     table: &str,
+    outbox: &str,
 ) -> Result<(), tokio_postgres::Error> {
     client
         .batch_execute(
@@ -329,7 +336,9 @@ async fn migrate(
                 .await?
                 .is_some();
             if !applied {
-                client.batch_execute(&sql.replace("{inbox}", table)).await?;
+                client
+                    .batch_execute(&sql.replace("{inbox}", table).replace("{outbox}", outbox))
+                    .await?;
                 client
                     .execute(
                         "INSERT INTO perch_schema_migrations (inbox_table, version) VALUES ($1, $2)",
@@ -488,6 +497,111 @@ impl Store for PostgresStore {
 
     fn purge(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move { self.shared.purge().await })
+    }
+
+    fn outbox_put(
+        &self,
+        pubsub: &str,
+        msgs: Vec<Message>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let pubsub = pubsub.to_owned();
+        Box::pin(async move {
+            let s = &self.shared;
+            let client = s.client().await?;
+            let pubsubs: Vec<&str> = msgs.iter().map(|_| pubsub.as_str()).collect();
+            let topics: Vec<&str> = msgs.iter().map(|m| m.topic.as_str()).collect();
+            let data: Vec<&[u8]> = msgs.iter().map(|m| m.data.as_ref()).collect();
+            let types: Vec<Option<&str>> = msgs.iter().map(|m| m.content_type.as_deref()).collect();
+            let metadata: Vec<String> = msgs
+                .iter()
+                .map(|m| serde_json::to_string(&m.metadata).unwrap_or_default())
+                .collect();
+            // One statement, so the rows commit together and in order.
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO {} (pubsub, topic, data, content_type, metadata)
+                         SELECT p, t, d, c, m
+                           FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[])
+                                WITH ORDINALITY AS u(p, t, d, c, m, n)
+                          ORDER BY n",
+                        s.outbox
+                    ),
+                    &[&pubsubs, &topics, &data, &types, &metadata],
+                )
+                .await
+                .map_err(|e| s.error(e))?;
+            Ok(())
+        })
+    }
+
+    fn outbox_peek(
+        &self,
+        pubsub: &str,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(i64, Message)>, StoreError>> {
+        let pubsub = pubsub.to_owned();
+        Box::pin(async move {
+            let s = &self.shared;
+            let client = s.client().await?;
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT id, topic, data, content_type, metadata FROM {}
+                          WHERE pubsub = $1 ORDER BY id LIMIT $2",
+                        s.outbox
+                    ),
+                    &[&pubsub, &(limit as i64)],
+                )
+                .await
+                .map_err(|e| s.error(e))?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    let md: String = r.get(4);
+                    (
+                        r.get::<_, i64>(0),
+                        Message {
+                            topic: r.get(1),
+                            data: bytes::Bytes::from(r.get::<_, Vec<u8>>(2)),
+                            content_type: r.get(3),
+                            metadata: serde_json::from_str(&md).unwrap_or_default(),
+                        },
+                    )
+                })
+                .collect())
+        })
+    }
+
+    fn outbox_delete(&self, ids: Vec<i64>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let s = &self.shared;
+            let client = s.client().await?;
+            client
+                .execute(
+                    &format!("DELETE FROM {} WHERE id = ANY($1)", s.outbox),
+                    &[&ids],
+                )
+                .await
+                .map_err(|e| s.error(e))?;
+            Ok(())
+        })
+    }
+
+    fn outbox_depth(&self, pubsub: &str) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let pubsub = pubsub.to_owned();
+        Box::pin(async move {
+            let s = &self.shared;
+            let client = s.client().await?;
+            let row = client
+                .query_one(
+                    &format!("SELECT count(*) FROM {} WHERE pubsub = $1", s.outbox),
+                    &[&pubsub],
+                )
+                .await
+                .map_err(|e| s.error(e))?;
+            Ok(row.get::<_, i64>(0) as u64)
+        })
     }
 
     fn health(&self) -> Result<(), StoreError> {

@@ -1,0 +1,131 @@
+//! The publish outbox (`outboxStore` on a pubsub component): a publish the
+//! broker cannot take now (unreachable, timed out) is written to the store
+//! and answered 204 once the row is committed; a relay publishes the kept
+//! messages in order when the broker is back, deleting each batch after the
+//! broker confirmed it. While messages wait, new publishes queue behind
+//! them, so order per key is kept. A message the broker rejects for good
+//! (too large, bad partition) is an error at once, never outboxed.
+//!
+//! The relay may publish a message twice (it crashed between the confirm
+//! and the delete); the CloudEvent keeps its id, so the idempotency inbox
+//! drops the copy.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::broker::{BrokerError, Message};
+use crate::runtime::{PubsubEntry, Shared};
+
+/// Publishes one message, through the outbox when the broker cannot take it.
+pub async fn publish(entry: &PubsubEntry, msg: Message) -> Result<(), BrokerError> {
+    let Some(outbox) = &entry.outbox else {
+        return entry.broker.publish(msg).await;
+    };
+    if entry.outbox_pending.load(Ordering::Acquire) == 0 {
+        match entry.broker.publish(msg.clone()).await {
+            Err(BrokerError::Unavailable(e)) => {
+                tracing::warn!(pubsub = %entry.component.name, error = %e, "broker unavailable; publish kept in the outbox");
+            }
+            done => return done,
+        }
+    }
+    keep(entry, outbox.as_ref(), vec![msg]).await
+}
+
+/// Publishes many; those the broker cannot take go to the outbox.
+pub async fn publish_batch(
+    entry: &PubsubEntry,
+    msgs: Vec<Message>,
+) -> Vec<Result<(), BrokerError>> {
+    let Some(outbox) = &entry.outbox else {
+        return entry.broker.publish_batch(msgs).await;
+    };
+    if entry.outbox_pending.load(Ordering::Acquire) > 0 {
+        let n = msgs.len();
+        let r = keep(entry, outbox.as_ref(), msgs).await;
+        return (0..n).map(|_| r.clone()).collect();
+    }
+    let mut results = entry.broker.publish_batch(msgs.clone()).await;
+    let unavailable: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r, Err(BrokerError::Unavailable(_))))
+        .map(|(i, _)| i)
+        .collect();
+    if !unavailable.is_empty() {
+        let kept = unavailable.iter().map(|i| msgs[*i].clone()).collect();
+        let r = keep(entry, outbox.as_ref(), kept).await;
+        for i in unavailable {
+            results[i] = r.clone();
+        }
+    }
+    results
+}
+
+async fn keep(
+    entry: &PubsubEntry,
+    outbox: &dyn crate::store::Store,
+    msgs: Vec<Message>,
+) -> Result<(), BrokerError> {
+    let n = msgs.len() as u64;
+    outbox
+        .outbox_put(&entry.component.name, msgs)
+        .await
+        .map_err(|e| {
+            BrokerError::Unavailable(format!(
+                "broker unavailable and the outbox could not keep the message: {e}"
+            ))
+        })?;
+    entry.outbox_pending.fetch_add(n, Ordering::AcqRel);
+    Ok(())
+}
+
+/// Relays the outbox of pubsub `name` to its broker until `stop`.
+pub async fn relay(shared: Arc<Shared>, name: String, mut stop: watch::Receiver<bool>) {
+    let entry = &shared.pubsubs[&name];
+    let Some(outbox) = entry.outbox.clone() else {
+        return;
+    };
+    // What an earlier run left behind.
+    if let Ok(n) = outbox.outbox_depth(&name).await {
+        entry.outbox_pending.store(n, Ordering::Release);
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if entry.outbox_pending.load(Ordering::Acquire) == 0 || entry.broker.health().is_err() {
+            continue;
+        }
+        let Ok(rows) = outbox.outbox_peek(&name, 100).await else {
+            continue;
+        };
+        if rows.is_empty() {
+            entry.outbox_pending.store(0, Ordering::Release);
+            continue;
+        }
+        let mut sent = vec![];
+        for (id, msg) in rows {
+            match entry.broker.publish(msg).await {
+                Ok(()) => sent.push(id),
+                Err(e) => {
+                    tracing::warn!(pubsub = %name, error = %e, "outbox relay paused");
+                    break;
+                }
+            }
+        }
+        let n = sent.len() as u64;
+        if n > 0 && outbox.outbox_delete(sent).await.is_ok() {
+            let _ = entry
+                .outbox_pending
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                    Some(p.saturating_sub(n))
+                });
+            tracing::info!(pubsub = %name, relayed = n, "outbox messages published");
+        }
+    }
+}
