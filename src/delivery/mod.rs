@@ -535,7 +535,8 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// The idempotency key of a delivery: the CloudEvent's `source` and `id`;
 /// for a raw payload (whose envelope id is random) the Kafka record's
-/// topic, partition and offset, else none.
+/// topic, partition and offset, or the publisher's `messageID` (RabbitMQ),
+/// else none (not deduplicated).
 fn idempotency_key(ctx: &SubCtx, ready: &Ready) -> Option<Key> {
     let subscriber = format!(
         "{}/{}/{}",
@@ -543,12 +544,10 @@ fn idempotency_key(ctx: &SubCtx, ready: &Ready) -> Option<Key> {
     );
     let msg_key = if ctx.raw {
         let md = &ready.delivery.metadata;
-        format!(
-            "kafka {}/{}/{}",
-            md.get("__topic")?,
-            md.get("__partition")?,
-            md.get("__offset")?
-        )
+        match (md.get("__topic"), md.get("__partition"), md.get("__offset")) {
+            (Some(t), Some(p), Some(o)) => format!("kafka {t}/{p}/{o}"),
+            _ => format!("message-id {}", md.get("messageID")?),
+        }
     } else {
         let source = ready
             .event
