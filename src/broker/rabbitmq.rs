@@ -109,7 +109,7 @@ async fn keep_connected(inner: std::sync::Weak<Inner>) {
         }
         let conn = match tokio::time::timeout(
             Duration::from_secs(10),
-            Connection::connect(&uri, props),
+            connect(&uri, props, &me.cfg),
         )
         .await
         {
@@ -153,6 +153,30 @@ async fn keep_connected(inner: std::sync::Weak<Inner>) {
         me.live.send_replace(None);
         wait = me.cfg.reconnect_wait;
     }
+}
+
+/// Connects, with TLS for `amqps://` (the configured CA, else the
+/// system's roots; the client certificate for mutual TLS).
+async fn connect(
+    uri: &str,
+    props: ConnectionProperties,
+    cfg: &RabbitConfig,
+) -> lapin::Result<Connection> {
+    if !uri.starts_with("amqps://") {
+        return Connection::connect(uri, props).await;
+    }
+    let tls = lapin::tcp::OwnedTLSConfig {
+        identity: cfg
+            .tls
+            .client
+            .as_ref()
+            .map(|(cert, key)| lapin::tcp::OwnedIdentity::PKCS8 {
+                pem: cert.as_bytes().to_vec(),
+                key: key.as_bytes().to_vec(),
+            }),
+        cert_chain: cfg.tls.ca_cert.clone(),
+    };
+    Connection::connect_with_config(uri, props, tls, lapin::runtime::default_runtime()?).await
 }
 
 fn next_wait(current: Duration, first: Duration) -> Duration {

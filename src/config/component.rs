@@ -428,8 +428,8 @@ mod tests {
         assert!(r.durable && !r.auto_delete && r.publisher_confirm);
         assert_eq!(r.delivery_mode, 2, "persistent");
         let (c, problems) = load(
-            "spec: {type: pubsub.rabbitmq, version: v1, metadata: [{name: connectionString, value: 'amqps://h'},
-             {name: enableDeadLetter, value: 'true'}, {name: autoAck, value: 'true'}]}",
+            "spec: {type: pubsub.rabbitmq, version: v1, metadata: [{name: connectionString, value: 'amqp://h'},
+             {name: caCert, value: pem}, {name: enableDeadLetter, value: 'true'}, {name: autoAck, value: 'true'}]}",
             None,
         );
         assert!(c.is_none());

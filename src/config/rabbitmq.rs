@@ -33,6 +33,9 @@ pub const KEYS: &[&str] = &[
     "clientName",
     "heartBeat",
     "publishMessagePropertiesToMetadata",
+    "caCert",
+    "clientCert",
+    "clientKey",
 ];
 
 /// Dapr keys Perch recognises but does not support; each is an error.
@@ -41,11 +44,20 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
         "enableDeadLetter",
         "Perch dead-letters to the subscription's deadLetterTopic (default {topic}.dlq), which can be subscribed",
     ),
-    ("saslExternal", "TLS connections are not supported yet"),
-    ("caCert", "TLS connections are not supported yet"),
-    ("clientCert", "TLS connections are not supported yet"),
-    ("clientKey", "TLS connections are not supported yet"),
+    (
+        "saslExternal",
+        "SASL EXTERNAL is not supported yet; use username and password over TLS",
+    ),
 ];
+
+/// TLS settings (PEM text).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tls {
+    /// CA certificates to trust (else the system's roots).
+    pub ca_cert: Option<String>,
+    /// Client certificate and its key, for mutual TLS.
+    pub client: Option<(String, String)>,
+}
 
 /// A RabbitMQ component's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +95,8 @@ pub struct RabbitConfig {
     pub properties_to_metadata: bool,
     /// `concurrencyMode` if set: `single` or `parallel`.
     pub concurrency_mode: Option<String>,
+    /// TLS (`amqps://`) settings.
+    pub tls: Tls,
 }
 
 /// Reads the RabbitMQ keys of `metadata`; problems go to `ctx`.
@@ -124,15 +138,31 @@ pub fn read(ctx: &mut DocCtx<'_>, metadata: &BTreeMap<String, String>) -> Option
             }
         }
     };
-    if uri.starts_with("amqps://") {
+    if !uri.starts_with("amqp://") && !uri.starts_with("amqps://") {
         ctx.problem(
             field("connectionString"),
-            "amqps:// (TLS) is not supported by Perch yet; use amqp://",
+            format!("must be an amqp:// or amqps:// URI, got {:?}", redact(&uri)),
         );
-    } else if !uri.starts_with("amqp://") {
+    }
+    let client = match (get("clientCert"), get("clientKey")) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            ctx.problem(
+                field("clientCert"),
+                "clientCert and clientKey go together: set both or neither",
+            );
+            None
+        }
+    };
+    let tls = Tls {
+        ca_cert: get("caCert"),
+        client,
+    };
+    if (tls.ca_cert.is_some() || tls.client.is_some()) && !uri.starts_with("amqps://") {
         ctx.problem(
-            field("connectionString"),
-            format!("must be an amqp:// URI, got {:?}", redact(&uri)),
+            field("caCert"),
+            "TLS certificates need an amqps:// connection string",
         );
     }
     let flag = |ctx: &mut DocCtx<'_>, key: &str, default: bool| match get(key) {
@@ -237,6 +267,7 @@ pub fn read(ctx: &mut DocCtx<'_>, metadata: &BTreeMap<String, String>) -> Option
         heartbeat,
         properties_to_metadata,
         concurrency_mode,
+        tls,
     })
 }
 
