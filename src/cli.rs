@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the sidecar next to an app.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Load YAML exactly as `run` would and print every problem; exit 0 when clean.
     Validate(ValidateArgs),
     /// Sidecar + built-in echo app + in-memory broker: events flowing, no services needed.
@@ -103,6 +103,15 @@ pub struct RunArgs {
     /// Consecutive failed probes that make the app unhealthy.
     #[arg(long, env = "PERCH_APP_HEALTH_THRESHOLD", default_value_t = 3)]
     pub app_health_threshold: u32,
+    /// Serve Prometheus metrics (`--enable-metrics=false` turns them off).
+    #[arg(long, env = "PERCH_ENABLE_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enable_metrics: bool,
+    /// Port of the metrics endpoint.
+    #[arg(long, env = "PERCH_METRICS_PORT", default_value_t = 9090)]
+    pub metrics_port: u16,
+    /// Address of the metrics endpoint.
+    #[arg(long, env = "PERCH_METRICS_LISTEN_ADDRESS", default_value = "0.0.0.0")]
+    pub metrics_listen_address: String,
 }
 
 #[derive(Debug, Args)]
@@ -167,7 +176,7 @@ pub fn main() -> ExitCode {
         }
         Command::Run(a) => {
             crate::telemetry::logging::init(&a.log_level, a.log_as_json);
-            rt.block_on(run(a))
+            rt.block_on(run(*a))
         }
         Command::Demo(a) => {
             crate::telemetry::logging::init("warn", false);
@@ -217,10 +226,33 @@ async fn run(a: RunArgs) -> ExitCode {
             }
         }
     }
+    if a.enable_metrics {
+        let addr = format!("{}:{}", bracket(&a.metrics_listen_address), a.metrics_port);
+        match tokio::net::TcpListener::bind(&addr).await {
+            Ok(l) => {
+                tracing::info!(%addr, "metrics served");
+                tokio::spawn(crate::http::serve_metrics(l));
+            }
+            // Metrics are not worth refusing to start over.
+            Err(e) => tracing::error!(%addr, error = %e, "cannot serve metrics (--metrics-port)"),
+        }
+    }
     let settings = settings_from(&a);
     tracing::info!(app_id = %a.app_id, port = a.dapr_http_port, pubsubs = resources.pubsubs.len(), "starting perch");
+    let loaded = &crate::telemetry::metrics::metrics().component_loaded;
     for p in &resources.pubsubs {
         tracing::info!(component = %p.name, r#type = %p.type_name, "component loaded");
+        loaded
+            .with_label_values(&[&a.app_id, &p.name, &p.type_name])
+            .set(1);
+    }
+    for s in &resources.stores {
+        tracing::info!(component = %s.name, "store component loaded");
+        let ty = match s.kind {
+            crate::config::store::StoreKind::Postgres { .. } => "store.postgresql",
+            crate::config::store::StoreKind::Memory { .. } => "store.in-memory",
+        };
+        loaded.with_label_values(&[&a.app_id, &s.name, ty]).set(1);
     }
     let shared = match Shared::build(settings, &resources) {
         Ok(s) => s,

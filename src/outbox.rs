@@ -19,8 +19,28 @@ use tokio::sync::watch;
 use crate::broker::{BrokerError, Message};
 use crate::runtime::{PubsubEntry, Shared};
 
-/// Publishes one message, through the outbox when the broker cannot take it.
-pub async fn publish(entry: &PubsubEntry, msg: Message) -> Result<(), BrokerError> {
+/// Publishes one message, through the outbox when the broker cannot take
+/// it; records Dapr's egress metrics.
+pub async fn publish(entry: &PubsubEntry, app_id: &str, msg: Message) -> Result<(), BrokerError> {
+    let topic = msg.topic.clone();
+    let start = std::time::Instant::now();
+    let r = publish_inner(entry, msg).await;
+    let m = crate::telemetry::metrics::metrics();
+    let labels = [
+        app_id,
+        entry.component.name.as_str(),
+        crate::telemetry::namespace(),
+        if r.is_ok() { "true" } else { "false" },
+        topic.as_str(),
+    ];
+    m.egress_count.with_label_values(&labels).inc();
+    m.egress_latencies
+        .with_label_values(&labels)
+        .observe(start.elapsed().as_secs_f64() * 1000.0);
+    r
+}
+
+async fn publish_inner(entry: &PubsubEntry, msg: Message) -> Result<(), BrokerError> {
     let Some(outbox) = &entry.outbox else {
         return entry.broker.publish(msg).await;
     };
@@ -35,8 +55,30 @@ pub async fn publish(entry: &PubsubEntry, msg: Message) -> Result<(), BrokerErro
     keep(entry, outbox.as_ref(), vec![msg]).await
 }
 
-/// Publishes many; those the broker cannot take go to the outbox.
+/// Publishes many; those the broker cannot take go to the outbox. Records
+/// Dapr's bulk egress metric.
 pub async fn publish_batch(
+    entry: &PubsubEntry,
+    app_id: &str,
+    msgs: Vec<Message>,
+) -> Vec<Result<(), BrokerError>> {
+    let topic = msgs.first().map(|m| m.topic.clone()).unwrap_or_default();
+    let r = publish_batch_inner(entry, msgs).await;
+    let ok = r.iter().all(Result::is_ok);
+    crate::telemetry::metrics::metrics()
+        .egress_bulk_count
+        .with_label_values(&[
+            app_id,
+            entry.component.name.as_str(),
+            crate::telemetry::namespace(),
+            if ok { "true" } else { "false" },
+            topic.as_str(),
+        ])
+        .inc();
+    r
+}
+
+async fn publish_batch_inner(
     entry: &PubsubEntry,
     msgs: Vec<Message>,
 ) -> Vec<Result<(), BrokerError>> {

@@ -177,6 +177,7 @@ pub async fn run(
             ));
         }
     }
+    let gauges = tokio::spawn(update_gauges(shared.clone()));
     let engine = delivery::Engine::new(shared.clone(), stop_rx.clone());
     let health = delivery::health::watch_app(shared.clone(), stop_rx.clone());
     let starter = {
@@ -206,12 +207,44 @@ pub async fn run(
     let _ = stop_tx.send(true);
     starter.abort();
     health.abort();
+    gauges.abort();
     engine.drain(shared.settings.graceful_shutdown).await;
     for entry in shared.pubsubs.values() {
         entry.broker.close().await;
     }
     for s in servers {
         let _ = s.await;
+    }
+}
+
+/// Refreshes the gauges that are read rather than counted: consumer lag,
+/// broker connection and outbox depth, every 5 s.
+async fn update_gauges(shared: Arc<Shared>) {
+    let m = crate::telemetry::metrics::metrics();
+    loop {
+        for (name, store) in &shared.stores {
+            m.store_connected
+                .with_label_values(&[name])
+                .set(i64::from(store.health().is_ok()));
+        }
+        for (name, entry) in &shared.pubsubs {
+            m.broker_connected
+                .with_label_values(&[name])
+                .set(i64::from(entry.broker.health().is_ok()));
+            if entry.outbox.is_some() {
+                m.outbox_pending.with_label_values(&[name]).set(
+                    entry
+                        .outbox_pending
+                        .load(std::sync::atomic::Ordering::Acquire) as i64,
+                );
+            }
+            for l in entry.broker.lag().await {
+                m.consumer_lag
+                    .with_label_values(&[name, &l.topic, &l.partition.to_string()])
+                    .set(l.messages);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
 

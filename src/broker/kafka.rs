@@ -485,8 +485,28 @@ impl Broker for KafkaBroker {
 
 /// High watermark minus committed offset for each assigned partition.
 fn group_lag(g: &Group) -> Vec<Lag> {
+    // Every partition of every subscribed topic, not only the ones this
+    // member owns: the lag of the whole group (what an autoscaler needs).
     let timeout = Duration::from_secs(2);
-    let Ok(committed) = g.consumer.committed(timeout) else {
+    let topics: Vec<String> = g
+        .state
+        .lock()
+        .expect("lock")
+        .topics
+        .keys()
+        .cloned()
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    for t in &topics {
+        if let Ok(md) = g.consumer.fetch_metadata(Some(t), timeout) {
+            for mt in md.topics() {
+                for p in mt.partitions() {
+                    tpl.add_partition(mt.name(), p.id());
+                }
+            }
+        }
+    }
+    let Ok(committed) = g.consumer.committed_offsets(tpl, timeout) else {
         return vec![];
     };
     committed

@@ -111,6 +111,24 @@ impl Broker for MemoryBroker {
     fn capabilities(&self) -> Vec<&'static str> {
         vec![]
     }
+
+    fn lag(&self) -> BoxFuture<'_, Vec<super::Lag>> {
+        let topics = self.topics.lock().expect("memory broker lock");
+        let out = topics
+            .iter()
+            .flat_map(|(topic, groups)| {
+                groups.values().map(move |g| {
+                    let s = g.state.lock().expect("group lock");
+                    super::Lag {
+                        topic: topic.clone(),
+                        partition: 0,
+                        messages: (s.queue.len() + s.in_flight) as i64,
+                    }
+                })
+            })
+            .collect();
+        Box::pin(async move { out })
+    }
 }
 
 /// Moves queued messages into the subscription's channel, at most `window`

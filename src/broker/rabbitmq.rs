@@ -72,7 +72,8 @@ struct Inner {
     name: String,
     cfg: RabbitConfig,
     live: watch::Sender<Option<Arc<Live>>>,
-    queues: Mutex<Vec<String>>,
+    /// (topic, queue) of each subscription.
+    queues: Mutex<Vec<(String, String)>>,
     closed: AtomicBool,
 }
 
@@ -408,7 +409,11 @@ impl Broker for RabbitBroker {
                 .get("queueName")
                 .cloned()
                 .unwrap_or_else(|| format!("{}-{}", req.group, req.topic));
-            inner.queues.lock().expect("lock").push(queue.clone());
+            inner
+                .queues
+                .lock()
+                .expect("lock")
+                .push((req.topic.clone(), queue.clone()));
             let (tx, rx) = mpsc::unbounded_channel();
             let (declared_tx, declared) = tokio::sync::oneshot::channel();
             let connected = inner.live.borrow().is_some();
@@ -457,7 +462,7 @@ impl Broker for RabbitBroker {
             };
             let queues = self.inner.queues.lock().expect("lock").clone();
             let mut out = vec![];
-            for q in queues {
+            for (topic, q) in queues {
                 // A passive declare of a missing queue closes its channel.
                 let Ok(ch) = live.conn.create_channel().await else {
                     break;
@@ -471,7 +476,7 @@ impl Broker for RabbitBroker {
                     .await
                 {
                     out.push(Lag {
-                        topic: q.clone(),
+                        topic: topic.clone(),
                         partition: 0,
                         messages: i64::from(info.message_count()),
                     });

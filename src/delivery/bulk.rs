@@ -137,6 +137,21 @@ async fn deliver_group(
             }
             Some(a) => a,
         };
+        let bulk_labels = [
+            ctx.shared.settings.app_id.as_str(),
+            "pubsubName",
+            crate::telemetry::namespace(),
+            if (200..300).contains(&status) {
+                "success"
+            } else {
+                "retry"
+            },
+            ctx.sub.topic.as_str(),
+        ];
+        crate::telemetry::metrics::metrics()
+            .ingress_bulk_count
+            .with_label_values(&bulk_labels)
+            .inc();
         let (succeeded, dropped) = {
             let mut p = pending.lock().expect("pending lock");
             match read_answer(status, &body, &mut p.entries) {

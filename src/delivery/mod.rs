@@ -30,6 +30,7 @@ use crate::config::subscription::ProgrammaticSubscription;
 use crate::config::{DeliveryOrder, SubscriptionSpec};
 use crate::runtime::{PubsubEntry, Shared};
 use crate::store::{Claim, Finish, Key, Store};
+use crate::telemetry::metrics::metrics;
 use crate::telemetry::trace::TraceParent;
 use crate::util::parse_go_bool;
 pub use app::AppClient;
@@ -377,6 +378,7 @@ async fn prepare(ctx: &SubCtx, d: Delivery, mut stop: watch::Receiver<bool>) -> 
         Ok(Some(p)) => p.to_owned(),
         Ok(None) => {
             tracing::debug!(topic = %sub.topic, "no route matched; dropping");
+            ctx.record_ingress("drop", "success", None);
             finish_dropped(ctx, d, stop, None).await;
             return None;
         }
@@ -445,7 +447,61 @@ impl SubCtx {
     }
 }
 
+/// Keeps `perch_inflight` up to date for one delivery.
+struct InFlight<'a>(&'a SubCtx);
+
+impl<'a> InFlight<'a> {
+    fn new(ctx: &'a SubCtx) -> Self {
+        metrics()
+            .inflight
+            .with_label_values(&[&ctx.sub.pubsubname, &ctx.sub.topic])
+            .inc();
+        Self(ctx)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        metrics()
+            .inflight
+            .with_label_values(&[&self.0.sub.pubsubname, &self.0.sub.topic])
+            .dec();
+    }
+}
+
+impl SubCtx {
+    /// Records one delivery outcome with Dapr's ingress labels.
+    fn record_ingress(&self, process_status: &str, status: &str, elapsed: Option<Duration>) {
+        let labels = [
+            self.shared.settings.app_id.as_str(),
+            self.sub.pubsubname.as_str(),
+            crate::telemetry::namespace(),
+            process_status,
+            status,
+            self.sub.topic.as_str(),
+        ];
+        metrics().ingress_count.with_label_values(&labels).inc();
+        if let Some(e) = elapsed {
+            metrics()
+                .ingress_latencies
+                .with_label_values(&labels)
+                .observe(e.as_secs_f64() * 1000.0);
+            metrics()
+                .app_latency
+                .with_label_values(&[&self.sub.pubsubname, &self.sub.topic])
+                .observe(e.as_secs_f64());
+        }
+    }
+
+    fn count(&self, counter: &prometheus::IntCounterVec) {
+        counter
+            .with_label_values(&[&self.sub.pubsubname, &self.sub.topic])
+            .inc();
+    }
+}
+
 async fn process(ctx: &SubCtx, d: Delivery, stop: watch::Receiver<bool>) {
+    let _inflight = InFlight::new(ctx);
     let Some(mut ready) = prepare(ctx, d, stop.clone()).await else {
         return;
     };
@@ -454,6 +510,7 @@ async fn process(ctx: &SubCtx, d: Delivery, stop: watch::Receiver<bool>) {
             let mut s = stop.clone();
             match claim(ctx, store.as_ref(), &key, &mut s).await {
                 Claimed::Duplicate => {
+                    ctx.count(&metrics().duplicates_suppressed);
                     tracing::debug!(topic = %ctx.sub.topic, key = %key.header(), "duplicate event; acknowledged without delivery");
                     let _ = ready.delivery.ack.ack().await;
                     return;
@@ -475,11 +532,16 @@ async fn process(ctx: &SubCtx, d: Delivery, stop: watch::Receiver<bool>) {
         _ => None,
     };
     let mut retry_stop = stop.clone();
+    let attempts = std::sync::atomic::AtomicU32::new(0);
     let end = retry::run(&ctx.policy, &mut retry_stop, || async {
+        if attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0 {
+            ctx.count(&metrics().redeliveries);
+        }
         let classify = |answer: &app::AppAnswer| match answer {
             Some((s, body)) => outcome::classify(Some(*s), body),
             None => outcome::classify(None, b""),
         };
+        let started = std::time::Instant::now();
         let answer = ctx
             .call_app(
                 ctx.client.deliver(
@@ -492,7 +554,17 @@ async fn process(ctx: &SubCtx, d: Delivery, stop: watch::Receiver<bool>) {
             )
             .await;
         let status = answer.as_ref().map(|(s, _)| *s);
-        classify(&answer).into_attempt(status)
+        let outcome = classify(&answer);
+        // Dapr's labels: an app DROP is drop/success, a 404 drop/drop.
+        let (process_status, status_label) = match (&outcome, status) {
+            (Outcome::Success, _) => ("success", "success"),
+            (Outcome::Drop(_), Some(404)) => ("drop", "drop"),
+            (Outcome::Drop(_), _) => ("drop", "success"),
+            (Outcome::Retry(_), _) => ("retry", "retry"),
+        };
+        let elapsed = answer.as_ref().map(|_| started.elapsed());
+        ctx.record_ingress(process_status, status_label, elapsed);
+        outcome.into_attempt(status)
     })
     .await;
     let d = ready.delivery;
@@ -528,6 +600,19 @@ async fn process(ctx: &SubCtx, d: Delivery, stop: watch::Receiver<bool>) {
             }
         }
     }
+}
+
+fn observe_store(ctx: &SubCtx, op: &str, started: std::time::Instant) {
+    let store = ctx
+        .entry()
+        .component
+        .idempotency_store
+        .as_deref()
+        .unwrap_or("");
+    metrics()
+        .store_latency
+        .with_label_values(&[store, op])
+        .observe(started.elapsed().as_secs_f64());
 }
 
 /// Header (and metadata key) carrying the idempotency key to the app.
@@ -580,7 +665,10 @@ async fn claim(
 ) -> Claimed {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
-        let wait = match store.claim(vec![key.clone()]).await.map(|c| c[0]) {
+        let started = std::time::Instant::now();
+        let answer = store.claim(vec![key.clone()]).await.map(|c| c[0]);
+        observe_store(ctx, "claim", started);
+        let wait = match answer {
             Ok(Claim::Owned { attempts }) => return Claimed::Owned { attempts },
             Ok(Claim::Done) => return Claimed::Duplicate,
             Ok(Claim::Busy) => Duration::from_secs(1),
@@ -607,7 +695,10 @@ async fn mark_finished(
 ) -> bool {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
-        match store.finish(vec![key.clone()], how).await {
+        let started = std::time::Instant::now();
+        let answer = store.finish(vec![key.clone()], how).await;
+        observe_store(ctx, "finish", started);
+        match answer {
             Ok(marked) => {
                 if !marked[0] {
                     tracing::warn!(topic = %ctx.sub.topic, key = %key.header(),
@@ -676,6 +767,7 @@ async fn finish_dropped(
         match entry.broker.publish(msg.clone()).await {
             Ok(()) => {
                 tracing::info!(pubsub = %ctx.sub.pubsubname, from = %ctx.sub.topic, to = %topic, "message dead-lettered");
+                ctx.count(&metrics().dead_lettered);
                 if marked(stop).await {
                     let _ = d.ack.ack().await;
                 }

@@ -178,6 +178,11 @@ impl ApiError {
         )
     }
     /// Health endpoints when not ready.
+    /// A request with missing or bad parameters (400).
+    pub fn bad_request(code: &'static str, message: String) -> Self {
+        Self::new(400, code, "DAPR_BAD_REQUEST", message)
+    }
+    /// Health endpoints when not ready.
     pub fn not_ready(code: &'static str, message: String) -> Self {
         Self::new(500, code, "DAPR_HEALTH_NOT_READY", message)
     }

@@ -91,6 +91,9 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Resp {
         (&Method::GET, "/v1.0/healthz") => runtime_api::healthz(&req, &shared),
         (&Method::GET, "/v1.0/healthz/outbound") => runtime_api::outbound(&shared),
         (&Method::GET, "/v1.0/metadata") => runtime_api::metadata(&shared),
+        (&Method::GET, "/v1.0-alpha1/lag") => {
+            runtime_api::lag(&query_metadata_raw(req.uri().query()), &shared).await
+        }
         (&Method::PUT, p) if p.starts_with("/v1.0/metadata/") => {
             let key = p["/v1.0/metadata/".len()..].to_owned();
             runtime_api::put_metadata(req, key, &shared).await
@@ -189,10 +192,55 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Resp {
 }
 
 fn error(e: &ApiError) -> Resp {
+    let category = if e.code.starts_with("ERR_PUBSUB") {
+        "pubsub"
+    } else {
+        "generic"
+    };
+    crate::telemetry::metrics::metrics()
+        .error_code_total
+        .with_label_values(&[category, e.code])
+        .inc();
     json(
         StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         &e.body(),
     )
+}
+
+/// The query string's plain parameters (`pubsub=...&topic=...`).
+fn query_metadata_raw(query: Option<&str>) -> std::collections::BTreeMap<String, String> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((percent_decode(k, true), percent_decode(v, true)))
+        })
+        .collect()
+}
+
+/// Serves the Prometheus text exposition on every path of `listener`.
+pub async fn serve_metrics(listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|_req| async {
+                Ok::<_, Infallible>(
+                    hyper::Response::builder()
+                        .header("content-type", "text/plain; version=0.0.4")
+                        .body(Full::new(Bytes::from(
+                            crate::telemetry::metrics::metrics().render(),
+                        )))
+                        .expect("static response"),
+                )
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
 }
 
 #[cfg(test)]

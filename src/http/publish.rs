@@ -103,7 +103,7 @@ async fn single_inner(
         content_type: ct,
         metadata: md,
     };
-    crate::outbox::publish(t.entry, msg)
+    crate::outbox::publish(t.entry, &shared.settings.app_id, msg)
         .await
         .map_err(|e| ApiError::publish_failed(name, &t.topic, &e.to_string()))
 }
@@ -215,7 +215,7 @@ pub async fn bulk(req: Request<Incoming>, rest: String, shared: &Shared) -> Resp
     if let Err(e) = check_scope(shared, t.entry, &t.topic) {
         return error(&e);
     }
-    let results = crate::outbox::publish_batch(t.entry, msgs).await;
+    let results = crate::outbox::publish_batch(t.entry, &shared.settings.app_id, msgs).await;
     let failed: Vec<Value> = entries
         .iter()
         .zip(results)

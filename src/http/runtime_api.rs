@@ -4,6 +4,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
 use super::errors::ApiError;
 use super::{empty, error, json, Resp};
@@ -156,4 +157,35 @@ pub async fn put_metadata(req: Request<Incoming>, key: String, shared: &Shared) 
         .expect("extended lock")
         .insert(key, String::from_utf8_lossy(&body).into_owned());
     empty(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1.0-alpha1/lag?pubsub=&topic=`: the consumer group's lag, in
+/// total and per partition (or queue), for KEDA's `metrics-api` scaler.
+pub async fn lag(query: &BTreeMap<String, String>, shared: &Shared) -> Resp {
+    let (Some(pubsub), Some(topic)) = (query.get("pubsub"), query.get("topic")) else {
+        return error(&ApiError::bad_request(
+            "ERR_MALFORMED_REQUEST",
+            "query parameters pubsub and topic are required".into(),
+        ));
+    };
+    let Some(entry) = shared.pubsubs.get(pubsub) else {
+        return error(&ApiError::bad_request(
+            "ERR_PUBSUB_NOT_FOUND",
+            format!("pubsub {pubsub} is not found"),
+        ));
+    };
+    let broker_topic = entry.component.broker_topic(topic);
+    let parts: Vec<Value> = entry
+        .broker
+        .lag()
+        .await
+        .into_iter()
+        .filter(|l| l.topic == broker_topic)
+        .map(|l| json!({"partition": l.partition, "lag": l.messages}))
+        .collect();
+    let total: i64 = parts.iter().filter_map(|p| p["lag"].as_i64()).sum();
+    json(
+        StatusCode::OK,
+        &json!({"pubsub": pubsub, "topic": topic, "lag": total, "partitions": parts}),
+    )
 }

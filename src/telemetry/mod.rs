@@ -1,5 +1,11 @@
-//! Telemetry: log set-up and W3C trace context. Metrics arrive with the
-//! telemetry issue; log events are defined here so they stay consistent.
+//! Telemetry: log set-up, W3C trace context, and Prometheus metrics.
 
 pub mod logging;
+pub mod metrics;
 pub mod trace;
+
+/// `NAMESPACE` (Dapr's `namespace` metric label), empty when unset.
+pub fn namespace() -> &'static str {
+    static NS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NS.get_or_init(|| std::env::var("NAMESPACE").unwrap_or_default())
+}

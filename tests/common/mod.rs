@@ -152,6 +152,7 @@ impl TestApp {
 /// The real `perch` binary.
 pub struct Sidecar {
     pub port: u16,
+    pub metrics_port: u16,
     pub child: Child,
 }
 
@@ -187,6 +188,7 @@ impl Sidecar {
         ready_path: &str,
     ) -> Self {
         let port = free_port();
+        let metrics_port = free_port();
         let mut cmd = Command::new(perch_bin());
         cmd.args([
             "run",
@@ -195,6 +197,7 @@ impl Sidecar {
             "--dapr-http-port",
             &port.to_string(),
         ])
+        .args(["--metrics-port", &metrics_port.to_string()])
         .arg("--resources-path")
         .arg(resources)
         .args(extra)
@@ -208,7 +211,11 @@ impl Sidecar {
             cmd.args(["--app-port", &p.to_string()]);
         }
         let child = cmd.spawn().expect("spawn perch");
-        let sc = Self { port, child };
+        let sc = Self {
+            port,
+            metrics_port,
+            child,
+        };
         for _ in 0..200 {
             if let Ok((204, _, _)) = sc.call("GET", ready_path, &[], "").await {
                 return sc;
@@ -216,6 +223,36 @@ impl Sidecar {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("perch did not become healthy on port {port}");
+    }
+
+    /// The Prometheus text from `--metrics-port`.
+    pub async fn scrape(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        let (_, _, body) = request("GET", &url, &[], "").await.expect("metrics scrape");
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    /// The value of the sample `name{labels}` (labels in any order), if any.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let text = self.scrape().await;
+        text.lines().find_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            if !(rest.starts_with('{') || rest.starts_with(' ')) {
+                return None;
+            }
+            let (labelset, value) = match rest.strip_prefix('{') {
+                Some(r) => {
+                    let (l, v) = r.split_once('}')?;
+                    (l, v)
+                }
+                None => ("", rest),
+            };
+            labels
+                .iter()
+                .all(|(k, v)| labelset.contains(&format!("{k}=\"{v}\"")))
+                .then(|| value.trim().parse().ok())
+                .flatten()
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
