@@ -23,6 +23,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::{watch, Mutex, Semaphore};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::broker::{Delivery, Message, SubscribeRequest};
 use crate::cloudevents::{self, Envelope};
@@ -317,7 +318,9 @@ async fn consume(
             }
             // A revoked message is left to its next owner.
             if d.is_owned() && !*stop.borrow() {
-                process(&ctx, d, stop).await;
+                let span = tracing::info_span!("deliver", pubsub = %ctx.sub.pubsubname,
+                    topic = %ctx.sub.topic, outcome = tracing::field::Empty);
+                process(&ctx, d, stop).instrument(span).await;
             }
             drop(done);
         });
@@ -568,6 +571,15 @@ async fn process(ctx: &SubCtx, d: Delivery, stop: watch::Receiver<bool>) {
     })
     .await;
     let d = ready.delivery;
+    tracing::Span::current().record(
+        "outcome",
+        match &end {
+            RetryEnd::Done(Outcome::Success) => "success",
+            RetryEnd::Done(_) => "drop",
+            RetryEnd::Exhausted(_) => "exhausted",
+            RetryEnd::Stopped => "stopped",
+        },
+    );
     let mark = claim
         .as_ref()
         .map(|(store, key)| (store.as_ref(), key, Finish::Done));

@@ -58,7 +58,13 @@ fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
 
 /// Single publish.
 pub async fn single(req: Request<Incoming>, rest: String, shared: &Shared) -> Resp {
-    match single_inner(req, rest, shared).await {
+    use tracing::Instrument;
+    let span = tracing::info_span!("publish", target = %rest, outcome = tracing::field::Empty);
+    let r = single_inner(req, rest, shared)
+        .instrument(span.clone())
+        .await;
+    span.record("outcome", if r.is_ok() { "success" } else { "error" });
+    match r {
         Ok(()) => empty(StatusCode::NO_CONTENT),
         Err(e) => error(&e),
     }
