@@ -7,7 +7,6 @@
 //! scripts/test.sh, or scripts/bench.sh), RabbitMQ and PostgreSQL.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -199,6 +198,16 @@ async fn direct_kafka(topic: &str, body: &str, s: &Sizes) -> Run {
         .set("enable.idempotence", "true")
         .create()
         .unwrap();
+    // Warm up: metadata and the idempotent producer id.
+    for _ in 0..20 {
+        producer
+            .send(
+                FutureRecord::<(), _>::to(topic).payload(body),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("warm-up produce");
+    }
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..s.concurrency {

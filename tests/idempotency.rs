@@ -232,19 +232,15 @@ macro_rules! suite {
 suite!(kafka, Backend::Kafka);
 suite!(rabbitmq, Backend::Rabbit);
 
-/// SIGKILL while delivering (RabbitMQ: its redelivery is immediate; Kafka's
-/// restart is covered on the mock cluster in kafka.rs): nothing is lost,
-/// and every event delivered twice was in flight at the kill.
-#[tokio::test]
-async fn sigkill_while_delivering_loses_nothing_and_duplicates_only_what_was_in_flight(
+/// Publishes 120 events, SIGKILLs the sidecar after 40 deliveries, starts
+/// it again, and checks: nothing lost, and every event delivered twice was
+/// first delivered before the kill (in flight), at most `window` of them.
+async fn sigkill_scenario(
+    dir: &std::path::Path,
+    topic: &str,
+    window: usize,
+    what: &str,
 ) -> TestResult {
-    let b = Bench::new(Backend::Rabbit);
-    let inbox = Inbox::new();
-    let dir = dir_for(
-        &b,
-        &inbox,
-        &[("maxInFlight", "8"), ("deliveryOrder", "none")],
-    );
     let log = Arc::new(Mutex::new(Vec::<(String, bool)>::new()));
     let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (l, k) = (log.clone(), killed.clone());
@@ -258,13 +254,9 @@ async fn sigkill_while_delivering_loses_nothing_and_duplicates_only_what_was_in_
         }),
     )
     .await;
-    let mut sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
-    let topic = b.topic("orders");
+    let mut sc = Sidecar::start(dir, Some(app.port), &[], &[]).await;
     for n in 0..120u64 {
-        assert_eq!(
-            publish_event(&sc, &topic, &format!("evt-{n}"), n).await,
-            204
-        );
+        assert_eq!(publish_event(&sc, topic, &format!("evt-{n}"), n).await, 204);
     }
     for _ in 0..40 {
         app.next(30).await?;
@@ -272,7 +264,7 @@ async fn sigkill_while_delivering_loses_nothing_and_duplicates_only_what_was_in_
     sc.child.start_kill()?;
     sc.child.wait().await?;
     killed.store(true, Ordering::SeqCst);
-    let _sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let _sc = Sidecar::start(dir, Some(app.port), &[], &[]).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while log
         .lock()
@@ -310,14 +302,28 @@ async fn sigkill_while_delivering_loses_nothing_and_duplicates_only_what_was_in_
         );
     }
     assert!(
-        duplicated.len() <= 8,
+        duplicated.len() <= window,
         "duplicates are bounded by the in-flight window: {duplicated:?}"
     );
     println!(
-        "SIGKILL with the Postgres inbox: {} duplicates over 120 events",
+        "{what} SIGKILL with the Postgres inbox: {} duplicates over 120 events",
         duplicated.len()
     );
     Ok(())
+}
+
+/// SIGKILL while delivering, on RabbitMQ.
+#[tokio::test]
+async fn sigkill_while_delivering_loses_nothing_and_duplicates_only_what_was_in_flight(
+) -> TestResult {
+    let b = Bench::new(Backend::Rabbit);
+    let inbox = Inbox::new();
+    let dir = dir_for(
+        &b,
+        &inbox,
+        &[("maxInFlight", "8"), ("deliveryOrder", "none")],
+    );
+    sigkill_scenario(dir.path(), &b.topic("orders"), 8, "RabbitMQ").await
 }
 
 /// The same on Kafka, on librdkafka's mock cluster (tansu 0.6.0 gives a
@@ -349,78 +355,6 @@ async fn kafka_sigkill_with_the_inbox_loses_nothing_and_duplicates_only_what_was
         ("inbox.yaml", &inbox.yaml()),
         ("s.yaml", &subscription("s", &topic, "/orders")),
     ]);
-    let log = Arc::new(Mutex::new(Vec::<(String, bool)>::new()));
-    let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (l, k) = (log.clone(), killed.clone());
-    let mut app = TestApp::start_slow(
-        None,
-        Duration::from_millis(20),
-        Arc::new(move |r| {
-            let id = r.json()["id"].as_str().unwrap().to_owned();
-            l.lock().unwrap().push((id, k.load(Ordering::SeqCst)));
-            (200, String::new())
-        }),
-    )
-    .await;
-    let mut sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
-    for n in 0..120u64 {
-        assert_eq!(
-            publish_event(&sc, &topic, &format!("evt-{n}"), n).await,
-            204
-        );
-    }
-    for _ in 0..40 {
-        app.next(30).await?;
-    }
-    sc.child.start_kill()?;
-    sc.child.wait().await?;
-    killed.store(true, Ordering::SeqCst);
-    let _sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while log
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(id, _)| id)
-        .collect::<BTreeSet<_>>()
-        .len()
-        < 120
-        && std::time::Instant::now() < deadline
-    {
-        let _ = app.next(1).await;
-    }
-    while app.next(2).await.is_ok() {}
-    let log = log.lock().unwrap().clone();
-    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
-    for (id, _) in &log {
-        *count.entry(id.as_str()).or_default() += 1;
-    }
-    assert_eq!(count.len(), 120, "nothing lost");
-    let before_kill: BTreeSet<&str> = log
-        .iter()
-        .filter(|(_, k)| !k)
-        .map(|(id, _)| id.as_str())
-        .collect();
-    let duplicated: Vec<&str> = count
-        .iter()
-        .filter(|(_, n)| **n > 1)
-        .map(|(id, _)| *id)
-        .collect();
-    for id in &duplicated {
-        assert!(
-            before_kill.contains(id),
-            "{id} duplicated without being in flight"
-        );
-    }
     // 8 in flight per partition, 2 partitions.
-    assert!(
-        duplicated.len() <= 16,
-        "bounded by the in-flight window: {duplicated:?}"
-    );
-    println!(
-        "Kafka SIGKILL with the Postgres inbox: {} duplicates over 120 events (uncommitted offsets replayed: {})",
-        duplicated.len(),
-        log.iter().filter(|(_, k)| *k).count()
-    );
-    Ok(())
+    sigkill_scenario(dir.path(), &topic, 16, "Kafka").await
 }

@@ -351,15 +351,15 @@ async fn broker_outage_fails_publishes_cleanly_and_consumption_resumes() -> Test
         5,
         "publishes succeed again after the broker returns"
     );
-    let got: BTreeSet<u64> = collect(&mut app, 5)
-        .await?
-        .iter()
-        .map(|(s, _)| *s)
-        .collect();
-    assert!(
-        accepted.is_subset(&got),
-        "every accepted message is delivered after the outage: {got:?}"
-    );
+    // A rebalance during the outage may replay what was not yet committed
+    // (at least once); every accepted message must arrive.
+    let mut got = BTreeSet::new();
+    while !accepted.is_subset(&got) {
+        let r = app.next(30).await.map_err(|e| {
+            format!("accepted {accepted:?}, delivered after the outage {got:?}: {e}")
+        })?;
+        got.insert(r.json()["data"]["seq"].as_u64().unwrap());
+    }
     Ok(())
 }
 

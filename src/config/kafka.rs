@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::doc::DocCtx;
-use crate::util::{parse_go_bool, parse_go_duration};
+use super::meta::{field, flag, lookup, reject_unsupported};
+use crate::util::parse_go_duration;
 
 /// Keys Perch reads for Kafka (Dapr's, then Perch's).
 pub const KEYS: &[&str] = &[
@@ -189,21 +190,8 @@ pub struct KafkaConfig {
 /// Reads the Kafka keys of `metadata`; problems go to `ctx`.
 pub fn read(ctx: &mut DocCtx<'_>, metadata: &BTreeMap<String, String>) -> Option<KafkaConfig> {
     let before = ctx.problems.len();
-    let get = |k: &str| {
-        metadata
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(k))
-            .map(|(_, v)| v.trim().to_owned())
-    };
-    let field = |k: &str| format!("spec.metadata.{k}");
-    for (key, why) in UNSUPPORTED {
-        if get(key).is_some() {
-            ctx.problem(
-                field(key),
-                format!("Dapr's Kafka key {key} is not supported by Perch: {why}"),
-            );
-        }
-    }
+    let get = |k: &str| lookup(metadata, k);
+    reject_unsupported(ctx, metadata, UNSUPPORTED, "Kafka");
     let mut common = BTreeMap::new();
     let mut producer = BTreeMap::new();
     let mut consumer: BTreeMap<String, String> = BTreeMap::new();
@@ -216,13 +204,7 @@ pub fn read(ctx: &mut DocCtx<'_>, metadata: &BTreeMap<String, String>) -> Option
     if let Some(id) = get("clientID") {
         common.insert("client.id".into(), id);
     }
-    let flag = |ctx: &mut DocCtx<'_>, key: &str, default: bool| match get(key) {
-        None => default,
-        Some(v) => parse_go_bool(&v).unwrap_or_else(|| {
-            ctx.problem(field(key), format!("must be true or false, got {v:?}"));
-            default
-        }),
-    };
+    let flag = |ctx: &mut DocCtx<'_>, key: &str, default: bool| flag(ctx, metadata, key, default);
     let disable_tls = flag(ctx, "disableTls", false);
     let skip_verify = flag(ctx, "skipVerify", false);
     let escape_headers = flag(ctx, "escapeHeaders", false);

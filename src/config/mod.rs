@@ -11,6 +11,7 @@ pub mod doc;
 pub mod error;
 pub mod kafka;
 pub mod load;
+pub mod meta;
 pub mod rabbitmq;
 pub mod resiliency;
 pub mod scopes;

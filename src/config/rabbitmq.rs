@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::doc::DocCtx;
-use crate::util::{parse_go_bool, parse_go_duration};
+use super::meta::{field, flag, lookup, reject_unsupported};
+use crate::util::parse_go_duration;
 
 /// Keys Perch reads for RabbitMQ.
 pub const KEYS: &[&str] = &[
@@ -102,21 +103,8 @@ pub struct RabbitConfig {
 /// Reads the RabbitMQ keys of `metadata`; problems go to `ctx`.
 pub fn read(ctx: &mut DocCtx<'_>, metadata: &BTreeMap<String, String>) -> Option<RabbitConfig> {
     let before = ctx.problems.len();
-    let get = |k: &str| {
-        metadata
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(k))
-            .map(|(_, v)| v.trim().to_owned())
-    };
-    let field = |k: &str| format!("spec.metadata.{k}");
-    for (key, why) in UNSUPPORTED {
-        if get(key).is_some() {
-            ctx.problem(
-                field(key),
-                format!("Dapr's RabbitMQ key {key} is not supported by Perch: {why}"),
-            );
-        }
-    }
+    let get = |k: &str| lookup(metadata, k);
+    reject_unsupported(ctx, metadata, UNSUPPORTED, "RabbitMQ");
     let parts = ["protocol", "hostname", "username", "password"];
     let uri = match get("connectionString").or_else(|| get("host")) {
         Some(uri) => {
@@ -165,13 +153,7 @@ pub fn read(ctx: &mut DocCtx<'_>, metadata: &BTreeMap<String, String>) -> Option
             "TLS certificates need an amqps:// connection string",
         );
     }
-    let flag = |ctx: &mut DocCtx<'_>, key: &str, default: bool| match get(key) {
-        None => default,
-        Some(v) => parse_go_bool(&v).unwrap_or_else(|| {
-            ctx.problem(field(key), format!("must be true or false, got {v:?}"));
-            default
-        }),
-    };
+    let flag = |ctx: &mut DocCtx<'_>, key: &str, default: bool| flag(ctx, metadata, key, default);
     let durable = flag(ctx, "durable", true);
     let auto_delete = flag(ctx, "deletedWhenUnused", false);
     let publisher_confirm = flag(ctx, "publisherConfirm", true);

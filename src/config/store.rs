@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::doc::DocCtx;
+use super::meta::{field, lookup};
 use crate::util::parse_go_duration;
 
 /// Keys of `store.postgresql`.
@@ -65,13 +66,7 @@ pub fn read(
     metadata: &BTreeMap<String, String>,
 ) -> Option<StoreComponent> {
     let before = ctx.problems.len();
-    let get = |k: &str| {
-        metadata
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(k))
-            .map(|(_, v)| v.trim().to_owned())
-    };
-    let field = |k: &str| format!("spec.metadata.{k}");
+    let get = |k: &str| lookup(metadata, k);
     let duration = |ctx: &mut DocCtx<'_>, key: &str, default: Duration| match get(key) {
         None => default,
         Some(v) => match parse_go_duration(&v) {

@@ -184,7 +184,16 @@ impl Engine {
                     .cloned()
                     .unwrap_or_else(|| shared.settings.app_id.clone()),
                 metadata: sub.metadata.clone(),
-                window: entry.component.max_in_flight,
+                // A bulk subscription needs a whole batch handed out at once.
+                window: if sub.bulk.enabled {
+                    entry.component.max_in_flight.max(
+                        sub.bulk
+                            .max_messages_count
+                            .map_or(bulk::DEFAULT_MAX_MESSAGES, |n| n as usize),
+                    )
+                } else {
+                    entry.component.max_in_flight
+                },
                 dead_letter_topic: sub
                     .dead_letter_topic
                     .clone()
