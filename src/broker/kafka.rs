@@ -220,8 +220,19 @@ impl KafkaBroker {
         }
     }
 
+    /// Waits for the delivery report, never past the publish timeout (plus
+    /// a second): librdkafka's own `message.timeout.ms` can run late while
+    /// the idempotent producer recovers from a broker outage.
     async fn confirmed(&self, f: rdkafka::producer::DeliveryFuture) -> Result<(), BrokerError> {
-        match f.await {
+        let limit = self.cfg.publish_timeout + Duration::from_secs(1);
+        let Ok(report) = tokio::time::timeout(limit, f).await else {
+            self.healthy.store(false, Ordering::Release);
+            return Err(BrokerError::Unavailable(format!(
+                "kafka pubsub {}: not confirmed within {limit:?}",
+                self.name
+            )));
+        };
+        match report {
             Ok(Ok(_)) => {
                 self.healthy.store(true, Ordering::Release);
                 Ok(())
