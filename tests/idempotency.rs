@@ -11,57 +11,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-pub const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-/// A Postgres store component named `inbox` on its own table (3 s leases, so
-/// a killed sidecar's claims expire quickly), dropped when the guard goes.
-pub struct Inbox {
-    pub table: String,
-}
-
-impl Default for Inbox {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Inbox {
-    pub fn new() -> Self {
-        Self {
-            table: format!("inbox_{}", uuid::Uuid::new_v4().simple()),
-        }
-    }
-
-    pub fn yaml(&self) -> String {
-        format!(
-            "apiVersion: dapr.io/v1alpha1
-kind: Component
-metadata:
-  name: inbox
-spec:
-  type: store.postgresql
-  version: v1
-  metadata:
-    - name: connectionString
-      value: {PG}
-    - name: inboxTable
-      value: {}
-    - name: leaseDuration
-      value: 3s
-",
-            self.table
-        )
-    }
-}
-
-impl Drop for Inbox {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("psql")
-            .args([PG, "-qc", &format!("DROP TABLE IF EXISTS {}", self.table)])
-            .output();
-    }
-}
-
 /// Publishes a CloudEvent with a fixed `source` and `id`.
 async fn publish_event(sc: &Sidecar, topic: &str, id: &str, seq: u64) -> u16 {
     let ce = json!({"specversion": "1.0", "source": "orders-service", "id": id,
@@ -78,18 +27,18 @@ async fn publish_event(sc: &Sidecar, topic: &str, id: &str, seq: u64) -> u16 {
     .0
 }
 
-fn dir_for(b: &Bench, inbox: &Inbox, extra: &[(&str, &str)]) -> tempfile::TempDir {
+fn dir_for(b: &Bench, inbox: &PgStore, extra: &[(&str, &str)]) -> tempfile::TempDir {
     let mut md = vec![("idempotencyStore", "inbox")];
     md.extend_from_slice(extra);
     resources(&[
         ("pubsub.yaml", &b.pubsub(&md)),
-        ("inbox.yaml", &inbox.yaml()),
+        ("inbox.yaml", &inbox.yaml("inbox")),
         ("s.yaml", &b.subscription("s", "orders", "/orders")),
     ])
 }
 
 async fn the_same_event_published_three_times_arrives_once(b: &Bench) -> TestResult {
-    let inbox = Inbox::new();
+    let inbox = PgStore::new();
     let dir = dir_for(b, &inbox, &[]);
     let mut app = TestApp::ok(None).await;
     let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
@@ -116,7 +65,7 @@ async fn the_same_event_published_three_times_arrives_once(b: &Bench) -> TestRes
 }
 
 async fn retry_twice_then_success_is_seen_three_times_and_never_again(b: &Bench) -> TestResult {
-    let inbox = Inbox::new();
+    let inbox = PgStore::new();
     let res = "apiVersion: dapr.io/v1alpha1
 kind: Resiliency
 metadata: {name: r}
@@ -161,7 +110,7 @@ spec:
 }
 
 async fn two_sidecars_of_one_app_deliver_each_event_once_in_total(b: &Bench) -> TestResult {
-    let inbox = Inbox::new();
+    let inbox = PgStore::new();
     let extra: &[(&str, &str)] = if b.backend == Backend::Kafka {
         &[("topicPartitions", "2")]
     } else {
@@ -317,7 +266,7 @@ async fn sigkill_scenario(
 async fn sigkill_while_delivering_loses_nothing_and_duplicates_only_what_was_in_flight(
 ) -> TestResult {
     let b = Bench::new(Backend::Rabbit);
-    let inbox = Inbox::new();
+    let inbox = PgStore::new();
     let dir = dir_for(
         &b,
         &inbox,
@@ -335,7 +284,7 @@ async fn kafka_sigkill_with_the_inbox_loses_nothing_and_duplicates_only_what_was
     let id = uuid::Uuid::new_v4().simple().to_string();
     let topic = format!("orders-{id}");
     cluster.create_topic(&topic, 2, 1)?;
-    let inbox = Inbox::new();
+    let inbox = PgStore::new();
     let pubsub = component(
         "pubsub",
         &[
@@ -352,7 +301,7 @@ async fn kafka_sigkill_with_the_inbox_loses_nothing_and_duplicates_only_what_was
     .replace("pubsub.in-memory", "pubsub.kafka");
     let dir = resources(&[
         ("pubsub.yaml", &pubsub),
-        ("inbox.yaml", &inbox.yaml()),
+        ("inbox.yaml", &inbox.yaml("inbox")),
         ("s.yaml", &subscription("s", &topic, "/orders")),
     ]);
     // 8 in flight per partition, 2 partitions.

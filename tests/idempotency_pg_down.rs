@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
-
 fn pg_ctl(action: &str) -> bool {
     let version = std::fs::read_dir("/etc/postgresql")
         .ok()
@@ -39,22 +37,11 @@ impl Drop for StartAgain {
 
 async fn run(backend: Backend) -> TestResult {
     let b = Bench::new(backend);
-    let table = format!("inbox_{}", uuid::Uuid::new_v4().simple());
-    let store = format!(
-        "apiVersion: dapr.io/v1alpha1
-kind: Component
-metadata: {{name: inbox}}
-spec:
-  type: store.postgresql
-  version: v1
-  metadata:
-    - {{name: connectionString, value: \"{PG}\"}}
-    - {{name: inboxTable, value: {table}}}
-"
-    );
+    // Dropped last, after the test started PostgreSQL again.
+    let store = PgStore::new();
     let dir = resources(&[
         ("pubsub.yaml", &b.pubsub(&[("idempotencyStore", "inbox")])),
-        ("inbox.yaml", &store),
+        ("inbox.yaml", &store.yaml("inbox")),
         ("s.yaml", &b.subscription("s", "orders", "/orders")),
     ]);
     let seen = Arc::new(Mutex::new(BTreeMap::<u64, usize>::new()));
@@ -133,9 +120,6 @@ spec:
         seen.values().all(|n| *n == 1),
         "nothing duplicated: {seen:?}"
     );
-    let _ = std::process::Command::new("psql")
-        .args([PG, "-qc", &format!("DROP TABLE IF EXISTS {table}")])
-        .output();
     Ok(())
 }
 

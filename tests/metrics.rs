@@ -127,9 +127,24 @@ spec:
 #[tokio::test]
 async fn a_known_workload_gives_exact_counters_with_dapr_labels() -> TestResult {
     let sc = workload().await?;
-    // Counters are recorded just after the app answers, and the dead-letter
-    // publishes follow it; give them a moment.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Counters are recorded once the sidecar has the app's answer (after
+    // the app saw the request): wait for the last ones of the workload.
+    let perch = [("pubsub", "pubsub"), ("topic", "orders")];
+    assert_eq!(
+        sc.metric_reaches("perch_dead_lettered_total", &perch, 2.0)
+            .await,
+        Some(2.0)
+    );
+    let successes = [
+        ("topic", "orders"),
+        ("process_status", "success"),
+        ("status", "success"),
+    ];
+    assert_eq!(
+        sc.metric_reaches("dapr_component_pubsub_ingress_count", &successes, 5.0)
+            .await,
+        Some(5.0)
+    );
     let base = [
         ("app_id", "test-app"),
         ("component", "pubsub"),
@@ -280,8 +295,10 @@ async fn dashboard_and_alerts_parse_and_name_only_real_metrics() -> TestResult {
     }
     assert!(exprs.len() >= 15);
     let sc = workload().await?;
-    // Gauges are refreshed every 5 s.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Gauges are set by a refresh every 5 s: wait for the lag gauge.
+    sc.metric_reaches("perch_consumer_lag", &[("topic", "orders")], 0.0)
+        .await
+        .expect("perch_consumer_lag is exposed");
     let scrape = sc.scrape().await;
     let exposed: BTreeSet<&str> = scrape
         .lines()

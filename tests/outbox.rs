@@ -11,8 +11,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
-
 /// A TCP proxy to the RabbitMQ server that can be cut and restored.
 struct Proxy {
     port: u16,
@@ -52,7 +50,6 @@ impl Proxy {
 #[tokio::test]
 async fn publishes_during_a_broker_outage_are_kept_and_delivered_in_order() -> TestResult {
     let b = Bench::new(Backend::Rabbit);
-    let table = format!("box_{}", uuid::Uuid::new_v4().simple());
     let mut proxy = Proxy::up(free_port()).await;
     let uri = format!("amqp://guest:guest@127.0.0.1:{}", proxy.port);
     let pubsub = component(
@@ -66,22 +63,10 @@ async fn publishes_during_a_broker_outage_are_kept_and_delivered_in_order() -> T
         ],
     )
     .replace("pubsub.in-memory", "pubsub.rabbitmq");
-    let store = format!(
-        "apiVersion: dapr.io/v1alpha1
-kind: Component
-metadata: {{name: store}}
-spec:
-  type: store.postgresql
-  version: v1
-  metadata:
-    - {{name: connectionString, value: \"{PG}\"}}
-    - {{name: inboxTable, value: {table}_in}}
-    - {{name: outboxTable, value: {table}_out}}
-"
-    );
+    let store = PgStore::new();
     let dir = resources(&[
         ("pubsub.yaml", &pubsub),
-        ("store.yaml", &store),
+        ("store.yaml", &store.yaml("store")),
         ("s.yaml", &b.subscription("s", "orders", "/orders")),
     ]);
     let mut app = TestApp::ok(None).await;
@@ -143,12 +128,5 @@ spec:
         assert_eq!(seqs, &sorted, "key k{k} in publish order");
     }
     assert_eq!(per_key.values().map(Vec::len).sum::<usize>(), 20);
-    let _ = std::process::Command::new("psql")
-        .args([
-            PG,
-            "-qc",
-            &format!("DROP TABLE IF EXISTS {table}_in, {table}_out"),
-        ])
-        .output();
     Ok(())
 }

@@ -360,6 +360,23 @@ async fn migrate(
     }
 }
 
+/// Sends each of a batch's requests (`n` keys each, in order) its slice of
+/// the batch's answers, or the batch's error.
+fn answer<T: Clone>(
+    result: &Result<Vec<T>, StoreError>,
+    replies: impl Iterator<Item = (usize, oneshot::Sender<Result<Vec<T>, StoreError>>)>,
+) {
+    let mut offset = 0;
+    for (n, reply) in replies {
+        let part = result
+            .as_ref()
+            .map(|all| all[offset..offset + n].to_vec())
+            .map_err(Clone::clone);
+        offset += n;
+        let _ = reply.send(part);
+    }
+}
+
 /// Serves claim requests, many per statement.
 async fn claim_loop(shared: Weak<Shared>, mut rx: mpsc::UnboundedReceiver<ClaimRequest>) {
     while let Some(first) = rx.recv().await {
@@ -377,15 +394,10 @@ async fn claim_loop(shared: Weak<Shared>, mut rx: mpsc::UnboundedReceiver<ClaimR
         let Some(s) = shared.upgrade() else { return };
         let keys: Vec<Key> = batch.iter().flat_map(|(k, _)| k.iter().cloned()).collect();
         let result = s.claim(&keys).await;
-        let mut offset = 0;
-        for (k, reply) in batch {
-            let part = result
-                .as_ref()
-                .map(|all| all[offset..offset + k.len()].to_vec())
-                .map_err(Clone::clone);
-            offset += k.len();
-            let _ = reply.send(part);
-        }
+        answer(
+            &result,
+            batch.into_iter().map(|(k, reply)| (k.len(), reply)),
+        );
     }
 }
 
@@ -407,15 +419,10 @@ async fn finish_loop(shared: Weak<Shared>, mut rx: mpsc::UnboundedReceiver<Finis
             }
             let keys: Vec<Key> = group.iter().flat_map(|r| r.0.iter().cloned()).collect();
             let result = s.finish(&keys, how).await;
-            let mut offset = 0;
-            for (k, _, reply) in group {
-                let part = result
-                    .as_ref()
-                    .map(|all| all[offset..offset + k.len()].to_vec())
-                    .map_err(Clone::clone);
-                offset += k.len();
-                let _ = reply.send(part);
-            }
+            answer(
+                &result,
+                group.into_iter().map(|(k, _, reply)| (k.len(), reply)),
+            );
         }
     }
 }

@@ -255,6 +255,24 @@ impl Sidecar {
         })
     }
 
+    /// Polls `metric` until it equals `want` (at most 10 s); the last value.
+    pub async fn metric_reaches(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        want: f64,
+    ) -> Option<f64> {
+        let mut last = None;
+        for _ in 0..100 {
+            last = self.metric(name, labels).await;
+            if last == Some(want) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        last
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
@@ -476,5 +494,63 @@ impl Drop for Bench {
             });
         })
         .join();
+    }
+}
+
+/// The machine's PostgreSQL (trust auth, database `test`).
+pub const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A `store.postgresql` component on tables of its own (`{table}` inbox,
+/// `{table}_out` outbox; 3 s leases, so a killed sidecar's claims expire
+/// quickly), dropped when the guard goes. Also a clean-up guard when the
+/// test stops PostgreSQL: it runs after the test started it again.
+pub struct PgStore {
+    pub table: String,
+}
+
+impl Default for PgStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PgStore {
+    pub fn new() -> Self {
+        Self {
+            table: format!("inbox_{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    /// The component YAML, named `name`.
+    pub fn yaml(&self, name: &str) -> String {
+        format!(
+            "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: {name}
+spec:
+  type: store.postgresql
+  version: v1
+  metadata:
+    - name: connectionString
+      value: {PG}
+    - name: inboxTable
+      value: {t}
+    - name: outboxTable
+      value: {t}_out
+    - name: leaseDuration
+      value: 3s
+",
+            t = self.table
+        )
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        let t = &self.table;
+        let _ = std::process::Command::new("psql")
+            .args([PG, "-qc", &format!("DROP TABLE IF EXISTS {t}, {t}_out")])
+            .output();
     }
 }
