@@ -300,7 +300,7 @@ async fn consume(
     // so the receive loop never blocks and a slow lane never holds up another.
     let comp = &ctx.entry().component;
     let order = comp.delivery_order;
-    let mut chains = KeyOrder::default();
+    let mut chains = Chains::default();
     let mut tasks = JoinSet::new();
     loop {
         let d = tokio::select! {
@@ -313,8 +313,8 @@ async fn consume(
             break;
         }
         let chain = match order {
-            DeliveryOrder::Partition => Some(format!("lane {}", d.lane)),
-            DeliveryOrder::Key => ordering_key(&d.metadata).map(|k| format!("key {k}")),
+            DeliveryOrder::Partition => Some(Chain::Lane(d.lane)),
+            DeliveryOrder::Key => ordering_key(&d.metadata).map(Chain::Key),
             DeliveryOrder::None => None,
         };
         let (previous, done) = chains.enqueue(chain, comp.max_in_flight);
@@ -860,19 +860,26 @@ fn ordering_key(md: &BTreeMap<String, String>) -> Option<String> {
     md.get("partitionKey").or_else(|| md.get("__key")).cloned()
 }
 
+/// What a message waits behind: its lane (`partition` order) or its key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Chain {
+    Lane(i32),
+    Key(String),
+}
+
 /// Ordering chains: each message waits for the previous message of its
 /// chain (its lane, or its key); different chains run concurrently.
 #[derive(Default)]
-struct KeyOrder {
-    tails: std::collections::HashMap<String, tokio::sync::oneshot::Receiver<()>>,
+struct Chains {
+    tails: std::collections::HashMap<Chain, tokio::sync::oneshot::Receiver<()>>,
 }
 
-impl KeyOrder {
+impl Chains {
     /// Returns what the new message waits for, and what it signals when done.
     /// Keyless messages have no order to keep.
     fn enqueue(
         &mut self,
-        key: Option<String>,
+        key: Option<Chain>,
         window: usize,
     ) -> (
         Option<tokio::sync::oneshot::Receiver<()>>,
