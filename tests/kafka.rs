@@ -248,13 +248,25 @@ async fn a_second_sidecar_takes_over_partitions_without_loss() -> TestResult {
     let sc_b = Sidecar::start(dir.path(), Some(app_b.port), &[], &[]).await;
     let mut seen_a = BTreeSet::new();
     let mut seen_b = BTreeSet::new();
-    // Publish in small batches while the group rebalances.
-    for start in (100..300).step_by(10) {
-        publish_seqs(&sc_a, &topic, &keyed(start..start + 10)).await?;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    // Publish in small batches while the group rebalances, until the second
+    // member has received some (at least 200 messages, at most 30 s).
+    let mut published = 100;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (published < 300 || seen_b.is_empty()) && Instant::now() < deadline {
+        publish_seqs(&sc_a, &topic, &keyed(published..published + 10)).await?;
+        published += 10;
+        let pause = tokio::time::sleep(Duration::from_millis(100));
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = &mut pause => break,
+                r = app_a.next(1) => if let Ok(r) = r { seen_a.insert(r.json()["data"]["seq"].as_u64().unwrap()); },
+                r = app_b.next(1) => if let Ok(r) = r { seen_b.insert(r.json()["data"]["seq"].as_u64().unwrap()); },
+            }
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(40);
-    while seen_a.union(&seen_b).count() < 200 && Instant::now() < deadline {
+    while seen_a.union(&seen_b).count() < (published - 100) as usize && Instant::now() < deadline {
         tokio::select! {
             r = app_a.next(1) => if let Ok(r) = r { seen_a.insert(r.json()["data"]["seq"].as_u64().unwrap()); },
             r = app_b.next(1) => if let Ok(r) = r { seen_b.insert(r.json()["data"]["seq"].as_u64().unwrap()); },
@@ -263,7 +275,7 @@ async fn a_second_sidecar_takes_over_partitions_without_loss() -> TestResult {
     let all: BTreeSet<u64> = seen_a.union(&seen_b).copied().collect();
     assert_eq!(
         all,
-        (100..300).collect(),
+        (100..published).collect(),
         "both members together got everything"
     );
     assert!(
@@ -273,12 +285,17 @@ async fn a_second_sidecar_takes_over_partitions_without_loss() -> TestResult {
 
     // The first leaves; the second takes its partitions.
     sc_a.call("POST", "/v1.0/shutdown", &[], "").await?;
-    publish_seqs(&sc_b, &topic, &keyed(300..400)).await?;
+    let rest = published..published + 100;
+    publish_seqs(&sc_b, &topic, &keyed(rest.clone())).await?;
     let got = collect(&mut app_b, 100).await;
-    let got: BTreeSet<u64> = got?.iter().map(|(s, _)| *s).filter(|s| *s >= 300).collect();
+    let got: BTreeSet<u64> = got?
+        .iter()
+        .map(|(s, _)| *s)
+        .filter(|s| *s >= published)
+        .collect();
     assert_eq!(
         got,
-        (300..400).collect(),
+        rest.collect(),
         "after the first left, the second got all"
     );
     Ok(())

@@ -14,10 +14,11 @@
 //! Per partition the broker keeps:
 //! - the offsets received and not yet finished (handed out or waiting);
 //! - at most `window` (the component's `maxInFlight`) deliveries handed out;
-//!   the rest wait here, up to 1024 messages or 8 MiB, beyond which the
-//!   partition is paused (resumed at a quarter of that), so memory stays
-//!   bounded however large the backlog (librdkafka's own prefetch queue is
-//!   capped at 16 MiB per consumer);
+//!   the rest wait here, up to 2048 messages or 8 MiB, beyond which the
+//!   partition is paused (resumed at half of that, with a seek to the next
+//!   offset: librdkafka's resume alone leaves the fetcher idle for up to a
+//!   second), so memory stays bounded however large the backlog
+//!   (librdkafka's own prefetch queue is capped at 16 MiB per consumer);
 //! - the committed position: the lowest unfinished offset (or the next
 //!   offset when all are finished). Completions arrive in any order, and no
 //!   gap is ever committed. Stored offsets are committed in the background
@@ -285,9 +286,13 @@ impl KafkaBroker {
         }
         // Dapr's defaults (sessionTimeout 10 s, heartbeatInterval 3 s): a
         // crashed member's partitions move after 10 s, not librdkafka's 45.
+        // fetch.wait.max.ms 100 (librdkafka: 500): a partition resumed
+        // after a pause is fetched again only when the fetch outstanding at
+        // the log end returns, so this bounds the gap a pause costs.
         for (k, v) in [
             ("session.timeout.ms", "10000"),
             ("heartbeat.interval.ms", "3000"),
+            ("fetch.wait.max.ms", "100"),
         ] {
             if !self.cfg.consumer.contains_key(k) && !self.cfg.common.contains_key(k) {
                 cc.set(k, v);
@@ -643,7 +648,7 @@ impl Part {
 
 /// Per partition, received messages beyond the in-flight window wait here,
 /// up to this many (or `WAIT_BYTES`); then the partition is paused.
-const WAIT_MESSAGES: usize = 1024;
+const WAIT_MESSAGES: usize = 2048;
 /// Payload bytes that may wait per partition before it is paused.
 const WAIT_BYTES: usize = 8 << 20;
 
@@ -709,10 +714,12 @@ impl GroupState {
             }
         }
         // Paused when the waiting buffer is full, resumed when it is down to
-        // a quarter: a pause/resume costs librdkafka a fetch round trip
-        // (about half a second), so it must be rare, not one per window.
+        // half: a pause/resume costs a fetch round trip (up to
+        // fetch.wait.max.ms when the fetch outstanding is at the log end),
+        // so it must be rare, not one per window, and what still waits
+        // covers the refetch.
         let full = part.waiting.len() >= WAIT_MESSAGES || part.waiting_bytes >= WAIT_BYTES;
-        let low = part.waiting.len() <= WAIT_MESSAGES / 4 && part.waiting_bytes <= WAIT_BYTES / 4;
+        let low = part.waiting.len() <= WAIT_MESSAGES / 2 && part.waiting_bytes <= WAIT_BYTES / 2;
         let tpl = || {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&key.0, key.1);
@@ -720,10 +727,24 @@ impl GroupState {
         };
         if full && !part.paused {
             if group.consumer.pause(&tpl()).is_ok() {
+                tracing::debug!(topic = %key.0, partition = key.1, next = part.next, "partition paused");
                 part.paused = true;
             }
         } else if low && part.paused && group.consumer.resume(&tpl()).is_ok() {
+            tracing::debug!(topic = %key.0, partition = key.1, next = part.next, "partition resumed");
             part.paused = false;
+            // librdkafka's resume does not wake the broker thread, which
+            // then idles up to a second before fetching again; a seek to
+            // the next offset (asynchronous, timeout 0) restarts the fetch
+            // at once. What was fetched before the pause was purged, so
+            // the position is the same.
+            if let Err(e) =
+                group
+                    .consumer
+                    .seek(&key.0, key.1, Offset::Offset(part.next), Duration::ZERO)
+            {
+                tracing::debug!(error = %e, "seek after resume");
+            }
             group.resumed.notify_one();
         }
         failed

@@ -5,8 +5,11 @@
 //! per entry; a missing entry or an empty status is RETRY. Entries still
 //! failing when the retry policy gives up are dead-lettered one by one.
 //!
-//! A bulk subscription has one batch in flight at a time: the batch is the
-//! unit of concurrency, and its entries are in broker order.
+//! The batch is the unit of concurrency, and its entries are in broker
+//! order. With `deliveryOrder=partition` or `key` one batch is in flight at
+//! a time (the next batch waits, so order holds across batches); with
+//! `none`, `maxInFlight` counts batches in flight, as it counts messages for
+//! a per-message subscription, bounded to [`MAX_WINDOW`] messages.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -21,11 +24,42 @@ use tokio::sync::watch;
 use super::retry::{self, Attempt, RetryEnd};
 use super::{finish_dropped, prepare, Ready, SubCtx};
 use crate::broker::{Delivery, DeliveryStream};
+use crate::config::DeliveryOrder;
 
 /// Dapr's default batcher limits.
 pub const DEFAULT_MAX_MESSAGES: usize = 100;
 /// Dapr's default batcher wait, from the first pending message.
 pub const DEFAULT_MAX_AWAIT: Duration = Duration::from_millis(1000);
+
+/// Most unfinished messages a bulk subscription holds per lane.
+pub const MAX_WINDOW: usize = 4096;
+
+/// The broker window (unfinished messages per lane) of a bulk subscription.
+pub fn window(order: DeliveryOrder, max_in_flight: usize, max_messages: Option<u32>) -> usize {
+    let batch = max_messages.map_or(DEFAULT_MAX_MESSAGES, |n| n as usize);
+    match order {
+        DeliveryOrder::None => max_in_flight
+            .saturating_mul(batch)
+            .min(MAX_WINDOW)
+            .max(batch),
+        DeliveryOrder::Partition | DeliveryOrder::Key => max_in_flight.max(batch),
+    }
+}
+
+/// How many batches may be in flight at once (see the module docs).
+pub fn batches_in_flight(
+    order: DeliveryOrder,
+    max_in_flight: usize,
+    max_messages: Option<u32>,
+) -> usize {
+    match order {
+        DeliveryOrder::None => {
+            let batch = max_messages.map_or(DEFAULT_MAX_MESSAGES, |n| n as usize);
+            (window(order, max_in_flight, max_messages) / batch.max(1)).max(1)
+        }
+        DeliveryOrder::Partition | DeliveryOrder::Key => 1,
+    }
+}
 
 /// Reads the next batch: waits for one message, then takes more until the
 /// batch is full or the wait is over. Empty when the stream ended or `stop`
@@ -263,4 +297,27 @@ fn read_answer(
         }
     }
     Ok((ok, dropped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{batches_in_flight, window, DeliveryOrder, MAX_WINDOW};
+
+    #[test]
+    fn bulk_window_counts_batches_only_without_ordering() {
+        // Unordered: maxInFlight batches, bounded in messages.
+        assert_eq!(window(DeliveryOrder::None, 4, Some(100)), 400);
+        assert_eq!(batches_in_flight(DeliveryOrder::None, 4, Some(100)), 4);
+        assert_eq!(window(DeliveryOrder::None, 64, None), MAX_WINDOW);
+        assert_eq!(batches_in_flight(DeliveryOrder::None, 64, None), 40);
+        // A batch larger than the bound still fits whole.
+        assert_eq!(window(DeliveryOrder::None, 64, Some(5000)), 5000);
+        assert_eq!(batches_in_flight(DeliveryOrder::None, 64, Some(5000)), 1);
+        // Ordered: one batch at a time, the window at least a batch.
+        for order in [DeliveryOrder::Partition, DeliveryOrder::Key] {
+            assert_eq!(window(order, 64, Some(100)), 100);
+            assert_eq!(window(order, 64, Some(10)), 64);
+            assert_eq!(batches_in_flight(order, 64, Some(10)), 1);
+        }
+    }
 }

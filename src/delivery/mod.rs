@@ -184,12 +184,12 @@ impl Engine {
                     .cloned()
                     .unwrap_or_else(|| shared.settings.app_id.clone()),
                 metadata: sub.metadata.clone(),
-                // A bulk subscription needs a whole batch handed out at once.
+                // A bulk subscription needs whole batches handed out at once.
                 window: if sub.bulk.enabled {
-                    entry.component.max_in_flight.max(
-                        sub.bulk
-                            .max_messages_count
-                            .map_or(bulk::DEFAULT_MAX_MESSAGES, |n| n as usize),
+                    bulk::window(
+                        entry.component.delivery_order,
+                        entry.component.max_in_flight,
+                        sub.bulk.max_messages_count,
                     )
                 } else {
                     entry.component.max_in_flight
@@ -284,15 +284,32 @@ async fn consume(
     mut stop: watch::Receiver<bool>,
 ) {
     if ctx.sub.bulk.enabled {
+        let comp = &ctx.entry().component;
+        let slots = Arc::new(Semaphore::new(bulk::batches_in_flight(
+            comp.delivery_order,
+            comp.max_in_flight,
+            ctx.sub.bulk.max_messages_count,
+        )));
+        let mut running = JoinSet::new();
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
             let batch = bulk::next_batch(&ctx, &mut stream, &mut stop).await;
             // An unhealthy app: hold the batch until it recovers; at
             // shutdown the batch is dropped unfinished (redelivered).
             if batch.is_empty() || !health::until_healthy(&ctx.shared, &mut stop).await {
-                return;
+                break;
             }
-            bulk::process_batch(&ctx, batch, stop.clone()).await;
+            let (ctx, stop) = (ctx.clone(), stop.clone());
+            running.spawn(async move {
+                bulk::process_batch(&ctx, batch, stop).await;
+                drop(slot);
+            });
+            while running.try_join_next().is_some() {}
         }
+        while running.join_next().await.is_some() {}
+        return;
     }
     // The broker hands out at most `maxInFlight` unfinished deliveries per
     // lane; the engine only orders them. Each message waits for its
