@@ -376,6 +376,19 @@ struct SetupOpts<'a> {
     open: bool,
 }
 
+impl<'a> SetupOpts<'a> {
+    /// Per-message, no store, an app that answers at once.
+    fn new(md: &'a [(&'a str, &'a str)]) -> Self {
+        Self {
+            md,
+            bulk: false,
+            store: None,
+            delay: Duration::ZERO,
+            open: true,
+        }
+    }
+}
+
 async fn setup(target: Target<'_>, o: SetupOpts<'_>) -> Setup {
     let bench = Bench::new(match target {
         Target::Backend(b) => b,
@@ -438,11 +451,10 @@ async fn drain(
     let s = setup(
         target,
         SetupOpts {
-            md: &all,
             bulk,
             store,
-            delay: Duration::ZERO,
             open: false,
+            ..SetupOpts::new(&all)
         },
     )
     .await;
@@ -472,17 +484,7 @@ async fn drain(
 
 /// Publish-to-app latency at a fixed `rate`, one POST per event.
 async fn end_to_end(target: Target<'_>, rate: u32, n: usize) -> (f64, f64) {
-    let s = setup(
-        target,
-        SetupOpts {
-            md: &[],
-            bulk: false,
-            store: None,
-            delay: Duration::ZERO,
-            open: true,
-        },
-    )
-    .await;
+    let s = setup(target, SetupOpts::new(&[])).await;
     let url = s.sc.url(&format!("/v1.0/publish/pubsub/{}", s.topic));
     // Warm up until events flow (consumer joined, connections open).
     let warm = 20;
@@ -722,11 +724,9 @@ async fn ordered(cluster: &Mock, order: &str, n: usize) -> f64 {
     let s = setup(
         Target::KafkaMock(cluster),
         SetupOpts {
-            md: &[("deliveryOrder", order)],
-            bulk: false,
-            store: None,
             delay: Duration::from_millis(5),
             open: false,
+            ..SetupOpts::new(&[("deliveryOrder", order)])
         },
     )
     .await;
@@ -744,13 +744,7 @@ async fn ordered(cluster: &Mock, order: &str, n: usize) -> f64 {
 async fn soak(s: &Sizes, rows: &mut Rows) -> u64 {
     let st = setup(
         Target::Backend(Backend::Rabbit),
-        SetupOpts {
-            md: &[("deliveryOrder", "none"), ("maxInFlight", "64")],
-            bulk: false,
-            store: None,
-            delay: Duration::ZERO,
-            open: true,
-        },
+        SetupOpts::new(&[("deliveryOrder", "none"), ("maxInFlight", "64")]),
     )
     .await;
     let url = st.sc.url(&format!("/v1.0/publish/pubsub/{}", st.topic));
