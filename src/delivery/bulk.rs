@@ -31,8 +31,10 @@ pub const DEFAULT_MAX_MESSAGES: usize = 100;
 /// Dapr's default batcher wait, from the first pending message.
 pub const DEFAULT_MAX_AWAIT: Duration = Duration::from_millis(1000);
 
-/// Most unfinished messages a bulk subscription holds per lane.
-pub const MAX_WINDOW: usize = 4096;
+/// Most unfinished messages a bulk subscription holds per lane. Larger
+/// windows measured slower on RabbitMQ (a 4096 prefetch drained a backlog
+/// at about half the rate of 800) and cost memory.
+pub const MAX_WINDOW: usize = 1024;
 
 /// The broker window (unfinished messages per lane) of a bulk subscription.
 pub fn window(order: DeliveryOrder, max_in_flight: usize, max_messages: Option<u32>) -> usize {
@@ -309,7 +311,7 @@ mod tests {
         assert_eq!(window(DeliveryOrder::None, 4, Some(100)), 400);
         assert_eq!(batches_in_flight(DeliveryOrder::None, 4, Some(100)), 4);
         assert_eq!(window(DeliveryOrder::None, 64, None), MAX_WINDOW);
-        assert_eq!(batches_in_flight(DeliveryOrder::None, 64, None), 40);
+        assert_eq!(batches_in_flight(DeliveryOrder::None, 64, None), 10);
         // A batch larger than the bound still fits whole.
         assert_eq!(window(DeliveryOrder::None, 64, Some(5000)), 5000);
         assert_eq!(batches_in_flight(DeliveryOrder::None, 64, Some(5000)), 1);
