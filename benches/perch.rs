@@ -89,47 +89,67 @@ fn payload() -> String {
     format!(r#"{{"ts":{},"pad":"{}"}}"#, now_micros(), "x".repeat(1000))
 }
 
-/// `n` POSTs of `body` to `url` from `c` keep-alive clients.
-async fn load(url: &str, body: &str, content_type: &str, n: usize, c: usize) -> Run {
-    let body = Bytes::from(body.to_owned());
+/// Client `w`'s share when `total` rounds are spread over `c` clients.
+fn share(total: usize, c: usize, w: usize) -> usize {
+    total / c + usize::from(w < total % c)
+}
+
+/// Runs the clients together and gathers their per-round latencies;
+/// `count` is the messages they send in all.
+async fn run_clients<F>(count: usize, clients: Vec<F>) -> Run
+where
+    F: std::future::Future<Output = Vec<Duration>> + Send + 'static,
+{
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for w in 0..c {
-        let (url, body, ct) = (url.to_owned(), body.clone(), content_type.to_owned());
-        let share = n / c + usize::from(w < n % c);
-        tasks.spawn(async move {
-            let client =
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .build_http::<Full<Bytes>>();
-            let mut lat = Vec::with_capacity(share);
-            for _ in 0..share {
-                let t = Instant::now();
-                let req = Request::post(&url)
-                    .header("content-type", &ct)
-                    .body(Full::new(body.clone()))
-                    .unwrap();
-                let resp = client.request(req).await.expect("request");
-                let status = resp.status();
-                let text = resp.into_body().collect().await.unwrap().to_bytes();
-                assert!(
-                    status.is_success(),
-                    "{status}: {}",
-                    String::from_utf8_lossy(&text[..text.len().min(300)])
-                );
-                lat.push(t.elapsed());
-            }
-            lat
-        });
+    for c in clients {
+        tasks.spawn(c);
     }
     let mut lat = vec![];
     while let Some(l) = tasks.join_next().await {
         lat.extend(l.unwrap());
     }
     Run {
-        count: n,
+        count,
         elapsed: start.elapsed(),
         lat,
     }
+}
+
+/// `n` POSTs of `body` to `url` from `c` keep-alive clients.
+async fn load(url: &str, body: &str, content_type: &str, n: usize, c: usize) -> Run {
+    let body = Bytes::from(body.to_owned());
+    let clients = (0..c)
+        .map(|w| {
+            let (url, body, ct) = (url.to_owned(), body.clone(), content_type.to_owned());
+            let share = share(n, c, w);
+            async move {
+                let client = hyper_util::client::legacy::Client::builder(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .build_http::<Full<Bytes>>();
+                let mut lat = Vec::with_capacity(share);
+                for _ in 0..share {
+                    let t = Instant::now();
+                    let req = Request::post(&url)
+                        .header("content-type", &ct)
+                        .body(Full::new(body.clone()))
+                        .unwrap();
+                    let resp = client.request(req).await.expect("request");
+                    let status = resp.status();
+                    let text = resp.into_body().collect().await.unwrap().to_bytes();
+                    assert!(
+                        status.is_success(),
+                        "{status}: {}",
+                        String::from_utf8_lossy(&text[..text.len().min(300)])
+                    );
+                    lat.push(t.elapsed());
+                }
+                lat
+            }
+        })
+        .collect();
+    run_clients(n, clients).await
 }
 
 /// Publishes `n` 1 KiB events through Perch's bulk API, 100 per request from
@@ -552,39 +572,31 @@ async fn direct_kafka(
             .await
             .expect("warm-up produce");
     }
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for w in 0..c {
-        let (p, t, b) = (producer.clone(), topic.to_owned(), body.to_owned());
-        let share = requests / c + usize::from(w < requests % c);
-        tasks.spawn(async move {
-            let mut lat = vec![];
-            for _ in 0..share {
-                let t0 = Instant::now();
-                let pending: Vec<_> = (0..per_request)
-                    .map(|_| {
-                        p.send_result(FutureRecord::<(), _>::to(&t).payload(&b))
-                            .map_err(|(e, _)| e)
-                            .expect("enqueue")
-                    })
-                    .collect();
-                for d in pending {
-                    d.await.unwrap().map_err(|(e, _)| e).expect("produce");
+    let clients = (0..c)
+        .map(|w| {
+            let (p, t, b) = (producer.clone(), topic.to_owned(), body.to_owned());
+            let share = share(requests, c, w);
+            async move {
+                let mut lat = vec![];
+                for _ in 0..share {
+                    let t0 = Instant::now();
+                    let pending: Vec<_> = (0..per_request)
+                        .map(|_| {
+                            p.send_result(FutureRecord::<(), _>::to(&t).payload(&b))
+                                .map_err(|(e, _)| e)
+                                .expect("enqueue")
+                        })
+                        .collect();
+                    for d in pending {
+                        d.await.unwrap().map_err(|(e, _)| e).expect("produce");
+                    }
+                    lat.push(t0.elapsed());
                 }
-                lat.push(t0.elapsed());
+                lat
             }
-            lat
-        });
-    }
-    let mut lat = vec![];
-    while let Some(l) = tasks.join_next().await {
-        lat.extend(l.unwrap());
-    }
-    Run {
-        count: requests * per_request,
-        elapsed: start.elapsed(),
-        lat,
-    }
+        })
+        .collect();
+    run_clients(requests * per_request, clients).await
 }
 
 /// The same load published straight to RabbitMQ with lapin, persistent and
@@ -600,16 +612,15 @@ async fn direct_rabbit(
     let conn = lapin::Connection::connect(RABBIT_URI, lapin::ConnectionProperties::default())
         .await
         .unwrap();
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut clients = vec![];
     for w in 0..c {
         let ch = conn.create_channel().await.unwrap();
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .unwrap();
         let (t, b) = (topic.to_owned(), body.to_owned());
-        let share = requests / c + usize::from(w < requests % c);
-        tasks.spawn(async move {
+        let share = share(requests, c, w);
+        clients.push(async move {
             let mut lat = vec![];
             for _ in 0..share {
                 let t0 = Instant::now();
@@ -635,15 +646,7 @@ async fn direct_rabbit(
             lat
         });
     }
-    let mut lat = vec![];
-    while let Some(l) = tasks.join_next().await {
-        lat.extend(l.unwrap());
-    }
-    Run {
-        count: requests * per_request,
-        elapsed: start.elapsed(),
-        lat,
-    }
+    run_clients(requests * per_request, clients).await
 }
 
 type Rows = Vec<[String; 5]>;

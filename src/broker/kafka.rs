@@ -332,7 +332,6 @@ impl KafkaBroker {
             escape_headers: self.cfg.escape_headers,
             exclude: self.exclude.clone(),
             topics_changed: tokio::sync::Notify::new(),
-            resumed: tokio::sync::Notify::new(),
         });
         tokio::spawn(poll_loop(Arc::downgrade(&group)));
         tokio::spawn(apply_topics(Arc::downgrade(&group)));
@@ -555,8 +554,6 @@ struct Group {
     exclude: Option<regex::Regex>,
     /// The subscribed topic list changed.
     topics_changed: tokio::sync::Notify,
-    /// A paused partition was resumed.
-    resumed: tokio::sync::Notify,
 }
 
 /// Applies the group's topic list to the consumer, 200 ms after the last
@@ -745,7 +742,6 @@ impl GroupState {
             {
                 tracing::debug!(error = %e, "seek after resume");
             }
-            group.resumed.notify_one();
         }
         failed
     }
@@ -819,12 +815,10 @@ impl ConsumerContext for GroupContext {
 async fn poll_loop(group: Weak<Group>) {
     loop {
         let Some(g) = group.upgrade() else { return };
-        // librdkafka does not always wake a waiting receive when a paused
-        // partition resumes; a resume therefore restarts the receive.
-        let received = tokio::select! {
-            r = tokio::time::timeout(Duration::from_millis(500), g.consumer.recv()) => r,
-            _ = g.resumed.notified() => continue,
-        };
+        // The timeout lets the loop notice the group was dropped. A resumed
+        // partition needs no wake-up here: the seek after the resume starts
+        // its fetch, and the records wake the receive.
+        let received = tokio::time::timeout(Duration::from_millis(500), g.consumer.recv()).await;
         let failed = match received {
             Err(_) => vec![],
             Ok(Err(e)) => {

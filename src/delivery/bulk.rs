@@ -36,9 +36,14 @@ pub const DEFAULT_MAX_AWAIT: Duration = Duration::from_millis(1000);
 /// at about half the rate of 800) and cost memory.
 pub const MAX_WINDOW: usize = 1024;
 
+/// `maxMessagesCount`, or Dapr's default.
+fn batch_size(max_messages: Option<u32>) -> usize {
+    max_messages.map_or(DEFAULT_MAX_MESSAGES, |n| n as usize)
+}
+
 /// The broker window (unfinished messages per lane) of a bulk subscription.
 pub fn window(order: DeliveryOrder, max_in_flight: usize, max_messages: Option<u32>) -> usize {
-    let batch = max_messages.map_or(DEFAULT_MAX_MESSAGES, |n| n as usize);
+    let batch = batch_size(max_messages);
     match order {
         DeliveryOrder::None => max_in_flight
             .saturating_mul(batch)
@@ -56,8 +61,7 @@ pub fn batches_in_flight(
 ) -> usize {
     match order {
         DeliveryOrder::None => {
-            let batch = max_messages.map_or(DEFAULT_MAX_MESSAGES, |n| n as usize);
-            (window(order, max_in_flight, max_messages) / batch.max(1)).max(1)
+            (window(order, max_in_flight, max_messages) / batch_size(max_messages).max(1)).max(1)
         }
         DeliveryOrder::Partition | DeliveryOrder::Key => 1,
     }
@@ -72,11 +76,7 @@ pub async fn next_batch(
     stream: &mut DeliveryStream,
     stop: &mut watch::Receiver<bool>,
 ) -> Vec<Delivery> {
-    let max = ctx
-        .sub
-        .bulk
-        .max_messages_count
-        .map_or(DEFAULT_MAX_MESSAGES, |n| n as usize);
+    let max = batch_size(ctx.sub.bulk.max_messages_count);
     let wait = ctx
         .sub
         .bulk
