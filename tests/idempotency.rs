@@ -158,6 +158,73 @@ async fn two_sidecars_of_one_app_deliver_each_event_once_in_total(b: &Bench) -> 
     Ok(())
 }
 
+/// Rows of the inbox in state `in_progress` (claimed, not yet marked).
+fn claimed(inbox: &PgStore) -> usize {
+    let out = std::process::Command::new("psql")
+        .args([
+            PG,
+            "-Atc",
+            &format!(
+                "SELECT count(*) FROM {} WHERE state = 'in_progress'",
+                inbox.table
+            ),
+        ])
+        .output()
+        .expect("psql runs");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+async fn claims_run_ahead_while_the_app_sees_at_most_max_in_flight(b: &Bench) -> TestResult {
+    let inbox = PgStore::new();
+    let dir = dir_for(
+        b,
+        &inbox,
+        &[("maxInFlight", "2"), ("deliveryOrder", "none")],
+    );
+    let mut app = TestApp::start_slow(
+        None,
+        Duration::from_millis(300),
+        Arc::new(|_| (200, String::new())),
+    )
+    .await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let topic = b.topic("orders");
+    for n in 0..12u64 {
+        assert_eq!(
+            publish_event(&sc, &topic, &format!("evt-{n}"), n).await,
+            204
+        );
+    }
+    // The store claims what the broker handed out while the app works
+    // through two at a time.
+    let mut most_claimed = 0;
+    let mut ids = BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while ids.len() < 12 && std::time::Instant::now() < deadline {
+        most_claimed = most_claimed.max(claimed(&inbox));
+        if let Ok(r) = app.next(1).await {
+            assert!(
+                ids.insert(r.json()["id"].as_str().unwrap().to_owned()),
+                "delivered once"
+            );
+        }
+    }
+    assert_eq!(ids.len(), 12, "every event arrives");
+    assert_eq!(
+        app.max_concurrent.load(Ordering::SeqCst),
+        2,
+        "the app never has more than maxInFlight requests open"
+    );
+    assert!(
+        most_claimed > 2,
+        "claims ran ahead of the app's window (at most {most_claimed} claimed at once)"
+    );
+    Ok(())
+}
+
 macro_rules! suite {
     ($module:ident, $backend:expr) => {
         mod $module {
@@ -165,7 +232,8 @@ macro_rules! suite {
             suite!(@tests $backend;
                 the_same_event_published_three_times_arrives_once,
                 retry_twice_then_success_is_seen_three_times_and_never_again,
-                two_sidecars_of_one_app_deliver_each_event_once_in_total);
+                two_sidecars_of_one_app_deliver_each_event_once_in_total,
+                claims_run_ahead_while_the_app_sees_at_most_max_in_flight);
         }
     };
     (@tests $backend:expr; $($name:ident),*) => {

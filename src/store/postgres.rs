@@ -123,6 +123,25 @@ impl Shared {
         StoreError(format!("store {}: {e}", self.name))
     }
 
+    /// Runs `sql` as a statement prepared once per connection (the cache is
+    /// the pooled connection's): one round trip per call instead of a
+    /// prepare and an execute.
+    async fn rows(
+        &self,
+        client: &deadpool_postgres::Client,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let statement = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| self.error(e))?;
+        client
+            .query(&statement, params)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
     /// A pooled connection with the schema in place.
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
         let client = self.pool.get().await.map_err(|e| self.error(e))?;
@@ -150,8 +169,9 @@ impl Shared {
         let ids: Vec<&str> = unique.iter().map(|k| k.msg_key.as_str()).collect();
         let lease = self.lease.as_secs_f64();
         let t = &self.table;
-        let claimed = client
-            .query(
+        let claimed = self
+            .rows(
+                &client,
                 &format!(
                     "INSERT INTO {t} AS i (subscriber, msg_key, state, lease_owner, lease_until)
                      SELECT s, k, 'in_progress', $3::text::uuid, now() + make_interval(secs => $4)
@@ -165,16 +185,16 @@ impl Shared {
                 ),
                 &[&subs, &ids, &self.owner_text, &lease],
             )
-            .await
-            .map_err(|e| self.error(e))?;
+            .await?;
         let mut owned: HashMap<(String, String), i32> = claimed
             .iter()
             .map(|r| ((r.get(0), r.get(1)), r.get(2)))
             .collect();
         let mut states: HashMap<(String, String), String> = HashMap::new();
         if owned.len() < unique.len() {
-            let rows = client
-                .query(
+            let rows = self
+                .rows(
+                    &client,
                     &format!(
                         "SELECT i.subscriber, i.msg_key, i.state FROM {t} i
                            JOIN UNNEST($1::text[], $2::text[]) AS u(s, k)
@@ -182,8 +202,7 @@ impl Shared {
                     ),
                     &[&subs, &ids],
                 )
-                .await
-                .map_err(|e| self.error(e))?;
+                .await?;
             states = rows
                 .iter()
                 .map(|r| ((r.get(0), r.get(1)), r.get(2)))
@@ -219,8 +238,9 @@ impl Shared {
             Finish::Dead => "dead",
         };
         let t = &self.table;
-        let rows = client
-            .query(
+        let rows = self
+            .rows(
+                &client,
                 &format!(
                     "UPDATE {t} AS i SET state = $4, done_at = now()
                        FROM UNNEST($1::text[], $2::text[]) AS u(s, k)
@@ -230,8 +250,7 @@ impl Shared {
                 ),
                 &[&subs, &ids, &self.owner_text, &state],
             )
-            .await
-            .map_err(|e| self.error(e))?;
+            .await?;
         self.healthy.store(true, Ordering::Release);
         let marked: BTreeSet<(String, String)> =
             rows.iter().map(|r| (r.get(0), r.get(1))).collect();
@@ -259,18 +278,17 @@ impl Shared {
             self.lease.as_secs_f64()
         };
         let t = &self.table;
-        client
-            .execute(
-                &format!(
-                    "UPDATE {t} AS i SET lease_until = now() + make_interval(secs => $4)
+        self.rows(
+            &client,
+            &format!(
+                "UPDATE {t} AS i SET lease_until = now() + make_interval(secs => $4)
                        FROM UNNEST($1::text[], $2::text[]) AS u(s, k)
                       WHERE i.subscriber = u.s AND i.msg_key = u.k
                         AND i.lease_owner = $3::text::uuid AND i.state = 'in_progress'"
-                ),
-                &[&subs, &ids, &self.owner_text, &secs],
-            )
-            .await
-            .map_err(|e| self.error(e))?;
+            ),
+            &[&subs, &ids, &self.owner_text, &secs],
+        )
+        .await?;
         Ok(())
     }
 
@@ -551,8 +569,9 @@ impl Store for PostgresStore {
         Box::pin(async move {
             let s = &self.shared;
             let client = s.client().await?;
-            let rows = client
-                .query(
+            let rows = s
+                .rows(
+                    &client,
                     &format!(
                         "SELECT id, topic, data, content_type, metadata FROM {}
                           WHERE pubsub = $1 ORDER BY id LIMIT $2",
@@ -560,8 +579,7 @@ impl Store for PostgresStore {
                     ),
                     &[&pubsub, &(limit as i64)],
                 )
-                .await
-                .map_err(|e| s.error(e))?;
+                .await?;
             Ok(rows
                 .iter()
                 .map(|r| {
