@@ -649,6 +649,89 @@ async fn direct_rabbit(
     run_clients(requests * per_request, clients).await
 }
 
+/// RabbitMQ's own drain rate with no app in the way: lapin consumes a
+/// backlog of `n` persistent 1 KiB messages from a durable queue with
+/// prefetch 64, acknowledging each message (`every` = 1) or every `every`
+/// messages at once (`multiple`).
+async fn direct_rabbit_drain(n: usize, every: usize) -> f64 {
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    };
+    use lapin::types::FieldTable;
+    let conn = lapin::Connection::connect(RABBIT_URI, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let queue = format!("bench-drain-{}", uuid::Uuid::new_v4().simple());
+    let ch = conn.create_channel().await.unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.as_str().into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let body = payload();
+    for chunk in 0..n.div_ceil(500) {
+        let mut pending = vec![];
+        for _ in 0..500.min(n - chunk * 500) {
+            pending.push(
+                ch.basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    lapin::BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        for p in pending {
+            p.await.unwrap();
+        }
+    }
+    let consumer_ch = conn.create_channel().await.unwrap();
+    consumer_ch
+        .basic_qos(64, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = consumer_ch
+        .basic_consume(
+            queue.as_str().into(),
+            "drain".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for got in 1..=n {
+        let d = std::future::poll_fn(|cx| {
+            futures_core::Stream::poll_next(std::pin::Pin::new(&mut consumer), cx)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        if got % every == 0 || got == n {
+            d.acker
+                .ack(BasicAckOptions {
+                    multiple: every > 1,
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let _ = ch
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    rate
+}
+
 type Rows = Vec<[String; 5]>;
 
 fn row(rows: &mut Rows, what: String, perch: String, base: String, ratio: String, note: String) {
@@ -907,6 +990,27 @@ async fn main() {
                     one.peak_rss_kib.max(bulk.peak_rss_kib) / 1024
                 ),
             );
+            if matches!(t, Target::Backend(Backend::Rabbit)) {
+                // The broker's own ceiling, with no HTTP and no app.
+                let each = direct_rabbit_drain(n, 1).await;
+                let batched = direct_rabbit_drain(n, 32).await;
+                row(
+                    &mut rows,
+                    format!(
+                        "RabbitMQ drain with no app: lapin consumes a backlog of {n} x 1 KiB, prefetch 64"
+                    ),
+                    format!("Perch {:.0}/s; bulk {:.0}/s", one.rate, bulk.rate),
+                    format!(
+                        "ack each {each:.0}/s; one multiple ack per 32 {batched:.0}/s"
+                    ),
+                    format!(
+                        "{:.2}x; bulk {:.2}x the ack-each drain",
+                        one.rate / each,
+                        bulk.rate / each
+                    ),
+                    "".into(),
+                );
+            }
         }
     }
     if want("latency") {
@@ -934,6 +1038,9 @@ async fn main() {
     }
     if want("idempotency") {
         for b in [Backend::Memory, Backend::Rabbit] {
+            if !backends.contains(&b) {
+                continue;
+            }
             let pg = PgStore::new();
             // Default leases (5 m), durable commits; then the same with
             // synchronous_commit off through the connection string.

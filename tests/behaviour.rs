@@ -635,6 +635,88 @@ async fn shutdown_leaves_unfinished_messages_for_redelivery(b: &Bench) -> TestRe
     Ok(())
 }
 
+/// Graceful shutdown (durable brokers only): a delivery the app answers
+/// within the grace period is acknowledged before the sidecar exits, so the
+/// next sidecar of the same app does not receive it again.
+async fn shutdown_acknowledges_what_finishes_in_the_grace_period(b: &Bench) -> TestResult {
+    let dir = resources(&[
+        ("pubsub.yaml", &b.pubsub(&[])),
+        ("s.yaml", &b.subscription("s", "orders", "/orders")),
+    ]);
+    let mut slow = TestApp::start_slow(
+        None,
+        Duration::from_millis(1500),
+        Arc::new(|_| (200, String::new())),
+    )
+    .await;
+    let mut sc = Sidecar::start(
+        dir.path(),
+        Some(slow.port),
+        &[],
+        &["--dapr-graceful-shutdown-seconds", "10"],
+    )
+    .await;
+    assert_eq!(publish(&sc, b, "orders", "", r#"{"n":7}"#).await, 204);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while slow.max_concurrent.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The app holds the request for 1.5 s; shut down while it does.
+    sc.call("POST", "/v1.0/shutdown", &[], "").await?;
+    assert_eq!(slow.next(10).await?.json()["data"]["n"], 7);
+    let status = tokio::time::timeout(Duration::from_secs(15), sc.child.wait()).await??;
+    assert!(status.success());
+    let mut app = TestApp::ok(None).await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    assert_eq!(publish(&sc, b, "orders", "", r#"{"n":8}"#).await, 204);
+    let r = app.next(30).await?;
+    assert_eq!(
+        r.json()["data"]["n"],
+        8,
+        "the message answered during the grace period was not redelivered"
+    );
+    Ok(())
+}
+
+/// With `deliveryOrder: none`, a message the app never answers keeps one
+/// place of the window; the others keep flowing through the rest (their
+/// acknowledgements are not held behind it).
+async fn a_stuck_message_does_not_hold_back_the_others(b: &Bench) -> TestResult {
+    let pubsub = b.pubsub(&[("deliveryOrder", "none"), ("maxInFlight", "3")]);
+    let dir = resources(&[
+        ("pubsub.yaml", &pubsub),
+        ("s.yaml", &b.subscription("s", "orders", "/orders")),
+    ]);
+    let mut app = TestApp::start(
+        None,
+        Arc::new(|r| {
+            if r.json()["data"]["n"] == 0 {
+                (0, String::new())
+            } else {
+                (200, String::new())
+            }
+        }),
+    )
+    .await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    for n in 0..12 {
+        assert_eq!(
+            publish(&sc, b, "orders", "", &format!(r#"{{"n":{n}}}"#)).await,
+            204
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..12 {
+        seen.insert(app.next(30).await?.json()["data"]["n"].as_u64().unwrap());
+    }
+    assert_eq!(
+        seen.len(),
+        12,
+        "all twelve delivered while n=0 is stuck: {seen:?}"
+    );
+    Ok(())
+}
+
 /// Instantiates the suite for one backend: `suite!(module, Backend, [extra
 /// behaviours only this kind of broker has])`.
 macro_rules! suite {
@@ -655,7 +737,8 @@ macro_rules! suite {
                 raw_payload_subscription_gets_dapr_raw_envelope,
                 bulk_subscribe_batches_per_route_with_per_entry_statuses,
                 failing_app_still_gets_everything_in_order,
-                two_subscriptions_each_receive_their_own_topic
+                two_subscriptions_each_receive_their_own_topic,
+                a_stuck_message_does_not_hold_back_the_others
                 $(, $extra)*
             );
         }
@@ -674,10 +757,16 @@ suite!(memory, Backend::Memory, []);
 suite!(
     kafka,
     Backend::Kafka,
-    [shutdown_leaves_unfinished_messages_for_redelivery]
+    [
+        shutdown_leaves_unfinished_messages_for_redelivery,
+        shutdown_acknowledges_what_finishes_in_the_grace_period
+    ]
 );
 suite!(
     rabbitmq,
     Backend::Rabbit,
-    [shutdown_leaves_unfinished_messages_for_redelivery]
+    [
+        shutdown_leaves_unfinished_messages_for_redelivery,
+        shutdown_acknowledges_what_finishes_in_the_grace_period
+    ]
 );

@@ -17,14 +17,16 @@
 //! headers; `routingKey`, `priority`, `ttlInSeconds`, `messageID`,
 //! `correlationID`, `type` and `contentType` map onto AMQP properties.
 //!
-//! **Consume**: manual acks, each delivery acked when finished (in any
-//! order); prefetch = the in-flight window (`maxInFlight`) unless
+//! **Consume**: manual acks, each delivery settled when finished (in any
+//! order) through the consume loop, which sends what finished below the
+//! oldest unfinished delivery as one `multiple` ack and the rest one by one;
+//! prefetch = the in-flight window (`maxInFlight`) unless
 //! `prefetchCount` is set; a nack requeues (the sidecar owns retries; there
 //! is no requeue loop). The subscription's dead-letter topic gets its
 //! exchange and a durable queue `{consumerID}-{dead-letter topic}` declared
 //! with the subscription, so dead letters are kept before anyone subscribes.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -584,13 +586,36 @@ async fn consume_once(
     if let Some(d) = declared.take() {
         let _ = d.send(());
     }
+    // Deliveries are settled through this loop, which coalesces acks: what
+    // finished below the oldest unfinished delivery goes in one `multiple`
+    // ack, the rest one by one (a slow message never holds others' acks).
+    let (settle, mut settled) = mpsc::unbounded_channel::<(u64, bool)>();
+    let mut unsettled = BTreeSet::new();
+    let mut closing = false;
     loop {
         let next = tokio::select! {
-            d = std::future::poll_fn(|cx| futures_core::Stream::poll_next(std::pin::Pin::new(&mut consumer), cx)) => d,
-            _ = tx.closed() => {
+            d = std::future::poll_fn(|cx| futures_core::Stream::poll_next(std::pin::Pin::new(&mut consumer), cx)), if !closing => d,
+            Some(first) = settled.recv() => {
+                let mut batch = vec![first];
+                while let Ok(more) = settled.try_recv() {
+                    batch.push(more);
+                }
+                settle_batch(&ch, &mut unsettled, batch).await.map_err(e)?;
+                if closing && unsettled.is_empty() {
+                    let _ = ch.close(200, "subscription closed".into()).await;
+                    return Ok(());
+                }
+                continue;
+            }
+            _ = tx.closed(), if !closing => {
+                // No more deliveries; those handed out are settled first.
                 let _ = ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-                let _ = ch.close(200, "subscription closed".into()).await;
-                return Ok(());
+                closing = true;
+                if unsettled.is_empty() {
+                    let _ = ch.close(200, "subscription closed".into()).await;
+                    return Ok(());
+                }
+                continue;
             }
         };
         let d = match next {
@@ -598,6 +623,7 @@ async fn consume_once(
             Some(Err(err)) => return Err(err.to_string()),
             None => return Err("consumer ended".into()),
         };
+        unsettled.insert(d.delivery_tag);
         let delivery = Delivery {
             topic: req.topic.clone(),
             data: Bytes::from(d.data),
@@ -606,13 +632,55 @@ async fn consume_once(
             lane: 0,
             owned: None,
             ack: Box::new(RabbitAck {
-                acker: Some(d.acker),
+                tag: d.delivery_tag,
+                settle: Some(settle.clone()),
             }),
         };
-        if tx.send(delivery).is_err() {
-            return Ok(());
+        if let Err(unsent) = tx.send(delivery) {
+            // The subscription is gone; the dropped delivery nacks itself.
+            drop(unsent);
         }
     }
+}
+
+/// Sends the acks and nacks of finished deliveries (`true`: ack). Nacks go
+/// first, one by one; then the acks below the oldest unsettled delivery as
+/// one `multiple` ack (every tag at or below it is finished), and the
+/// others one by one.
+async fn settle_batch(
+    ch: &Channel,
+    unsettled: &mut BTreeSet<u64>,
+    batch: Vec<(u64, bool)>,
+) -> Result<(), lapin::Error> {
+    let mut acks = Vec::with_capacity(batch.len());
+    for (tag, ack) in batch {
+        unsettled.remove(&tag);
+        if ack {
+            acks.push(tag);
+        } else {
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            };
+            ch.basic_nack(tag, requeue).await?;
+        }
+    }
+    acks.sort_unstable();
+    let oldest = unsettled.first().copied().unwrap_or(u64::MAX);
+    let below = acks.partition_point(|t| *t < oldest);
+    if let Some(&last) = acks[..below].last() {
+        ch.basic_ack(
+            last,
+            BasicAckOptions {
+                multiple: below > 1,
+            },
+        )
+        .await?;
+    }
+    for &tag in &acks[below..] {
+        ch.basic_ack(tag, BasicAckOptions::default()).await?;
+    }
+    Ok(())
 }
 
 async fn declare_queue(
@@ -741,52 +809,37 @@ fn value_text(v: &AMQPValue) -> Option<String> {
     })
 }
 
+/// Settles one delivery through its subscription's consume loop.
 struct RabbitAck {
-    acker: Option<lapin::Acker>,
+    tag: u64,
+    settle: Option<mpsc::UnboundedSender<(u64, bool)>>,
+}
+
+impl RabbitAck {
+    fn send(&mut self, ack: bool) {
+        if let Some(settle) = self.settle.take() {
+            // A closed loop means a closed channel: the message is already
+            // back in the queue.
+            let _ = settle.send((self.tag, ack));
+        }
+    }
 }
 
 impl AckHandle for RabbitAck {
     fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BrokerError>> {
-        let acker = self.acker.take();
-        Box::pin(async move {
-            if let Some(a) = acker {
-                // A closed channel already returned the message to the queue.
-                a.ack(BasicAckOptions::default())
-                    .await
-                    .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-            }
-            Ok(())
-        })
+        self.send(true);
+        Box::pin(async { Ok(()) })
     }
 
     fn nack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BrokerError>> {
-        let acker = self.acker.take();
-        Box::pin(async move {
-            if let Some(a) = acker {
-                a.nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-            }
-            Ok(())
-        })
+        self.send(false);
+        Box::pin(async { Ok(()) })
     }
 }
 
 impl Drop for RabbitAck {
     fn drop(&mut self) {
         // Unfinished: back to the queue now (or when the channel closes).
-        if let (Some(a), Ok(rt)) = (self.acker.take(), tokio::runtime::Handle::try_current()) {
-            rt.spawn(async move {
-                let _ = a
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
-            });
-        }
+        self.send(false);
     }
 }
