@@ -481,6 +481,8 @@ spec:
         assert_eq!(req["type"], "com.dapr.event.sent.bulk");
         assert_eq!(req["topic"], b.topic("orders"));
         assert_eq!(req["metadata"]["pubsubName"], "pubsub");
+        assert_eq!(req["pubsubname"], "pubsub");
+        assert!(req["id"].as_str().is_some_and(|id| !id.is_empty()));
         let entries = req["entries"].as_array().unwrap();
         assert!(
             (1..=4).contains(&entries.len()),

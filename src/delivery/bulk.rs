@@ -18,7 +18,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Map};
 use tokio::sync::watch;
 
 use super::retry::{self, Attempt, RetryEnd};
@@ -231,40 +231,54 @@ async fn deliver_group(
     }
 }
 
-/// The Dapr bulk request for the pending entries.
+/// The Dapr bulk request for the pending entries. Written by hand so that
+/// each CloudEvent goes in as the broker's bytes (already checked to be a
+/// JSON object by `prepare`) instead of being parsed into a map again and
+/// re-serialised; keys in Go's sorted order, as daprd writes them.
 fn request_body(ctx: &SubCtx, entries: &BTreeMap<String, Ready>) -> Bytes {
-    let items: Vec<Value> = entries
-        .iter()
-        .map(|(id, r)| {
-            let (event, content_type) = if ctx.raw {
-                (
-                    Value::String(
-                        base64::engine::general_purpose::STANDARD.encode(&r.delivery.data),
-                    ),
-                    "application/octet-stream",
-                )
-            } else {
-                (
-                    Value::Object(r.event.clone()),
-                    crate::cloudevents::CLOUDEVENT_CONTENT_TYPE,
-                )
-            };
-            let mut md = r.delivery.metadata.clone();
-            md.remove("pubsubName");
-            json!({"entryId": id, "event": event, "metadata": md, "contentType": content_type})
-        })
-        .collect();
-    let mut req = Map::new();
-    req.insert("id".into(), uuid::Uuid::new_v4().to_string().into());
-    req.insert("type".into(), "com.dapr.event.sent.bulk".into());
-    req.insert("topic".into(), ctx.sub.topic.clone().into());
-    req.insert("pubsubname".into(), ctx.sub.pubsubname.clone().into());
-    req.insert(
+    use crate::util::to_go_json;
+    let size: usize = entries.values().map(|r| r.body.len() + 256).sum();
+    let mut out = Vec::with_capacity(size + 256);
+    out.extend_from_slice(b"{\"entries\":[");
+    for (n, (id, r)) in entries.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        let content_type = if ctx.raw {
+            "application/octet-stream"
+        } else {
+            crate::cloudevents::CLOUDEVENT_CONTENT_TYPE
+        };
+        out.extend_from_slice(b"{\"contentType\":");
+        out.extend_from_slice(&to_go_json(content_type));
+        out.extend_from_slice(b",\"entryId\":");
+        out.extend_from_slice(&to_go_json(id));
+        out.extend_from_slice(b",\"event\":");
+        if ctx.raw {
+            let data = base64::engine::general_purpose::STANDARD.encode(&r.delivery.data);
+            out.extend_from_slice(&to_go_json(&data));
+        } else {
+            out.extend_from_slice(&r.body);
+        }
+        let mut md = r.delivery.metadata.clone();
+        md.remove("pubsubName");
+        out.extend_from_slice(b",\"metadata\":");
+        out.extend_from_slice(&to_go_json(&md));
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"],");
+    let mut rest = Map::new();
+    rest.insert("id".into(), uuid::Uuid::new_v4().to_string().into());
+    rest.insert("type".into(), "com.dapr.event.sent.bulk".into());
+    rest.insert("topic".into(), ctx.sub.topic.clone().into());
+    rest.insert("pubsubname".into(), ctx.sub.pubsubname.clone().into());
+    rest.insert(
         "metadata".into(),
         json!({"pubsubName": ctx.sub.pubsubname.clone()}),
     );
-    req.insert("entries".into(), Value::Array(items));
-    Bytes::from(crate::util::to_go_json(&req))
+    // `{"id":...}` without its opening brace closes the request.
+    out.extend_from_slice(&to_go_json(&rest)[1..]);
+    Bytes::from(out)
 }
 
 /// Applies the app's answer to the pending entries. Returns the entries
