@@ -618,7 +618,7 @@ async fn direct_rabbit(
     per_request: usize,
     c: usize,
 ) -> Run {
-    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::options::ConfirmSelectOptions;
     let conn = lapin::Connection::connect(RABBIT_URI, lapin::ConnectionProperties::default())
         .await
         .unwrap();
@@ -634,23 +634,7 @@ async fn direct_rabbit(
             let mut lat = vec![];
             for _ in 0..share {
                 let t0 = Instant::now();
-                let mut pending = Vec::with_capacity(per_request);
-                for _ in 0..per_request {
-                    pending.push(
-                        ch.basic_publish(
-                            t.as_str().into(),
-                            "".into(),
-                            BasicPublishOptions::default(),
-                            b.as_bytes(),
-                            lapin::BasicProperties::default().with_delivery_mode(2),
-                        )
-                        .await
-                        .unwrap(),
-                    );
-                }
-                for p in pending {
-                    p.await.unwrap();
-                }
+                publish_confirmed(&ch, &t, "", &b, per_request).await;
                 lat.push(t0.elapsed());
             }
             lat
@@ -659,14 +643,42 @@ async fn direct_rabbit(
     run_clients(requests * per_request, clients).await
 }
 
+/// Publishes `n` persistent copies of `body` on a confirm channel, then
+/// awaits their confirms.
+async fn publish_confirmed(
+    ch: &lapin::Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &str,
+    n: usize,
+) {
+    let mut pending = Vec::with_capacity(n);
+    for _ in 0..n {
+        pending.push(
+            ch.basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                lapin::options::BasicPublishOptions::default(),
+                body.as_bytes(),
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for p in pending {
+        p.await.unwrap();
+    }
+}
+
 /// RabbitMQ's own drain rate with no app in the way: lapin consumes a
 /// backlog of `n` persistent 1 KiB messages from a durable queue with
 /// prefetch 64, acknowledging each message (`every` = 1) or every `every`
 /// messages at once (`multiple`).
 async fn direct_rabbit_drain(n: usize, every: usize) -> f64 {
     use lapin::options::{
-        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
     };
     use lapin::types::FieldTable;
     let conn = lapin::Connection::connect(RABBIT_URI, lapin::ConnectionProperties::default())
@@ -686,23 +698,7 @@ async fn direct_rabbit_drain(n: usize, every: usize) -> f64 {
         .unwrap();
     let body = payload();
     for chunk in 0..n.div_ceil(500) {
-        let mut pending = vec![];
-        for _ in 0..500.min(n - chunk * 500) {
-            pending.push(
-                ch.basic_publish(
-                    "".into(),
-                    queue.as_str().into(),
-                    BasicPublishOptions::default(),
-                    body.as_bytes(),
-                    lapin::BasicProperties::default().with_delivery_mode(2),
-                )
-                .await
-                .unwrap(),
-            );
-        }
-        for p in pending {
-            p.await.unwrap();
-        }
+        publish_confirmed(&ch, "", &queue, &body, 500.min(n - chunk * 500)).await;
     }
     let consumer_ch = conn.create_channel().await.unwrap();
     consumer_ch

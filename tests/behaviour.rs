@@ -323,12 +323,18 @@ async fn bulk_batches_run_concurrently_only_without_ordering(b: &Bench) -> TestR
     Ok(())
 }
 
-async fn in_flight_window_is_respected(b: &Bench) -> TestResult {
+/// A pubsub with `deliveryOrder: none` and `maxInFlight: 3`, and a
+/// subscription to `orders` on `/orders`.
+fn window_of_three(b: &Bench) -> tempfile::TempDir {
     let pubsub = b.pubsub(&[("deliveryOrder", "none"), ("maxInFlight", "3")]);
-    let dir = resources(&[
+    resources(&[
         ("pubsub.yaml", &pubsub),
         ("s.yaml", &b.subscription("s", "orders", "/orders")),
-    ]);
+    ])
+}
+
+async fn in_flight_window_is_respected(b: &Bench) -> TestResult {
+    let dir = window_of_three(b);
     // The app never answers: every delivery it receives stays in flight.
     let mut app = TestApp::start(None, Arc::new(|_| (0, String::new()))).await;
     let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
@@ -684,11 +690,7 @@ async fn shutdown_acknowledges_what_finishes_in_the_grace_period(b: &Bench) -> T
 /// place of the window; the others keep flowing through the rest (their
 /// acknowledgements are not held behind it).
 async fn a_stuck_message_does_not_hold_back_the_others(b: &Bench) -> TestResult {
-    let pubsub = b.pubsub(&[("deliveryOrder", "none"), ("maxInFlight", "3")]);
-    let dir = resources(&[
-        ("pubsub.yaml", &pubsub),
-        ("s.yaml", &b.subscription("s", "orders", "/orders")),
-    ]);
+    let dir = window_of_three(b);
     let mut app = TestApp::start(
         None,
         Arc::new(|r| {
