@@ -10,7 +10,9 @@
 //! runs some sections only, `PERCH_BENCH_BROKERS=Memory,Kafka,Rabbit` some
 //! brokers only; `PERCH_BENCH_SOAK_SECS` sets the length of the
 //! sustained run that samples RSS (default 60 s in full mode; DESIGN.md
-//! asks for a 10-minute soak: `PERCH_BENCH_SOAK_SECS=600`).
+//! asks for a 10-minute soak: `PERCH_BENCH_SOAK_SECS=600`);
+//! `PERCH_BENCH_BACKLOG` sets the in-memory and RabbitMQ delivery backlog
+//! (default 20000; larger makes a drain long enough to profile).
 //!
 //! Every delivery row drains a backlog that is already in the broker: the
 //! app holds the first requests until the backlog is published, and the
@@ -905,7 +907,10 @@ async fn main() {
     let s = if full {
         Sizes {
             publish: 5000,
-            deliver: 20000,
+            deliver: std::env::var("PERCH_BENCH_BACKLOG")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(20000),
             deliver_tansu: 1000,
             deliver_mock: 3000,
             ordered: 400,
