@@ -235,12 +235,7 @@ async fn run_ordering(
         ("pubsub.yaml", &pubsub),
         ("s.yaml", &b.subscription("s", "orders", "/orders")),
     ]);
-    let mut app = TestApp::start_slow(
-        None,
-        Duration::from_millis(20),
-        Arc::new(|_| (200, String::new())),
-    )
-    .await;
+    let mut app = TestApp::acking_after(Duration::from_millis(20)).await;
     let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
     for seq in 0..8u64 {
         for key in 0..3u64 {
@@ -651,12 +646,7 @@ async fn shutdown_acknowledges_what_finishes_in_the_grace_period(b: &Bench) -> T
         ("pubsub.yaml", &b.pubsub(&[])),
         ("s.yaml", &b.subscription("s", "orders", "/orders")),
     ]);
-    let mut slow = TestApp::start_slow(
-        None,
-        Duration::from_millis(1500),
-        Arc::new(|_| (200, String::new())),
-    )
-    .await;
+    let mut slow = TestApp::acking_after(Duration::from_millis(1500)).await;
     let mut sc = Sidecar::start(
         dir.path(),
         Some(slow.port),

@@ -184,12 +184,7 @@ async fn claims_run_ahead_while_the_app_sees_at_most_max_in_flight(b: &Bench) ->
         &inbox,
         &[("maxInFlight", "2"), ("deliveryOrder", "none")],
     );
-    let mut app = TestApp::start_slow(
-        None,
-        Duration::from_millis(300),
-        Arc::new(|_| (200, String::new())),
-    )
-    .await;
+    let mut app = TestApp::acking_after(Duration::from_millis(300)).await;
     let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
     let topic = b.topic("orders");
     for n in 0..12u64 {

@@ -114,12 +114,7 @@ async fn drain_with(
     let seqs: Vec<(u64, String)> = (0..200).map(|s| (s, format!("k{}", s % 20))).collect();
     publish_seqs(&publisher, &topic, &seqs).await?;
     drop(publisher);
-    let mut app = TestApp::start_slow(
-        None,
-        Duration::from_millis(5),
-        Arc::new(|_| (200, String::new())),
-    )
-    .await;
+    let mut app = TestApp::acking_after(Duration::from_millis(5)).await;
     let _sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
     // Timed from the first delivery: group join is not the engine's speed.
     let first = app.next(30).await?;
@@ -191,12 +186,7 @@ async fn sigkill_mid_stream_then_restart_loses_nothing() -> TestResult {
         ("pubsub.yaml", &pubsub),
         ("s.yaml", &subscription("s", &topic, "/orders")),
     ]);
-    let mut app = TestApp::start_slow(
-        None,
-        Duration::from_millis(3),
-        Arc::new(|_| (200, String::new())),
-    )
-    .await;
+    let mut app = TestApp::acking_after(Duration::from_millis(3)).await;
     let mut sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
     let seqs: Vec<(u64, String)> = (0..600).map(|s| (s, format!("k{}", s % 7))).collect();
     publish_seqs(&sc, &topic, &seqs).await?;

@@ -131,6 +131,11 @@ impl TestApp {
         }
     }
 
+    /// An app that answers 200 to every event after `delay`.
+    pub async fn acking_after(delay: Duration) -> Self {
+        Self::start_slow(None, delay, Arc::new(|_| (200, String::new()))).await
+    }
+
     /// An app that answers SUCCESS to everything.
     pub async fn ok(subscribe: Option<serde_json::Value>) -> Self {
         Self::start(
