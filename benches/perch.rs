@@ -756,7 +756,12 @@ async fn publish_rows(b: Backend, s: &Sizes, rows: &mut Rows) {
     // Warm up (topic creation, connections).
     load(&url, &body, "application/json", 20, 2).await;
     let c = s.concurrency;
+    let pid = sc.child.id().unwrap();
+    // Perch's CPU seconds per 10 000 messages over a run of `n`.
+    let cpu_per_10k = |cpu0: f64, n: usize| (proc_stats(pid).1 - cpu0) * 10000.0 / n as f64;
+    let cpu0 = proc_stats(pid).1;
     let perch = load(&url, &body, "application/json", s.publish, c).await;
+    let cpu = cpu_per_10k(cpu0, s.publish);
     let direct = match b {
         Backend::Kafka => Some(direct_kafka(&topic, &body, s.publish, 1, c).await),
         Backend::Rabbit => Some(direct_rabbit(&topic, &body, s.publish, 1, c).await),
@@ -766,9 +771,16 @@ async fn publish_rows(b: Backend, s: &Sizes, rows: &mut Rows) {
         Some(d) => (
             format!("direct {}", d.summary("msgs")),
             format!("{:.2}x", perch.rate() / d.rate()),
-            format!("p99 added {:.2} ms", perch.pct(0.99) - d.pct(0.99)),
+            format!(
+                "p99 added {:.2} ms; Perch {cpu:.2} CPU s per 10k",
+                perch.pct(0.99) - d.pct(0.99)
+            ),
         ),
-        None => ("n/a (no external broker)".into(), "".into(), "".into()),
+        None => (
+            "n/a (no external broker)".into(),
+            "".into(),
+            format!("Perch {cpu:.2} CPU s per 10k"),
+        ),
     };
     row(
         rows,
@@ -785,7 +797,9 @@ async fn publish_rows(b: Backend, s: &Sizes, rows: &mut Rows) {
     let bulk_url = sc.url(&format!("/v1.0-alpha1/publish/bulk/pubsub/{topic}"));
     let reqs = (s.publish * 2 / 100).max(c);
     let bulk_body = serde_json::Value::Array(entries).to_string();
+    let cpu0 = proc_stats(pid).1;
     let bulk = load(&bulk_url, &bulk_body, "application/json", reqs, c).await;
+    let bulk_cpu = cpu_per_10k(cpu0, reqs * 100);
     let bulk = Run {
         count: reqs * 100,
         ..bulk
@@ -808,7 +822,10 @@ async fn publish_rows(b: Backend, s: &Sizes, rows: &mut Rows) {
         format!("{} (per request)", bulk.summary("msgs")),
         base,
         ratio,
-        format!("{:.1}x single publish", bulk.rate() / perch.rate()),
+        format!(
+            "{:.1}x single publish; Perch {bulk_cpu:.2} CPU s per 10k",
+            bulk.rate() / perch.rate()
+        ),
     );
 }
 
