@@ -92,7 +92,8 @@ impl serde_json::ser::Formatter for GoFormatter {
         writer: &mut W,
         fragment: &str,
     ) -> std::io::Result<()> {
-        // A byte scan (no UTF-8 decoding): the hottest code of a delivery.
+        // A byte scan (no UTF-8 decoding): this runs over every published
+        // payload.
         // U+2028 and U+2029 are E2 80 A8 and E2 80 A9.
         let bytes = fragment.as_bytes();
         let (mut start, mut i) = (0, 0);

@@ -491,6 +491,11 @@ spec:
         );
         for e in entries {
             assert_eq!(e["contentType"], "application/cloudevents+json");
+            assert!(
+                e["metadata"].is_object() && e["metadata"].get("pubsubName").is_none(),
+                "entry metadata is an object; pubsubName is the request's: {}",
+                e["metadata"]
+            );
             let kind = e["event"]["data"]["kind"].as_str().unwrap();
             assert_eq!(format!("/{kind}"), r.path, "one request per route path");
             *delivered
@@ -656,7 +661,11 @@ async fn shutdown_acknowledges_what_finishes_in_the_grace_period(b: &Bench) -> T
     .await;
     assert_eq!(publish(&sc, b, "orders", "", r#"{"n":7}"#).await, 204);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while slow.max_concurrent.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+    while slow.max_concurrent.load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the app never received the event"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The app holds the request for 1.5 s; shut down while it does.

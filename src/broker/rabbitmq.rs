@@ -636,10 +636,9 @@ async fn consume_once(
                 settle: Some(settle.clone()),
             }),
         };
-        if let Err(unsent) = tx.send(delivery) {
-            // The subscription is gone; the dropped delivery nacks itself.
-            drop(unsent);
-        }
+        // A subscription that is gone drops the delivery, which nacks
+        // itself; the loop then sees `tx` closed.
+        let _ = tx.send(delivery);
     }
 }
 

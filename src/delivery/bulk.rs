@@ -27,7 +27,7 @@ use crate::broker::{Delivery, DeliveryStream};
 use crate::config::DeliveryOrder;
 
 /// Dapr's default batcher limits.
-pub const DEFAULT_MAX_MESSAGES: usize = 100;
+const DEFAULT_MAX_MESSAGES: usize = 100;
 /// Dapr's default batcher wait, from the first pending message.
 pub const DEFAULT_MAX_AWAIT: Duration = Duration::from_millis(1000);
 
@@ -239,18 +239,22 @@ fn request_body(ctx: &SubCtx, entries: &BTreeMap<String, Ready>) -> Bytes {
     use crate::util::to_go_json;
     let size: usize = entries.values().map(|r| r.body.len() + 256).sum();
     let mut out = Vec::with_capacity(size + 256);
+    // Every entry starts with the same content type.
+    let entry_start = [
+        &b"{\"contentType\":"[..],
+        &to_go_json(if ctx.raw {
+            "application/octet-stream"
+        } else {
+            crate::cloudevents::CLOUDEVENT_CONTENT_TYPE
+        }),
+    ]
+    .concat();
     out.extend_from_slice(b"{\"entries\":[");
     for (n, (id, r)) in entries.iter().enumerate() {
         if n > 0 {
             out.push(b',');
         }
-        let content_type = if ctx.raw {
-            "application/octet-stream"
-        } else {
-            crate::cloudevents::CLOUDEVENT_CONTENT_TYPE
-        };
-        out.extend_from_slice(b"{\"contentType\":");
-        out.extend_from_slice(&to_go_json(content_type));
+        out.extend_from_slice(&entry_start);
         out.extend_from_slice(b",\"entryId\":");
         out.extend_from_slice(&to_go_json(id));
         out.extend_from_slice(b",\"event\":");
@@ -260,10 +264,8 @@ fn request_body(ctx: &SubCtx, entries: &BTreeMap<String, Ready>) -> Bytes {
         } else {
             out.extend_from_slice(&r.body);
         }
-        let mut md = r.delivery.metadata.clone();
-        md.remove("pubsubName");
         out.extend_from_slice(b",\"metadata\":");
-        out.extend_from_slice(&to_go_json(&md));
+        out.extend_from_slice(&to_go_json(&EntryMetadata(&r.delivery.metadata)));
         out.push(b'}');
     }
     out.extend_from_slice(b"],");
@@ -279,6 +281,16 @@ fn request_body(ctx: &SubCtx, entries: &BTreeMap<String, Ready>) -> Bytes {
     // `{"id":...}` without its opening brace closes the request.
     out.extend_from_slice(&to_go_json(&rest)[1..]);
     Bytes::from(out)
+}
+
+/// An entry's metadata: the message's, without `pubsubName` (the request
+/// carries it once), serialised without copying the map.
+struct EntryMetadata<'a>(&'a BTreeMap<String, String>);
+
+impl serde::Serialize for EntryMetadata<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().filter(|(k, _)| k.as_str() != "pubsubName"))
+    }
 }
 
 /// Applies the app's answer to the pending entries. Returns the entries
