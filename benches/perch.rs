@@ -3,8 +3,8 @@
 //! `cargo bench --bench perch` runs the full sizes (release build);
 //! under `cargo test` (no `--bench` argument) it runs a quick smoke with
 //! small counts, to prove the harness works; it asserts no timing.
-//! Needs what the test suite needs: tansu on 127.0.0.1:9092 (started by
-//! scripts/test.sh, or scripts/bench.sh), RabbitMQ and PostgreSQL.
+//! Needs what the test suite needs: Apache Kafka on 127.0.0.1:9092,
+//! RabbitMQ and PostgreSQL (started by scripts/test.sh, or scripts/bench.sh).
 //!
 //! `PERCH_BENCH_ONLY=publish,deliver,latency,idempotency,ordering,memory`
 //! runs some sections only, `PERCH_BENCH_BROKERS=Memory,Kafka,Rabbit` some
@@ -36,10 +36,6 @@ use tokio::sync::watch;
 struct Sizes {
     publish: usize,
     deliver: usize,
-    /// Backlog for Kafka on tansu, which serves about one record per fetch.
-    deliver_tansu: usize,
-    /// Backlog for the mock cluster, which keeps 5 MiB per partition.
-    deliver_mock: usize,
     ordered: usize,
     concurrency: usize,
     latency_msgs: usize,
@@ -349,46 +345,13 @@ fn sent_at(body: &[u8]) -> Option<u64> {
     std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
-/// Where messages go: one of the test backends, or Kafka on librdkafka's
-/// mock cluster (tansu's SQLite engine serves about one record per fetch,
-/// so it bounds any Kafka consumer on this machine).
-type Mock = rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
-
-#[derive(Clone, Copy)]
-enum Target<'a> {
-    Backend(Backend),
-    KafkaMock(&'a Mock),
-}
-
-/// The `pubsub` component for `target`, with `md`; topics get `id`.
-fn pubsub_yaml(target: Target, bench: &Bench, id: &str, md: &[(&str, &str)]) -> String {
-    match target {
-        Target::Backend(Backend::Memory) => {
-            let mut md = md.to_vec();
-            md.push(("maxMessages", "1000000"));
-            bench.pubsub(&md)
-        }
-        Target::Backend(_) => bench.pubsub(md),
-        Target::KafkaMock(cluster) => {
-            let group = format!("g-{id}");
-            let brokers = cluster.bootstrap_servers();
-            let mut all = vec![
-                ("brokers", brokers.as_str()),
-                ("consumerGroup", group.as_str()),
-                ("initialOffset", "oldest"),
-                ("autoCreateTopics", "false"),
-            ];
-            all.extend_from_slice(md);
-            component("pubsub", &all).replace("pubsub.in-memory", "pubsub.kafka")
-        }
+/// The `pubsub` component for `backend`, with `md`.
+fn pubsub_yaml(backend: Backend, bench: &Bench, md: &[(&str, &str)]) -> String {
+    let mut md = md.to_vec();
+    if backend == Backend::Memory {
+        md.push(("maxMessages", "1000000"));
     }
-}
-
-fn target_name(t: Target) -> String {
-    match t {
-        Target::Backend(b) => format!("{b:?}"),
-        Target::KafkaMock(_) => "Kafka (mock cluster)".into(),
-    }
+    bench.pubsub(&md)
 }
 
 /// A running sidecar with its app and files.
@@ -421,21 +384,13 @@ impl<'a> SetupOpts<'a> {
     }
 }
 
-async fn setup(target: Target<'_>, o: SetupOpts<'_>) -> Setup {
-    let bench = Bench::new(match target {
-        Target::Backend(b) => b,
-        Target::KafkaMock(_) => Backend::Kafka,
-    });
+async fn setup(backend: Backend, o: SetupOpts<'_>) -> Setup {
+    let bench = Bench::new(backend);
     let app = BenchApp::start(o.delay, o.open).await;
+    // One Kafka partition (the default): one ordering lane, as on the
+    // RabbitMQ queue.
     let topic = bench.topic("bench");
-    if let Target::KafkaMock(cluster) = target {
-        // One partition: one ordering lane, as on the RabbitMQ queue.
-        cluster.create_topic(&topic, 1, 1).unwrap();
-    }
-    let mut files = vec![(
-        "pubsub.yaml".to_owned(),
-        pubsub_yaml(target, &bench, &bench.id, o.md),
-    )];
+    let mut files = vec![("pubsub.yaml".to_owned(), pubsub_yaml(backend, &bench, o.md))];
     files.push((
         "s.yaml".into(),
         if o.bulk {
@@ -472,7 +427,7 @@ struct Drained {
 /// Fills the broker with `n` events, then times Perch delivering them all
 /// to the app (`maxInFlight` 64, no ordering).
 async fn drain(
-    target: Target<'_>,
+    backend: Backend,
     n: usize,
     md: &[(&str, &str)],
     bulk: bool,
@@ -481,7 +436,7 @@ async fn drain(
     let mut all = vec![("deliveryOrder", "none"), ("maxInFlight", "64")];
     all.extend_from_slice(md);
     let s = setup(
-        target,
+        backend,
         SetupOpts {
             bulk,
             store,
@@ -515,8 +470,8 @@ async fn drain(
 }
 
 /// Publish-to-app latency at a fixed `rate`, one POST per event.
-async fn end_to_end(target: Target<'_>, rate: u32, n: usize) -> (f64, f64) {
-    let s = setup(target, SetupOpts::new(&[])).await;
+async fn end_to_end(backend: Backend, rate: u32, n: usize) -> (f64, f64) {
+    let s = setup(backend, SetupOpts::new(&[])).await;
     let url = s.sc.url(&format!("/v1.0/publish/pubsub/{}", s.topic));
     // Warm up until events flow (consumer joined, connections open).
     let warm = 20;
@@ -831,9 +786,9 @@ async fn publish_rows(b: Backend, s: &Sizes, rows: &mut Rows) {
 
 /// Messages/s draining a one-partition backlog of `n` (20 keys) through an
 /// app that takes 5 ms per event.
-async fn ordered(cluster: &Mock, order: &str, n: usize) -> f64 {
+async fn ordered(order: &str, n: usize) -> f64 {
     let s = setup(
-        Target::KafkaMock(cluster),
+        Backend::Kafka,
         SetupOpts {
             delay: Duration::from_millis(5),
             open: false,
@@ -854,7 +809,7 @@ async fn ordered(cluster: &Mock, order: &str, n: usize) -> f64 {
 /// RSS sampled over a sustained publish-and-deliver run on RabbitMQ.
 async fn soak(s: &Sizes, rows: &mut Rows) -> u64 {
     let st = setup(
-        Target::Backend(Backend::Rabbit),
+        Backend::Rabbit,
         SetupOpts::new(&[("deliveryOrder", "none"), ("maxInFlight", "64")]),
     )
     .await;
@@ -928,8 +883,6 @@ async fn main() {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(20000),
-            deliver_tansu: 1000,
-            deliver_mock: 3000,
             ordered: 400,
             concurrency: 16,
             latency_msgs: 2000,
@@ -940,8 +893,6 @@ async fn main() {
         Sizes {
             publish: 200,
             deliver: 300,
-            deliver_tansu: 100,
-            deliver_mock: 300,
             ordered: 40,
             concurrency: 4,
             latency_msgs: 40,
@@ -949,22 +900,12 @@ async fn main() {
             soak: Duration::from_secs(soak_secs),
         }
     };
-    let mock: Mock = rdkafka::mocking::MockCluster::new(1).unwrap();
     let brokers = std::env::var("PERCH_BENCH_BROKERS").unwrap_or_default();
     let broker = |name: &str| brokers.is_empty() || brokers.split(',').any(|b| name.starts_with(b));
     let backends: Vec<Backend> = [Backend::Memory, Backend::Kafka, Backend::Rabbit]
         .into_iter()
         .filter(|b| broker(&format!("{b:?}")))
         .collect();
-    let deliver_targets: Vec<Target> = [
-        Target::Backend(Backend::Memory),
-        Target::Backend(Backend::Kafka),
-        Target::KafkaMock(&mock),
-        Target::Backend(Backend::Rabbit),
-    ]
-    .into_iter()
-    .filter(|t| broker(&target_name(*t)))
-    .collect();
     let mut rows: Rows = vec![];
     let mut peak_rss = 0;
     if want("publish") {
@@ -988,12 +929,8 @@ async fn main() {
             "".into(),
             "".into(),
         );
-        for &t in &deliver_targets {
-            let n = match t {
-                Target::Backend(Backend::Kafka) => s.deliver_tansu,
-                Target::KafkaMock(_) => s.deliver_mock,
-                _ => s.deliver,
-            };
+        for &t in &backends {
+            let n = s.deliver;
             let one = drain(t, n, &[], false, None).await;
             let bulk = drain(t, n, &[], true, None).await;
             peak_rss = peak_rss.max(one.peak_rss_kib).max(bulk.peak_rss_kib);
@@ -1001,7 +938,7 @@ async fn main() {
                 &mut rows,
                 format!(
                     "deliver {}: backlog of {} x 1 KiB, maxInFlight 64, order none; bulk 100 per request",
-                    target_name(t),
+                    format!("{t:?}"),
                     n
                 ),
                 format!("{:.0}/s; bulk {:.0}/s", one.rate, bulk.rate),
@@ -1018,7 +955,7 @@ async fn main() {
                     one.peak_rss_kib.max(bulk.peak_rss_kib) / 1024
                 ),
             );
-            if matches!(t, Target::Backend(Backend::Rabbit)) {
+            if t == Backend::Rabbit {
                 // The broker's own ceiling, with no HTTP and no app.
                 let each = direct_rabbit_drain(n, 1).await;
                 let batched = direct_rabbit_drain(n, 32).await;
@@ -1042,18 +979,14 @@ async fn main() {
         }
     }
     if want("latency") {
-        for &t in &deliver_targets {
-            // tansu delivers a few hundred records/s: a lower rate.
-            let (rate, msgs) = match t {
-                Target::Backend(Backend::Kafka) => (s.latency_rate / 4, s.latency_msgs / 8),
-                _ => (s.latency_rate, s.latency_msgs),
-            };
+        for &t in &backends {
+            let (rate, msgs) = (s.latency_rate, s.latency_msgs);
             let (p50, p99) = end_to_end(t, rate, msgs).await;
             row(
                 &mut rows,
                 format!(
                     "end to end {}: publish POST to app receipt, {}/s, {} x 1 KiB",
-                    target_name(t),
+                    format!("{t:?}"),
                     rate,
                     msgs
                 ),
@@ -1074,10 +1007,10 @@ async fn main() {
             // synchronous_commit off through the connection string.
             let store = pg.yaml("inbox").replace("value: 3s", "value: 5m");
             let lazy = store.replace(PG, &format!("{PG}?options=-c%20synchronous_commit%3Doff"));
-            let off = drain(Target::Backend(b), s.deliver, &[], false, None).await;
+            let off = drain(b, s.deliver, &[], false, None).await;
             let inbox = [("idempotencyStore", "inbox")];
-            let on = drain(Target::Backend(b), s.deliver, &inbox, false, Some(&store)).await;
-            let on_lazy = drain(Target::Backend(b), s.deliver, &inbox, false, Some(&lazy)).await;
+            let on = drain(b, s.deliver, &inbox, false, Some(&store)).await;
+            let on_lazy = drain(b, s.deliver, &inbox, false, Some(&lazy)).await;
             row(
                 &mut rows,
                 format!(
@@ -1105,12 +1038,12 @@ async fn main() {
     if want("ordering") {
         let mut modes = vec![];
         for order in ["partition", "key", "none"] {
-            modes.push((order, ordered(&mock, order, s.ordered).await));
+            modes.push((order, ordered(order, s.ordered).await));
         }
         row(
             &mut rows,
             format!(
-                "ordering on Kafka (mock cluster), 5 ms app, 1 partition, backlog of {}, 20 keys, maxInFlight default",
+                "ordering on Kafka, 5 ms app, 1 partition, backlog of {}, 20 keys, maxInFlight default",
                 s.ordered
             ),
             modes

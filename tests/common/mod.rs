@@ -559,3 +559,53 @@ impl Drop for PgStore {
             .output();
     }
 }
+
+/// The test Kafka broker, stopped and started with `scripts/kafka.sh`, the
+/// script `scripts/test.sh` starts it with. Started again when the guard
+/// goes, however the test ends.
+pub struct KafkaBroker {
+    started: bool,
+}
+
+/// Runs `scripts/kafka.sh {cmd}`; true when it succeeded.
+async fn kafka_script(cmd: &str) -> bool {
+    Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh"))
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success())
+}
+
+impl KafkaBroker {
+    /// Stops the broker (controlled shutdown).
+    pub async fn stop() -> Self {
+        assert!(kafka_script("stop").await, "scripts/kafka.sh stop");
+        Self { started: false }
+    }
+
+    /// Kills the broker with SIGKILL, as a crash would.
+    pub async fn kill() -> Self {
+        assert!(kafka_script("kill").await, "scripts/kafka.sh kill");
+        Self { started: false }
+    }
+
+    /// Starts it again on the same data and waits until it answers.
+    pub async fn start(mut self) {
+        self.started = true;
+        assert!(kafka_script("start").await, "scripts/kafka.sh start");
+    }
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        if !self.started {
+            let _ = std::process::Command::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/kafka.sh"
+            ))
+            .arg("start")
+            .status();
+        }
+    }
+}
