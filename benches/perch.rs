@@ -11,7 +11,7 @@
 //! brokers only; `PERCH_BENCH_SOAK_SECS` sets the length of the
 //! sustained run that samples RSS (default 60 s in full mode; DESIGN.md
 //! asks for a 10-minute soak: `PERCH_BENCH_SOAK_SECS=600`);
-//! `PERCH_BENCH_BACKLOG` sets the in-memory and RabbitMQ delivery backlog
+//! `PERCH_BENCH_BACKLOG` sets the delivery backlog on every broker
 //! (default 20000; larger makes a drain long enough to profile).
 //!
 //! Every delivery row drains a backlog that is already in the broker: the
@@ -937,9 +937,7 @@ async fn main() {
             row(
                 &mut rows,
                 format!(
-                    "deliver {}: backlog of {} x 1 KiB, maxInFlight 64, order none; bulk 100 per request",
-                    format!("{t:?}"),
-                    n
+                    "deliver {t:?}: backlog of {n} x 1 KiB, maxInFlight 64, order none; bulk 100 per request"
                 ),
                 format!("{:.0}/s; bulk {:.0}/s", one.rate, bulk.rate),
                 format!("app {:.0}/s", cap.rate()),
@@ -984,12 +982,7 @@ async fn main() {
             let (p50, p99) = end_to_end(t, rate, msgs).await;
             row(
                 &mut rows,
-                format!(
-                    "end to end {}: publish POST to app receipt, {}/s, {} x 1 KiB",
-                    format!("{t:?}"),
-                    rate,
-                    msgs
-                ),
+                format!("end to end {t:?}: publish POST to app receipt, {rate}/s, {msgs} x 1 KiB"),
                 format!("p50 {p50:.2} ms, p99 {p99:.2} ms"),
                 "".into(),
                 "".into(),
