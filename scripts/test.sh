@@ -13,13 +13,14 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/perch-target}"
 # The toolchain the scripts call. Rust's parts come with rustup; java and
 # mvn run the Kafka broker. A missing one is named, with where it comes from.
 missing=""
-for tool in cargo rustfmt cargo-clippy java mvn; do
+for tool in cargo rustfmt cargo-clippy java mvn python3; do
   command -v "$tool" >/dev/null || missing="$missing $tool"
 done
 if [ -n "$missing" ]; then
   echo "missing from this machine:$missing"
   echo "  cargo, rustfmt, cargo-clippy: rustup (rustup component add rustfmt clippy)"
   echo "  java (17 or later), mvn: Debian openjdk-17-jre-headless, maven"
+  echo "  python3: Debian python3 (runs scripts/module-dag.py)"
   exit 1
 fi
 
@@ -33,5 +34,8 @@ done
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+# The modules import each other without a circle (top level and within).
+python3 scripts/module-dag.py
+python3 scripts/module-dag.py --inner
 cargo test --all-targets
 echo "test.sh: finished in $((SECONDS - t_start)) s"

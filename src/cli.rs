@@ -9,7 +9,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, LoadOptions};
-use crate::runtime::{self, AppHealthCheck, Settings, Shared};
+use crate::sidecar::{self, Sidecar};
+use crate::state::{AppHealthCheck, Settings};
 
 /// Perch: a Dapr-compatible pub/sub sidecar.
 #[derive(Debug, Parser)]
@@ -249,25 +250,19 @@ async fn run(a: RunArgs) -> ExitCode {
     for s in &resources.stores {
         tracing::info!(component = %s.name, "store component loaded");
         let ty = match s.kind {
-            crate::config::store::StoreKind::Postgres { .. } => "store.postgresql",
-            crate::config::store::StoreKind::Memory { .. } => "store.in-memory",
+            crate::store::config::StoreKind::Postgres { .. } => "store.postgresql",
+            crate::store::config::StoreKind::Memory { .. } => "store.in-memory",
         };
         loaded.with_label_values(&[&a.app_id, &s.name, ty]).set(1);
     }
-    let shared = match Shared::build(settings, &resources) {
+    let sc = match Sidecar::build(settings, &resources) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("perch: {e}");
             return ExitCode::FAILURE;
         }
     };
-    runtime::run(
-        shared,
-        listeners,
-        resources.subscriptions,
-        shutdown_signal(),
-    )
-    .await;
+    sidecar::run(sc, listeners, resources.subscriptions, shutdown_signal()).await;
     ExitCode::SUCCESS
 }
 

@@ -16,7 +16,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::config::{self, LoadOptions};
-use crate::runtime::{self, Settings, Shared};
+use crate::sidecar::{self, Sidecar};
+use crate::state::Settings;
 
 /// Flags of `perch demo`.
 #[derive(Debug, Args)]
@@ -70,7 +71,7 @@ pub async fn run(a: DemoArgs) -> ExitCode {
         graceful_shutdown: Duration::from_secs(5),
         app_health: None,
     };
-    let shared = match Shared::build(settings, &resources) {
+    let sc = match Sidecar::build(settings, &resources) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("perch demo: {e}");
@@ -78,8 +79,9 @@ pub async fn run(a: DemoArgs) -> ExitCode {
         }
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let sidecar = tokio::spawn(runtime::run(
-        shared.clone(),
+    let status = sc.status.clone();
+    let sidecar = tokio::spawn(sidecar::run(
+        sc,
         vec![listener],
         resources.subscriptions.clone(),
         async {
@@ -87,7 +89,7 @@ pub async fn run(a: DemoArgs) -> ExitCode {
         },
     ));
     println!("perch demo: sidecar on 127.0.0.1:{port}, echo app on 127.0.0.1:{app_port}");
-    let _ = shared.ready.subscribe().wait_for(|ready| *ready).await;
+    let _ = status.ready.subscribe().wait_for(|ready| *ready).await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http();
     for i in 1..=a.count {

@@ -22,7 +22,7 @@ fn broker_for(b: &Bench) -> Arc<dyn Broker> {
         pod_name: None,
     };
     let res = perch::config::load(&[dir.path().to_owned()], &opts).expect("component loads");
-    perch::broker::build(&res.pubsubs[0]).expect("broker builds")
+    perch::broker::build(&res.pubsubs[0].name, &res.pubsubs[0].kind).expect("broker builds")
 }
 
 fn msg(topic: &str, n: u32) -> Message {

@@ -382,7 +382,7 @@ async fn lag_counts_what_the_group_has_not_finished() -> TestResult {
         ..Default::default()
     };
     let res = perch::config::load(&[dir.path().to_owned()], &opts).expect("loads");
-    let broker = perch::broker::build(&res.pubsubs[0])?;
+    let broker = perch::broker::build(&res.pubsubs[0].name, &res.pubsubs[0].kind)?;
     let topic = b.topic("lag");
     let mut stream = broker
         .subscribe(SubscribeRequest {

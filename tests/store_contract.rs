@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use perch::config::store::{StoreComponent, StoreKind};
+use perch::store::config::{StoreComponent, StoreKind};
 use perch::store::{Claim, Finish, Key, Store};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;

@@ -8,29 +8,13 @@ pub mod memory;
 pub mod rabbitmq;
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-/// A boxed, sendable future (the trait must be object-safe).
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// One message to publish.
-#[derive(Debug, Clone)]
-pub struct Message {
-    /// Destination topic.
-    pub topic: String,
-    /// The bytes on the wire (a CloudEvent JSON, or a raw payload).
-    pub data: Bytes,
-    /// Content type of `data`.
-    pub content_type: Option<String>,
-    /// Publish metadata, passed to the broker whole (as Dapr does).
-    pub metadata: BTreeMap<String, String>,
-}
+pub use crate::message::{BoxFuture, Message};
 
 /// A broker failure, classified once: retryable or final.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -157,20 +141,29 @@ pub fn carried_metadata(md: &BTreeMap<String, String>) -> impl Iterator<Item = (
         .filter(|(k, _)| !k.starts_with("cloudevent.") && k.as_str() != "rawPayload")
 }
 
-/// Builds the broker for a pub/sub component. Connecting happens in the
+/// Which broker backs a pub/sub component (`spec.type`), with the
+/// backend's own settings, read by the backend's `config` module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Spec {
+    /// `pubsub.in-memory`: one process, for the demo and fast tests.
+    InMemory {
+        /// `maxMessages`: unacknowledged messages kept per subscriber queue.
+        max_messages: usize,
+    },
+    /// `pubsub.kafka`.
+    Kafka(Box<kafka::config::KafkaConfig>),
+    /// `pubsub.rabbitmq`.
+    Rabbit(Box<rabbitmq::config::RabbitConfig>),
+}
+
+/// Builds the broker of component `name`. Connecting happens in the
 /// background: a broker that is down at start-up is retried, not fatal.
 /// Fails only on settings the client library refuses (a bad `rdkafka.*`
 /// property, say).
-pub fn build(component: &crate::config::PubsubComponent) -> Result<Arc<dyn Broker>, BrokerError> {
-    Ok(match &component.kind {
-        crate::config::PubsubKind::InMemory { max_messages } => {
-            Arc::new(memory::MemoryBroker::new(&component.name, *max_messages))
-        }
-        crate::config::PubsubKind::Kafka(cfg) => {
-            Arc::new(kafka::KafkaBroker::new(&component.name, cfg)?)
-        }
-        crate::config::PubsubKind::Rabbit(cfg) => {
-            Arc::new(rabbitmq::RabbitBroker::new(&component.name, cfg))
-        }
+pub fn build(name: &str, spec: &Spec) -> Result<Arc<dyn Broker>, BrokerError> {
+    Ok(match spec {
+        Spec::InMemory { max_messages } => Arc::new(memory::MemoryBroker::new(name, *max_messages)),
+        Spec::Kafka(cfg) => Arc::new(kafka::KafkaBroker::new(name, cfg)?),
+        Spec::Rabbit(cfg) => Arc::new(rabbitmq::RabbitBroker::new(name, cfg)),
     })
 }

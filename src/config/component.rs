@@ -7,10 +7,14 @@ use std::collections::BTreeMap;
 
 use serde_yaml::{Mapping, Value};
 
-use super::doc::DocCtx;
-use super::load::LoadOptions;
+use super::options::LoadOptions;
 use super::scopes::Scoping;
 use super::value;
+use crate::broker::kafka::config as kafka;
+use crate::broker::rabbitmq::config as rabbitmq;
+use crate::broker::Spec as PubsubKind;
+use crate::report::DocCtx;
+use crate::store::config as store;
 
 /// Default in-flight window per partition or queue (DESIGN.md section 3).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
@@ -32,20 +36,6 @@ const COMMON_KEYS: &[&str] = &[
     "idempotencyStore",
     "outboxStore",
 ];
-
-/// Which broker backs a pub/sub component.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PubsubKind {
-    /// `pubsub.in-memory`: one process, for the demo and fast tests.
-    InMemory {
-        /// `maxMessages`: unacknowledged messages kept per subscriber queue.
-        max_messages: usize,
-    },
-    /// `pubsub.kafka`.
-    Kafka(Box<super::kafka::KafkaConfig>),
-    /// `pubsub.rabbitmq`.
-    Rabbit(Box<super::rabbitmq::RabbitConfig>),
-}
 
 /// How the engine orders deliveries of one partition or queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +97,7 @@ pub enum Loaded {
     /// A pub/sub component.
     Pubsub(Box<PubsubComponent>),
     /// A store component.
-    Store(super::store::StoreComponent),
+    Store(store::StoreComponent),
 }
 /// Dapr building blocks Perch does not serve: such components are skipped.
 const OTHER_BLOCKS: &[&str] = &[
@@ -141,32 +131,32 @@ pub fn read(ctx: &mut DocCtx<'_>, name: &str, doc: &Mapping, opts: &LoadOptions)
         Some(v) => ctx.problem("spec.version", format!("unsupported version {v:?}; use v1")),
         None => ctx.problem("spec.version", "missing required field (use v1)"),
     }
-    let kafka_keys: Vec<&str> = super::kafka::KEYS
+    let kafka_keys: Vec<&str> = kafka::KEYS
         .iter()
         .copied()
-        .chain(super::kafka::UNSUPPORTED.iter().map(|(k, _)| *k))
+        .chain(kafka::UNSUPPORTED.iter().map(|(k, _)| *k))
         .collect();
-    let rabbit_keys: Vec<&str> = super::rabbitmq::KEYS
+    let rabbit_keys: Vec<&str> = rabbitmq::KEYS
         .iter()
         .copied()
-        .chain(super::rabbitmq::UNSUPPORTED.iter().map(|(k, _)| *k))
+        .chain(rabbitmq::UNSUPPORTED.iter().map(|(k, _)| *k))
         .collect();
     let (own_keys, passthrough): (&[&str], Option<&str>) = match type_name.as_str() {
         "pubsub.in-memory" => (&["maxMessages"], None),
-        "pubsub.kafka" => (&kafka_keys, Some(super::kafka::PASSTHROUGH)),
+        "pubsub.kafka" => (&kafka_keys, Some(kafka::PASSTHROUGH)),
         "pubsub.rabbitmq" => (&rabbit_keys, None),
         t @ ("store.postgresql" | "store.in-memory") => {
             let keys = if t == "store.postgresql" {
-                super::store::POSTGRES_KEYS
+                store::POSTGRES_KEYS
             } else {
-                super::store::MEMORY_KEYS
+                store::MEMORY_KEYS
             };
             let before = ctx.problems.len();
             let metadata = read_metadata(ctx, spec, keys, None, opts);
             if ctx.problems.len() != before {
                 return None;
             }
-            return super::store::read(ctx, name, t, &metadata).map(Loaded::Store);
+            return store::read(ctx, name, t, &metadata).map(Loaded::Store);
         }
         t => {
             ctx.problem(
@@ -202,14 +192,14 @@ pub fn read(ctx: &mut DocCtx<'_>, name: &str, doc: &Mapping, opts: &LoadOptions)
     let max_in_flight = positive(ctx, "maxInFlight", DEFAULT_MAX_IN_FLIGHT);
     let max_messages = positive(ctx, "maxMessages", DEFAULT_MEMORY_MAX_MESSAGES);
     let kind = match type_name.as_str() {
-        "pubsub.kafka" => match super::kafka::read(ctx, &metadata) {
+        "pubsub.kafka" => match kafka::read(ctx, &metadata) {
             Some(k) => PubsubKind::Kafka(Box::new(k)),
             None => {
                 ok = false;
                 PubsubKind::InMemory { max_messages }
             }
         },
-        "pubsub.rabbitmq" => match super::rabbitmq::read(ctx, &metadata) {
+        "pubsub.rabbitmq" => match rabbitmq::read(ctx, &metadata) {
             Some(r) => PubsubKind::Rabbit(Box::new(r)),
             None => {
                 ok = false;
@@ -328,7 +318,7 @@ fn read_metadata(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::doc::DocCtx;
+    use crate::report::DocCtx;
 
     fn load(yaml: &str, ns: Option<&str>) -> (Option<PubsubComponent>, Vec<String>) {
         let doc: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
@@ -405,7 +395,7 @@ mod tests {
         assert_eq!(k.producer["acks"], "all");
         assert_eq!(k.producer["enable.idempotence"], "true");
         assert_eq!(k.producer["compression.type"], "zstd");
-        assert_eq!(k.initial_offset, super::super::kafka::InitialOffset::Oldest);
+        assert_eq!(k.initial_offset, kafka::InitialOffset::Oldest);
     }
 
     #[test]

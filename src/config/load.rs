@@ -9,34 +9,10 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 use super::component::{self, PubsubComponent};
-use super::doc::{scalar_text, DocCtx};
-use super::error::{ConfigReport, Problem};
+use super::options::LoadOptions;
 use super::subscription::{self, SubscriptionSpec};
-
-/// What the loader needs to know about the process.
-#[derive(Debug, Clone, Default)]
-pub struct LoadOptions {
-    /// The app id: scopes and `{appID}` templates.
-    pub app_id: String,
-    /// Folder of mounted secrets (`<dir>/<name>/<key>`) for `secretKeyRef`.
-    pub secrets_path: Option<PathBuf>,
-    /// `NAMESPACE`: resources of another namespace are skipped, as in Dapr.
-    pub namespace: Option<String>,
-    /// `POD_NAME`, for `{podName}` templates.
-    pub pod_name: Option<String>,
-}
-
-impl LoadOptions {
-    /// Options for `app_id`, reading `NAMESPACE` and `POD_NAME` from the environment.
-    pub fn from_env(app_id: &str, secrets_path: Option<PathBuf>) -> Self {
-        Self {
-            app_id: app_id.to_owned(),
-            secrets_path,
-            namespace: std::env::var("NAMESPACE").ok().filter(|s| !s.is_empty()),
-            pod_name: std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()),
-        }
-    }
-}
+use crate::report::doc::{scalar_text, DocCtx};
+use crate::report::{ConfigReport, Problem};
 
 /// Everything loaded from the resources paths.
 #[derive(Debug, Clone, Default)]
@@ -48,7 +24,7 @@ pub struct Resources {
     /// `Resiliency` documents.
     pub resiliency: Vec<super::resiliency::Resiliency>,
     /// Store components (`store.*`).
-    pub stores: Vec<super::store::StoreComponent>,
+    pub stores: Vec<crate::store::config::StoreComponent>,
 }
 
 /// Loads and validates every resource under `paths`.

@@ -7,19 +7,15 @@
 //! problem can name its exact field, and one bad field does not hide the next.
 
 pub mod component;
-pub mod doc;
-pub mod error;
-pub mod kafka;
 pub mod load;
-pub mod meta;
-pub mod rabbitmq;
+pub mod options;
 pub mod resiliency;
 pub mod scopes;
-pub mod store;
 pub mod subscription;
 pub mod value;
 
-pub use component::{DeliveryOrder, PubsubComponent, PubsubKind};
-pub use error::{ConfigReport, Problem};
-pub use load::{load, LoadOptions, Resources};
+pub use crate::report::{ConfigReport, Problem};
+pub use component::{DeliveryOrder, PubsubComponent};
+pub use load::{load, Resources};
+pub use options::LoadOptions;
 pub use subscription::{BulkSubscribe, Route, SubscriptionSource, SubscriptionSpec};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_yaml::Mapping;
 
-use super::doc::{scalar_text, DocCtx};
+use crate::report::doc::{scalar_text, DocCtx};
 use crate::util::parse_go_duration;
 
 /// Backoff shape of a retry policy.
@@ -123,12 +123,10 @@ pub fn read(ctx: &mut DocCtx<'_>, name: &str, doc: &Mapping) -> Option<Resilienc
                     .string(m, &path, "trip")
                     .unwrap_or_else(|| "consecutiveFailures > 5".into()),
             };
-            if let Err(e) = cel::Program::compile(&cb.trip) {
-                let reason = e.to_string();
-                let first = reason.lines().next().unwrap_or_default();
+            if let Err(e) = crate::expr::compile(&cb.trip) {
                 ctx.problem(
                     format!("{path}.trip"),
-                    format!("trip expression {:?} does not compile: {first}", cb.trip),
+                    format!("trip expression {:?} does not compile: {e}", cb.trip),
                 );
             }
             r.circuit_breakers.insert(key, cb);

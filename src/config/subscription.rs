@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
 
-use super::doc::{scalar_text, DocCtx};
+use crate::report::doc::{scalar_text, DocCtx};
 
 /// One routing rule: `match` (CEL; empty = always) and the app path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,10 +178,13 @@ pub fn read(ctx: &mut DocCtx<'_>, name: &str, doc: &Mapping, v2: bool) -> Option
                         ctx.unknown_keys(m, &p, &["match", "path"]);
                         let match_expr = m.get("match").and_then(scalar_text).unwrap_or_default();
                         if !match_expr.trim().is_empty() {
-                            if let Err(e) = crate::delivery::routing::compile(match_expr.trim()) {
+                            if let Err(e) = crate::expr::compile(match_expr.trim()) {
                                 ctx.problem(
                                     format!("{p}.match"),
-                                    format!("subscription {name:?}: {e}"),
+                                    format!(
+                                        "subscription {name:?}: match expression {:?} does not compile: {e}",
+                                        match_expr.trim()
+                                    ),
                                 );
                             }
                         }

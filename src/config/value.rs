@@ -3,8 +3,8 @@
 
 use serde_yaml::{Mapping, Value};
 
-use super::doc::{scalar_text, DocCtx};
-use super::load::LoadOptions;
+use super::options::LoadOptions;
+use crate::report::doc::{scalar_text, DocCtx};
 
 /// Resolves one `spec.metadata[i]` entry to its text, recording problems.
 pub fn resolve(

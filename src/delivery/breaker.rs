@@ -67,7 +67,7 @@ impl Breaker {
     /// A closed breaker; `None` when the trip expression does not compile
     /// (config validation reports that before start-up).
     pub fn new(name: &str, cfg: &CircuitBreaker) -> Option<Self> {
-        let trip = Program::compile(&cfg.trip).ok()?;
+        let trip = crate::expr::compile(&cfg.trip).ok()?;
         Some(Self {
             name: name.to_owned(),
             max_requests: cfg.max_requests.max(1),

@@ -21,8 +21,11 @@ use serde::Deserialize;
 use serde_json::{json, Map};
 use tokio::sync::watch;
 
+use super::context::Ready;
+use super::dead_letter::finish_dropped;
+use super::prepare::prepare;
 use super::retry::{self, Attempt, RetryEnd};
-use super::{finish_dropped, prepare, Ready, SubCtx};
+use super::SubCtx;
 use crate::broker::{Delivery, DeliveryStream};
 use crate::config::DeliveryOrder;
 
@@ -174,7 +177,7 @@ async fn deliver_group(
             Some(a) => a,
         };
         let bulk_labels = [
-            ctx.shared.settings.app_id.as_str(),
+            ctx.deps.settings.app_id.as_str(),
             "pubsubName",
             crate::telemetry::namespace(),
             if (200..300).contains(&status) {

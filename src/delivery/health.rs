@@ -7,36 +7,35 @@
 //! - without it, the app is healthy from the moment its port accepts a
 //!   connection, and stays so.
 //!
-//! The state lives in `Shared::app_healthy`; the engine waits on it before
+//! The state lives in `Status::app_healthy`; the engine waits on it before
 //! taking each message (or batch) from the broker, so an unhealthy app
 //! leaves messages in the broker rather than failing them into the
 //! dead-letter topic.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::app_client;
-use crate::runtime::Shared;
+use super::{app_client, Deps};
+use crate::state::Status;
 
 /// Spawns the watcher; it ends at `stop`, or at once without an app port.
-pub fn watch_app(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+pub fn watch_app(deps: Deps, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let Some(client) = app_client(&shared) else {
+        let Some(client) = app_client(&deps.settings) else {
             return;
         };
-        let Some(check) = shared.settings.app_health.clone() else {
+        let Some(check) = deps.settings.app_health.clone() else {
             let address = format!(
                 "{}:{}",
-                shared.settings.app_channel_address,
-                shared.settings.app_port.unwrap_or_default()
+                deps.settings.app_channel_address,
+                deps.settings.app_port.unwrap_or_default()
             );
             loop {
                 if tokio::net::TcpStream::connect(&address).await.is_ok() {
                     tracing::info!(%address, "app port is open; app is ready");
-                    shared.app_healthy.send_replace(true);
+                    deps.status.app_healthy.send_replace(true);
                     return;
                 }
                 tokio::select! {
@@ -51,12 +50,12 @@ pub fn watch_app(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> JoinHa
             let ok = status.is_some_and(|s| (200..300).contains(&s));
             if ok {
                 failures = 0;
-                if !shared.app_healthy.send_replace(true) {
+                if !deps.status.app_healthy.send_replace(true) {
                     tracing::info!(path = %check.path, "app is healthy; deliveries run");
                 }
             } else {
                 failures += 1;
-                if failures >= check.threshold && shared.app_healthy.send_replace(false) {
+                if failures >= check.threshold && deps.status.app_healthy.send_replace(false) {
                     tracing::warn!(path = %check.path, ?status, failures, "app is unhealthy; deliveries paused");
                 }
             }
@@ -69,8 +68,8 @@ pub fn watch_app(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> JoinHa
 }
 
 /// Waits until the app is healthy; `false` when `stop` fired first.
-pub async fn until_healthy(shared: &Shared, stop: &mut watch::Receiver<bool>) -> bool {
-    let mut healthy = shared.app_healthy.subscribe();
+pub async fn until_healthy(status: &Status, stop: &mut watch::Receiver<bool>) -> bool {
+    let mut healthy = status.app_healthy.subscribe();
     tokio::select! {
         h = healthy.wait_for(|h| *h) => h.is_ok(),
         _ = stop.wait_for(|s| *s) => false,

@@ -40,11 +40,12 @@ pub enum RouteError {
     },
 }
 
-/// Compiles one match expression (used by config validation too).
+/// Compiles one match expression (config validation checks the same with
+/// [`crate::expr::compile`]).
 pub fn compile(expr: &str) -> Result<Program, RouteError> {
-    Program::compile(expr).map_err(|e| RouteError::Compile {
+    crate::expr::compile(expr).map_err(|e| RouteError::Compile {
         expr: expr.to_owned(),
-        reason: e.to_string().lines().next().unwrap_or_default().to_owned(),
+        reason: e.0,
     })
 }
 

@@ -2,7 +2,6 @@
 //! shutdown, on hyper 1. The server takes an already-bound listener and a
 //! shutdown future, so tests run it on port 0.
 
-pub mod errors;
 mod publish;
 mod runtime_api;
 
@@ -16,15 +15,29 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
-use crate::runtime::Shared;
-use errors::ApiError;
+use crate::errors::ApiError;
+use crate::state::{Registry, Settings, Shutdown, Status};
+
+/// What the API handlers read: settings, the registry, the live status, and
+/// the shutdown token `POST /v1.0/shutdown` asks through.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Process settings (token, body limit, app id).
+    pub settings: Arc<Settings>,
+    /// Components with their brokers.
+    pub registry: Arc<Registry>,
+    /// Readiness and the metadata view.
+    pub status: Arc<Status>,
+    /// Asked by `POST /v1.0/shutdown`.
+    pub shutdown: Shutdown,
+}
 
 /// Response type of every handler.
 pub type Resp = Response<Full<Bytes>>;
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets open
 /// requests finish.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(listener: TcpListener, api: ApiState, shutdown: impl Future<Output = ()>) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -35,12 +48,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
             },
             _ = &mut shutdown => break,
         };
-        let shared = shared.clone();
+        let api = api.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(req, shared).await) }
+                let api = api.clone();
+                async move { Ok::<_, Infallible>(route(req, api).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
@@ -57,12 +70,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
     let _ = stop_tx.send(true);
 }
 
-async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Resp {
+async fn route(req: Request<Incoming>, api: ApiState) -> Resp {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let is_health =
         method == Method::GET && (path == "/v1.0/healthz" || path == "/v1.0/healthz/outbound");
-    if let Some(token) = &shared.settings.api_token {
+    if let Some(token) = &api.settings.api_token {
         let given = req
             .headers()
             .get("dapr-api-token")
@@ -76,30 +89,30 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Resp {
     for prefix in ["/v1.0-alpha1/publish/bulk/", "/v1.0/publish/bulk/"] {
         if let Some(rest) = path.strip_prefix(prefix) {
             if write {
-                return publish::bulk(req, rest.to_owned(), &shared).await;
+                return publish::bulk(req, rest.to_owned(), &api).await;
             }
             return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
         }
     }
     if let Some(rest) = path.strip_prefix("/v1.0/publish/") {
         if write {
-            return publish::single(req, rest.to_owned(), &shared).await;
+            return publish::single(req, rest.to_owned(), &api).await;
         }
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     }
     match (&method, path.as_str()) {
-        (&Method::GET, "/v1.0/healthz") => runtime_api::healthz(&req, &shared),
-        (&Method::GET, "/v1.0/healthz/outbound") => runtime_api::outbound(&shared),
-        (&Method::GET, "/v1.0/metadata") => runtime_api::metadata(&shared),
+        (&Method::GET, "/v1.0/healthz") => runtime_api::healthz(&req, &api),
+        (&Method::GET, "/v1.0/healthz/outbound") => runtime_api::outbound(&api),
+        (&Method::GET, "/v1.0/metadata") => runtime_api::metadata(&api),
         (&Method::GET, "/v1.0-alpha1/lag") => {
-            runtime_api::lag(&query_metadata_raw(req.uri().query()), &shared).await
+            runtime_api::lag(&query_metadata_raw(req.uri().query()), &api).await
         }
         (&Method::PUT, p) if p.starts_with("/v1.0/metadata/") => {
             let key = p["/v1.0/metadata/".len()..].to_owned();
-            runtime_api::put_metadata(req, key, &shared).await
+            runtime_api::put_metadata(req, key, &api).await
         }
         (&Method::POST, "/v1.0/shutdown") => {
-            shared.request_shutdown();
+            api.shutdown.request();
             empty(StatusCode::NO_CONTENT)
         }
         _ => text(StatusCode::NOT_FOUND, "404 page not found"),

@@ -6,15 +6,14 @@ use hyper::{Request, StatusCode};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
-use super::errors::ApiError;
-use super::{empty, error, json, Resp};
+use super::{empty, error, json, ApiState, Resp};
 use crate::config::SubscriptionSource;
-use crate::runtime::Shared;
+use crate::errors::ApiError;
 use crate::util::format_duration;
 
 /// `GET /v1.0/healthz`: 204 once components are loaded and the app's
 /// subscriptions are running (or there is no app).
-pub fn healthz(req: &Request<Incoming>, shared: &Shared) -> Resp {
+pub fn healthz(req: &Request<Incoming>, api: &ApiState) -> Resp {
     let wanted = req
         .uri()
         .query()
@@ -22,14 +21,14 @@ pub fn healthz(req: &Request<Incoming>, shared: &Shared) -> Resp {
         .split('&')
         .find_map(|p| p.strip_prefix("appid="));
     if let Some(id) = wanted {
-        if id != shared.settings.app_id {
+        if id != api.settings.app_id {
             return error(&ApiError::not_ready(
                 "ERR_HEALTH_APPID_NOT_MATCH",
                 "dapr app-id does not match".into(),
             ));
         }
     }
-    if *shared.ready.borrow() {
+    if *api.status.ready.borrow() {
         empty(StatusCode::NO_CONTENT)
     } else {
         error(&ApiError::not_ready(
@@ -40,8 +39,9 @@ pub fn healthz(req: &Request<Incoming>, shared: &Shared) -> Resp {
 }
 
 /// `GET /v1.0/healthz/outbound`: 204 when every broker and store is reachable.
-pub fn outbound(shared: &Shared) -> Resp {
-    let down: Vec<String> = shared
+pub fn outbound(api: &ApiState) -> Resp {
+    let down: Vec<String> = api
+        .registry
         .pubsubs
         .values()
         .filter_map(|p| {
@@ -51,7 +51,7 @@ pub fn outbound(shared: &Shared) -> Resp {
                 .map(|e| format!("{}: {e}", p.component.name))
         })
         .chain(
-            shared
+            api.registry
                 .stores
                 .iter()
                 .filter_map(|(name, s)| s.health().err().map(|e| format!("{name}: {e}"))),
@@ -68,9 +68,10 @@ pub fn outbound(shared: &Shared) -> Resp {
 }
 
 /// `GET /v1.0/metadata`.
-pub fn metadata(shared: &Shared) -> Resp {
-    let s = &shared.settings;
-    let components: Vec<Value> = shared
+pub fn metadata(api: &ApiState) -> Resp {
+    let s = &api.settings;
+    let components: Vec<Value> = api
+        .registry
         .pubsubs
         .values()
         .map(|p| {
@@ -78,7 +79,7 @@ pub fn metadata(shared: &Shared) -> Resp {
                    "capabilities": p.broker.capabilities()})
         })
         .collect();
-    let subscriptions: Vec<Value> = shared
+    let subscriptions: Vec<Value> = api.status
         .subscriptions
         .read()
         .expect("subscriptions lock")
@@ -105,7 +106,7 @@ pub fn metadata(shared: &Shared) -> Resp {
             "healthProbeTimeout": format_duration(h.timeout),
             "healthThreshold": h.threshold});
     }
-    let denied: Vec<Value> = shared
+    let denied: Vec<Value> = api.status
         .denied
         .read()
         .expect("denied lock")
@@ -115,8 +116,9 @@ pub fn metadata(shared: &Shared) -> Resp {
                    "reason": format!("subscription to topic '{}' on pubsub '{}' is not allowed", s.topic, s.pubsubname)})
         })
         .collect();
-    let extended = shared.extended.lock().expect("extended lock").clone();
-    let outbox: serde_json::Map<String, Value> = shared
+    let extended = api.status.extended.lock().expect("extended lock").clone();
+    let outbox: serde_json::Map<String, Value> = api
+        .registry
         .pubsubs
         .iter()
         .filter(|(_, e)| e.outbox.is_some())
@@ -143,7 +145,7 @@ pub fn metadata(shared: &Shared) -> Resp {
 }
 
 /// `PUT /v1.0/metadata/{key}`: the body becomes an `extended` attribute.
-pub async fn put_metadata(req: Request<Incoming>, key: String, shared: &Shared) -> Resp {
+pub async fn put_metadata(req: Request<Incoming>, key: String, api: &ApiState) -> Resp {
     let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
         .collect()
         .await
@@ -151,7 +153,7 @@ pub async fn put_metadata(req: Request<Incoming>, key: String, shared: &Shared) 
         Ok(b) => b.to_bytes(),
         Err(_) => return error(&ApiError::body_too_large(64 * 1024)),
     };
-    shared
+    api.status
         .extended
         .lock()
         .expect("extended lock")
@@ -161,14 +163,14 @@ pub async fn put_metadata(req: Request<Incoming>, key: String, shared: &Shared) 
 
 /// `GET /v1.0-alpha1/lag?pubsub=&topic=`: the consumer group's lag, in
 /// total and per partition (or queue), for KEDA's `metrics-api` scaler.
-pub async fn lag(query: &BTreeMap<String, String>, shared: &Shared) -> Resp {
+pub async fn lag(query: &BTreeMap<String, String>, api: &ApiState) -> Resp {
     let (Some(pubsub), Some(topic)) = (query.get("pubsub"), query.get("topic")) else {
         return error(&ApiError::bad_request(
             "ERR_MALFORMED_REQUEST",
             "query parameters pubsub and topic are required".into(),
         ));
     };
-    let Some(entry) = shared.pubsubs.get(pubsub) else {
+    let Some(entry) = api.registry.pubsubs.get(pubsub) else {
         return error(&ApiError::bad_request(
             "ERR_PUBSUB_NOT_FOUND",
             format!("pubsub {pubsub} is not found"),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Claim, Finish, Key, Store, StoreError};
-use crate::broker::{BoxFuture, Message};
+use crate::message::{BoxFuture, Message};
 
 #[derive(Debug)]
 enum State {

@@ -20,13 +20,14 @@
 //! key reaches the app as the `idempotency-key` header so an app with side
 //! effects can record it in its own transaction.
 
+pub mod config;
 pub mod memory;
 pub mod postgres;
 
 use std::sync::Arc;
 
-use crate::broker::{BoxFuture, Message};
-use crate::config::store::{StoreComponent, StoreKind};
+use crate::message::{BoxFuture, Message};
+use config::{StoreComponent, StoreKind};
 
 /// One event for one subscriber.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

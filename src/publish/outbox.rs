@@ -1,27 +1,21 @@
-//! The publish outbox (`outboxStore` on a pubsub component): a publish the
-//! broker cannot take now (unreachable, timed out) is written to the store
-//! and answered 204 once the row is committed; a relay publishes the kept
-//! messages in order when the broker is back, deleting each batch after the
-//! broker confirmed it. While messages wait, new publishes queue behind
+//! Publishing to the broker, and the outbox decision (`outboxStore` on a
+//! pubsub component): a publish the broker cannot take now (unreachable,
+//! timed out) is written to the store and answered 204 once the row is
+//! committed; the [relay](super::relay) publishes the kept messages in order
+//! when the broker is back. While messages wait, new publishes queue behind
 //! them, so order per key is kept. A message the broker rejects for good
-//! (too large, bad partition) is an error at once, never outboxed.
-//!
-//! The relay may publish a message twice (it crashed between the confirm
-//! and the delete); the CloudEvent keeps its id, so the idempotency inbox
-//! drops the copy.
+//! (too large, bad partition) is an error at once, never outboxed. Records
+//! Dapr's egress metrics.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::sync::watch;
-
-use crate::broker::{BrokerError, Message};
-use crate::runtime::{PubsubEntry, Shared};
+use crate::broker::BrokerError;
+use crate::message::Message;
+use crate::state::Pubsub;
 
 /// Publishes one message, through the outbox when the broker cannot take
 /// it; records Dapr's egress metrics.
-pub async fn publish(entry: &PubsubEntry, app_id: &str, msg: Message) -> Result<(), BrokerError> {
+pub async fn publish(entry: &Pubsub, app_id: &str, msg: Message) -> Result<(), BrokerError> {
     let topic = msg.topic.clone();
     let start = std::time::Instant::now();
     let r = publish_inner(entry, msg).await;
@@ -40,7 +34,7 @@ pub async fn publish(entry: &PubsubEntry, app_id: &str, msg: Message) -> Result<
     r
 }
 
-async fn publish_inner(entry: &PubsubEntry, msg: Message) -> Result<(), BrokerError> {
+async fn publish_inner(entry: &Pubsub, msg: Message) -> Result<(), BrokerError> {
     let Some(outbox) = &entry.outbox else {
         return entry.broker.publish(msg).await;
     };
@@ -58,7 +52,7 @@ async fn publish_inner(entry: &PubsubEntry, msg: Message) -> Result<(), BrokerEr
 /// Publishes many; those the broker cannot take go to the outbox. Records
 /// Dapr's bulk egress metric.
 pub async fn publish_batch(
-    entry: &PubsubEntry,
+    entry: &Pubsub,
     app_id: &str,
     msgs: Vec<Message>,
 ) -> Vec<Result<(), BrokerError>> {
@@ -78,10 +72,7 @@ pub async fn publish_batch(
     r
 }
 
-async fn publish_batch_inner(
-    entry: &PubsubEntry,
-    msgs: Vec<Message>,
-) -> Vec<Result<(), BrokerError>> {
+async fn publish_batch_inner(entry: &Pubsub, msgs: Vec<Message>) -> Vec<Result<(), BrokerError>> {
     let Some(outbox) = &entry.outbox else {
         return entry.broker.publish_batch(msgs).await;
     };
@@ -108,7 +99,7 @@ async fn publish_batch_inner(
 }
 
 async fn keep(
-    entry: &PubsubEntry,
+    entry: &Pubsub,
     outbox: &dyn crate::store::Store,
     msgs: Vec<Message>,
 ) -> Result<(), BrokerError> {
@@ -123,51 +114,4 @@ async fn keep(
         })?;
     entry.outbox_pending.fetch_add(n, Ordering::AcqRel);
     Ok(())
-}
-
-/// Relays the outbox of pubsub `name` to its broker until `stop`.
-pub async fn relay(shared: Arc<Shared>, name: String, mut stop: watch::Receiver<bool>) {
-    let entry = &shared.pubsubs[&name];
-    let Some(outbox) = entry.outbox.clone() else {
-        return;
-    };
-    // What an earlier run left behind.
-    if let Ok(n) = outbox.outbox_depth(&name).await {
-        entry.outbox_pending.store(n, Ordering::Release);
-    }
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        if entry.outbox_pending.load(Ordering::Acquire) == 0 || entry.broker.health().is_err() {
-            continue;
-        }
-        let Ok(rows) = outbox.outbox_peek(&name, 100).await else {
-            continue;
-        };
-        if rows.is_empty() {
-            entry.outbox_pending.store(0, Ordering::Release);
-            continue;
-        }
-        let mut sent = vec![];
-        for (id, msg) in rows {
-            match entry.broker.publish(msg).await {
-                Ok(()) => sent.push(id),
-                Err(e) => {
-                    tracing::warn!(pubsub = %name, error = %e, "outbox relay paused");
-                    break;
-                }
-            }
-        }
-        let n = sent.len() as u64;
-        if n > 0 && outbox.outbox_delete(sent).await.is_ok() {
-            let _ = entry
-                .outbox_pending
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
-                    Some(p.saturating_sub(n))
-                });
-            tracing::info!(pubsub = %name, relayed = n, "outbox messages published");
-        }
-    }
 }

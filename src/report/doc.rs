@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_yaml::{Mapping, Value};
 
-use super::error::Problem;
+use super::problem::Problem;
 
 /// The document being read, and where its problems go.
 pub struct DocCtx<'a> {

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::doc::DocCtx;
-use super::meta::{field, flag, lookup, reject_unsupported};
+use crate::report::meta::{field, flag, lookup, reject_unsupported};
+use crate::report::DocCtx;
 use crate::util::parse_go_duration;
 
 /// Keys Perch reads for RabbitMQ.

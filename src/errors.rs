@@ -1,5 +1,7 @@
-//! Dapr's error JSON (`errorCode`, `message`, `details`) and the HTTP status
-//! of every pub/sub API error, chosen in one place (reference section 1.2).
+//! Dapr's API errors: the `errorCode`, ErrorInfo reason, HTTP status and
+//! error JSON (`errorCode`, `message`, `details`) of every pub/sub API error,
+//! chosen in one place (reference section 1.2). A leaf: the publish path
+//! returns these, and each transport renders them.
 
 use std::collections::BTreeMap;
 

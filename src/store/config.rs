@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::doc::DocCtx;
-use super::meta::{field, lookup};
+use crate::report::meta::{field, lookup};
+use crate::report::DocCtx;
 use crate::util::parse_go_duration;
 
 /// Keys of `store.postgresql`.

@@ -1,0 +1,186 @@
+//! The baselines: the same load produced straight to Kafka (rdkafka) and
+//! RabbitMQ (lapin, with confirms), and RabbitMQ's own drain ceiling.
+
+use super::*;
+
+/// The same load produced straight to Kafka with rdkafka: `requests` rounds
+/// of `per_request` records (all sent, then all awaited) from `c` tasks.
+pub(crate) async fn direct_kafka(
+    topic: &str,
+    body: &str,
+    requests: usize,
+    per_request: usize,
+    c: usize,
+) -> Run {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", "127.0.0.1:9092")
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    // Warm up: metadata and the idempotent producer id.
+    for _ in 0..20 {
+        producer
+            .send(
+                FutureRecord::<(), _>::to(topic).payload(body),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("warm-up produce");
+    }
+    let clients = (0..c)
+        .map(|w| {
+            let (p, t, b) = (producer.clone(), topic.to_owned(), body.to_owned());
+            let share = share(requests, c, w);
+            async move {
+                let mut lat = vec![];
+                for _ in 0..share {
+                    let t0 = Instant::now();
+                    let pending: Vec<_> = (0..per_request)
+                        .map(|_| {
+                            p.send_result(FutureRecord::<(), _>::to(&t).payload(&b))
+                                .map_err(|(e, _)| e)
+                                .expect("enqueue")
+                        })
+                        .collect();
+                    for d in pending {
+                        d.await.unwrap().map_err(|(e, _)| e).expect("produce");
+                    }
+                    lat.push(t0.elapsed());
+                }
+                lat
+            }
+        })
+        .collect();
+    run_clients(requests * per_request, clients).await
+}
+
+/// The same load published straight to RabbitMQ with lapin, persistent and
+/// confirmed, one confirm channel per task, as Perch publishes.
+pub(crate) async fn direct_rabbit(
+    topic: &str,
+    body: &str,
+    requests: usize,
+    per_request: usize,
+    c: usize,
+) -> Run {
+    use lapin::options::ConfirmSelectOptions;
+    let conn = lapin::Connection::connect(RABBIT_URI, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let mut clients = vec![];
+    for w in 0..c {
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let (t, b) = (topic.to_owned(), body.to_owned());
+        let share = share(requests, c, w);
+        clients.push(async move {
+            let mut lat = vec![];
+            for _ in 0..share {
+                let t0 = Instant::now();
+                publish_confirmed(&ch, &t, "", &b, per_request).await;
+                lat.push(t0.elapsed());
+            }
+            lat
+        });
+    }
+    run_clients(requests * per_request, clients).await
+}
+
+/// Publishes `n` persistent copies of `body` on a confirm channel, then
+/// awaits their confirms.
+pub(crate) async fn publish_confirmed(
+    ch: &lapin::Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &str,
+    n: usize,
+) {
+    let mut pending = Vec::with_capacity(n);
+    for _ in 0..n {
+        pending.push(
+            ch.basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                lapin::options::BasicPublishOptions::default(),
+                body.as_bytes(),
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for p in pending {
+        p.await.unwrap();
+    }
+}
+
+/// RabbitMQ's own drain rate with no app in the way: lapin consumes a
+/// backlog of `n` persistent 1 KiB messages from a durable queue with
+/// prefetch 64, acknowledging each message (`every` = 1) or every `every`
+/// messages at once (`multiple`).
+pub(crate) async fn direct_rabbit_drain(n: usize, every: usize) -> f64 {
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
+    };
+    use lapin::types::FieldTable;
+    let conn = lapin::Connection::connect(RABBIT_URI, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let queue = format!("bench-drain-{}", uuid::Uuid::new_v4().simple());
+    let ch = conn.create_channel().await.unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.as_str().into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let body = payload();
+    for chunk in 0..n.div_ceil(500) {
+        publish_confirmed(&ch, "", &queue, &body, 500.min(n - chunk * 500)).await;
+    }
+    let consumer_ch = conn.create_channel().await.unwrap();
+    consumer_ch
+        .basic_qos(64, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = consumer_ch
+        .basic_consume(
+            queue.as_str().into(),
+            "drain".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for got in 1..=n {
+        let d = std::future::poll_fn(|cx| {
+            futures_core::Stream::poll_next(std::pin::Pin::new(&mut consumer), cx)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        if got % every == 0 || got == n {
+            d.acker
+                .ack(BasicAckOptions {
+                    multiple: every > 1,
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let _ = ch
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    rate
+}

@@ -1,0 +1,70 @@
+//! Delivery from a pre-filled backlog against the app's own capacity, per
+//! message and bulk, and RabbitMQ's own drain ceiling. Returns the peak RSS.
+
+use crate::*;
+
+pub(crate) async fn run(backends: &[Backend], s: &Sizes, rows: &mut Rows) -> u64 {
+    let mut peak_rss = 0;
+    let app = BenchApp::start(Duration::ZERO, true).await;
+    let ce = json!({"specversion": "1.0", "id": "x", "source": "s", "type": "t", "datacontenttype": "application/json", "data": {"pad": "x".repeat(1000)}}).to_string();
+    let url = format!("http://127.0.0.1:{}/orders", app.port);
+    let cap = load(&url, &ce, "application/cloudevents+json", s.deliver, 16).await;
+    row(
+        rows,
+        format!(
+            "app capacity: the load generator straight at the app, 1 KiB CloudEvents, 16 clients, {} requests",
+            s.deliver
+        ),
+        "".into(),
+        cap.summary("req"),
+        "".into(),
+        "".into(),
+    );
+    for &t in backends {
+        let n = s.deliver;
+        let one = drain(t, n, &[], false, None).await;
+        let bulk = drain(t, n, &[], true, None).await;
+        peak_rss = peak_rss.max(one.peak_rss_kib).max(bulk.peak_rss_kib);
+        row(
+            rows,
+            format!(
+                "deliver {t:?}: backlog of {n} x 1 KiB, maxInFlight 64, order none; bulk 100 per request"
+            ),
+            format!("{:.0}/s; bulk {:.0}/s", one.rate, bulk.rate),
+            format!("app {:.0}/s", cap.rate()),
+            format!(
+                "{:.2}x app; bulk {:.1}x per-message",
+                one.rate / cap.rate(),
+                bulk.rate / one.rate
+            ),
+            format!(
+                "CPU s per 10k: {:.2}, bulk {:.2}; peak RSS {} MiB",
+                one.cpu_s * 10000.0 / n as f64,
+                bulk.cpu_s * 10000.0 / n as f64,
+                one.peak_rss_kib.max(bulk.peak_rss_kib) / 1024
+            ),
+        );
+        if t == Backend::Rabbit {
+            // The broker's own ceiling, with no HTTP and no app.
+            let each = direct_rabbit_drain(n, 1).await;
+            let batched = direct_rabbit_drain(n, 32).await;
+            row(
+                rows,
+                format!(
+                    "RabbitMQ drain with no app: lapin consumes a backlog of {n} x 1 KiB, prefetch 64"
+                ),
+                format!("Perch {:.0}/s; bulk {:.0}/s", one.rate, bulk.rate),
+                format!(
+                    "ack each {each:.0}/s; one multiple ack per 32 {batched:.0}/s"
+                ),
+                format!(
+                    "{:.2}x; bulk {:.2}x the ack-each drain",
+                    one.rate / each,
+                    bulk.rate / each
+                ),
+                "".into(),
+            );
+        }
+    }
+    peak_rss
+}

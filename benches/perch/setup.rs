@@ -1,0 +1,172 @@
+//! A sidecar, its app and its files for one row, and the two measurements
+//! most rows make: a backlog drain and publish-to-receipt latency.
+
+use super::*;
+
+/// The `pubsub` component for `backend`, with `md`.
+pub(crate) fn pubsub_yaml(backend: Backend, bench: &Bench, md: &[(&str, &str)]) -> String {
+    let mut md = md.to_vec();
+    if backend == Backend::Memory {
+        md.push(("maxMessages", "1000000"));
+    }
+    bench.pubsub(&md)
+}
+
+/// A running sidecar with its app and files.
+pub(crate) struct Setup {
+    pub(crate) app: BenchApp,
+    pub(crate) sc: Sidecar,
+    pub(crate) topic: String,
+    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) _bench: Bench,
+}
+
+pub(crate) struct SetupOpts<'a> {
+    pub(crate) md: &'a [(&'a str, &'a str)],
+    pub(crate) bulk: bool,
+    pub(crate) store: Option<&'a str>,
+    pub(crate) delay: Duration,
+    pub(crate) open: bool,
+}
+
+impl<'a> SetupOpts<'a> {
+    /// Per-message, no store, an app that answers at once.
+    pub(crate) fn new(md: &'a [(&'a str, &'a str)]) -> Self {
+        Self {
+            md,
+            bulk: false,
+            store: None,
+            delay: Duration::ZERO,
+            open: true,
+        }
+    }
+}
+
+pub(crate) async fn setup(backend: Backend, o: SetupOpts<'_>) -> Setup {
+    let bench = Bench::new(backend);
+    let app = BenchApp::start(o.delay, o.open).await;
+    // One Kafka partition (the default): one ordering lane, as on the
+    // RabbitMQ queue.
+    let topic = bench.topic("bench");
+    let mut files = vec![("pubsub.yaml".to_owned(), pubsub_yaml(backend, &bench, o.md))];
+    files.push((
+        "s.yaml".into(),
+        if o.bulk {
+            format!("apiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata: {{name: s}}\nspec:\n  pubsubname: pubsub\n  topic: {topic}\n  bulkSubscribe: {{enabled: true, maxMessagesCount: 100, maxAwaitDurationMs: 50}}\n  routes: {{default: /bulk}}\n")
+        } else {
+            subscription("s", &topic, "/orders")
+        },
+    ));
+    if let Some(s) = o.store {
+        files.push(("store.yaml".into(), s.to_owned()));
+    }
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let dir = resources(&refs);
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &["--log-level", "warn"]).await;
+    Setup {
+        app,
+        sc,
+        topic,
+        _dir: dir,
+        _bench: bench,
+    }
+}
+
+/// What draining a backlog measured.
+pub(crate) struct Drained {
+    pub(crate) rate: f64,
+    pub(crate) peak_rss_kib: u64,
+    pub(crate) cpu_s: f64,
+}
+
+/// Fills the broker with `n` events, then times Perch delivering them all
+/// to the app (`maxInFlight` 64, no ordering).
+pub(crate) async fn drain(
+    backend: Backend,
+    n: usize,
+    md: &[(&str, &str)],
+    bulk: bool,
+    store: Option<&str>,
+) -> Drained {
+    let mut all = vec![("deliveryOrder", "none"), ("maxInFlight", "64")];
+    all.extend_from_slice(md);
+    let s = setup(
+        backend,
+        SetupOpts {
+            bulk,
+            store,
+            open: false,
+            ..SetupOpts::new(&all)
+        },
+    )
+    .await;
+    backlog(&s.sc, &s.topic, n, None).await;
+    s.app.wait_arrival().await;
+    let pid = s.sc.child.id().unwrap();
+    let (mut peak, cpu0) = proc_stats(pid);
+    let start = Instant::now();
+    s.app.open();
+    while s.app.acked() < n {
+        peak = peak.max(proc_stats(pid).0);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "delivery stalled at {} of {n}",
+            s.app.acked()
+        );
+    }
+    let elapsed = start.elapsed();
+    let (rss, cpu1) = proc_stats(pid);
+    Drained {
+        rate: n as f64 / elapsed.as_secs_f64(),
+        peak_rss_kib: peak.max(rss),
+        cpu_s: cpu1 - cpu0,
+    }
+}
+
+/// Publish-to-app latency at a fixed `rate`, one POST per event.
+pub(crate) async fn end_to_end(backend: Backend, rate: u32, n: usize) -> (f64, f64) {
+    let s = setup(backend, SetupOpts::new(&[])).await;
+    let url = s.sc.url(&format!("/v1.0/publish/pubsub/{}", s.topic));
+    // Warm up until events flow (consumer joined, connections open).
+    let warm = 20;
+    for _ in 0..warm {
+        load(&url, &payload(), "application/json", 1, 1).await;
+    }
+    while s.app.acked() < warm {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    s.app.take_latencies();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+    let mut sends = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        tick.tick().await;
+        let req = Request::post(&url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(payload())))
+            .unwrap();
+        let client = client.clone();
+        sends.spawn(async move {
+            let resp = client.request(req).await.expect("publish");
+            assert!(resp.status().is_success(), "{}", resp.status());
+        });
+    }
+    while let Some(r) = sends.join_next().await {
+        r.unwrap();
+    }
+    let start = Instant::now();
+    while s.app.acked() < warm + n {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "delivery stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let lat = s.app.take_latencies();
+    (pct(&lat, 0.5), pct(&lat, 0.99))
+}

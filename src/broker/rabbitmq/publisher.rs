@@ -1,0 +1,145 @@
+//! Publishing: the confirm-mode channel of each connection, exchanges
+//! declared once per channel, metadata mapped onto AMQP properties and
+//! headers, and publisher confirms awaited (a negative confirm is an error).
+
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, ExchangeKind};
+
+use super::{Inner, Live};
+use crate::broker::{BrokerError, Message};
+
+impl Inner {
+    pub(super) fn exchange_options(&self) -> ExchangeDeclareOptions {
+        ExchangeDeclareOptions {
+            durable: self.cfg.durable,
+            auto_delete: self.cfg.auto_delete,
+            ..Default::default()
+        }
+    }
+
+    pub(super) fn exchange_kind(&self) -> ExchangeKind {
+        match self.cfg.exchange_kind.as_str() {
+            "topic" => ExchangeKind::Topic,
+            "direct" => ExchangeKind::Direct,
+            "headers" => ExchangeKind::Headers,
+            _ => ExchangeKind::Fanout,
+        }
+    }
+
+    /// The publishing channel of `live` (confirm mode), made on first use
+    /// or after a channel error.
+    async fn publish_channel(&self, live: &Live) -> Result<Channel, BrokerError> {
+        let mut slot = live.publish.lock().await;
+        if let Some(ch) = slot.as_ref().filter(|c| c.status().connected()) {
+            return Ok(ch.clone());
+        }
+        let ch = live
+            .conn
+            .create_channel()
+            .await
+            .map_err(|e| self.error(e))?;
+        if self.cfg.publisher_confirm {
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        // A new channel: exchanges are declared again through it.
+        live.declared.lock().expect("lock").clear();
+        *slot = Some(ch.clone());
+        Ok(ch)
+    }
+
+    async fn declare_exchange(
+        &self,
+        live: &Live,
+        ch: &Channel,
+        topic: &str,
+    ) -> Result<(), BrokerError> {
+        if live.declared.lock().expect("lock").contains(topic) {
+            return Ok(());
+        }
+        ch.exchange_declare(
+            topic.into(),
+            self.exchange_kind(),
+            self.exchange_options(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| self.error(e))?;
+        live.declared.lock().expect("lock").insert(topic.to_owned());
+        Ok(())
+    }
+
+    fn properties(&self, msg: &Message) -> BasicProperties {
+        let md = &msg.metadata;
+        let mut headers = FieldTable::default();
+        for (k, v) in crate::broker::carried_metadata(md) {
+            headers.insert(k.as_str().into(), AMQPValue::LongString(v.as_str().into()));
+        }
+        let content_type = md
+            .get("contentType")
+            .cloned()
+            .or_else(|| msg.content_type.clone())
+            .unwrap_or_else(|| "text/plain".into());
+        let mut props = BasicProperties::default()
+            .with_content_type(ShortString::from(content_type.as_str()))
+            .with_delivery_mode(self.cfg.delivery_mode)
+            .with_headers(headers);
+        let ttl = md
+            .get("ttlInSeconds")
+            .or_else(|| md.get("ttl"))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs)
+            .or(self.cfg.ttl);
+        if let Some(ttl) = ttl {
+            props = props.with_expiration(ShortString::from(ttl.as_millis().to_string().as_str()));
+        }
+        if let Some(p) = md.get("priority").and_then(|p| p.parse::<u8>().ok()) {
+            props = props.with_priority(p);
+        }
+        if let Some(id) = md.get("messageID") {
+            props = props.with_message_id(id.as_str().into());
+        }
+        if let Some(id) = md.get("correlationID") {
+            props = props.with_correlation_id(id.as_str().into());
+        }
+        if let Some(t) = md.get("type") {
+            props = props.with_type(t.as_str().into());
+        }
+        props
+    }
+
+    /// Publishes one message; returns the pending confirm.
+    pub(super) async fn send(&self, msg: &Message) -> Result<lapin::PublisherConfirm, BrokerError> {
+        let live = self.connected().await?;
+        let ch = self.publish_channel(&live).await?;
+        self.declare_exchange(&live, &ch, &msg.topic).await?;
+        let routing_key = msg.metadata.get("routingKey").cloned().unwrap_or_default();
+        ch.basic_publish(
+            msg.topic.as_str().into(),
+            routing_key.as_str().into(),
+            BasicPublishOptions::default(),
+            &msg.data,
+            self.properties(msg),
+        )
+        .await
+        .map_err(|e| self.error(e))
+    }
+
+    pub(super) async fn confirmed(
+        &self,
+        pending: lapin::PublisherConfirm,
+    ) -> Result<(), BrokerError> {
+        match pending.await {
+            Ok(Confirmation::Ack(_)) | Ok(Confirmation::NotRequested) => Ok(()),
+            Ok(Confirmation::Nack(_)) => Err(BrokerError::Unavailable(format!(
+                "rabbitmq pubsub {}: the broker refused the message (negative confirm)",
+                self.name
+            ))),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! One running subscription as the engine sees it: its route rules,
+//! policies, store and app client, and the calls and metrics of one
+//! delivery (`--app-max-concurrency`, the resiliency timeout and the circuit
+//! breaker around every app call; Dapr's ingress metrics).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use tokio::sync::Semaphore;
+
+use super::app::{self, AppClient};
+use super::retry::RetryPolicy;
+use super::{breaker, routing, Deps};
+use crate::broker::Delivery;
+use crate::cloudevents::Envelope;
+use crate::config::SubscriptionSpec;
+use crate::state::Pubsub;
+use crate::store::Store;
+use crate::telemetry::metrics::metrics;
+
+/// A message that passed decoding, expiry and routing: ready for the app.
+pub(super) struct Ready {
+    /// The app path the routing chose.
+    pub(super) path: String,
+    /// The HTTP body: the broker bytes, or the raw-payload envelope.
+    pub(super) body: Bytes,
+    /// The CloudEvent as a map.
+    pub(super) event: Envelope,
+    /// Message metadata plus `content-type` and `pubsubName` (sent as headers).
+    pub(super) metadata: BTreeMap<String, String>,
+    /// W3C trace parent for the delivery, from the event.
+    pub(super) traceparent: Option<String>,
+    /// The broker message.
+    pub(super) delivery: Delivery,
+}
+
+/// One subscription's context, shared by its deliveries.
+pub(super) struct SubCtx {
+    pub(super) sub: SubscriptionSpec,
+    pub(super) policy: RetryPolicy,
+    pub(super) timeout: Option<Duration>,
+    pub(super) router: routing::Router,
+    /// The subscription's pub/sub component and broker.
+    pub(super) pubsub: Arc<Pubsub>,
+    pub(super) deps: Deps,
+    pub(super) client: AppClient,
+    pub(super) app_limit: Option<Arc<Semaphore>>,
+    /// The inbound target's circuit breaker, shared with its other users.
+    pub(super) breaker: Option<Arc<breaker::Breaker>>,
+    /// `rawPayload` subscription metadata.
+    pub(super) raw: bool,
+    /// The pubsub's idempotency store, unless the subscription opts out.
+    pub(super) store: Option<Arc<dyn Store>>,
+}
+
+impl SubCtx {
+    pub(super) fn entry(&self) -> &Pubsub {
+        &self.pubsub
+    }
+}
+
+impl SubCtx {
+    /// One call to the app under `--app-max-concurrency`, the resiliency
+    /// timeout and the circuit breaker; `None` is a transport error, a
+    /// timeout or an open breaker. `succeeded` tells the breaker whether
+    /// the answer counts as a success.
+    pub(super) async fn call_app<F: std::future::Future<Output = app::AppAnswer>>(
+        &self,
+        call: F,
+        succeeded: impl Fn(&app::AppAnswer) -> bool,
+    ) -> app::AppAnswer {
+        if let Some(b) = &self.breaker {
+            if b.admit() == breaker::Admit::No {
+                tracing::debug!(topic = %self.sub.topic, "circuit breaker open; app not called");
+                return None;
+            }
+        }
+        let answer = {
+            let _permit = match &self.app_limit {
+                Some(s) => Some(s.clone().acquire_owned().await.expect("semaphore open")),
+                None => None,
+            };
+            match self.timeout {
+                Some(t) => tokio::time::timeout(t, call).await.unwrap_or(None),
+                None => call.await,
+            }
+        };
+        if let Some(b) = &self.breaker {
+            b.record(succeeded(&answer));
+        }
+        answer
+    }
+}
+
+/// Keeps `perch_inflight` up to date for one delivery.
+pub(super) struct InFlight<'a>(&'a SubCtx);
+
+impl<'a> InFlight<'a> {
+    pub(super) fn new(ctx: &'a SubCtx) -> Self {
+        metrics()
+            .inflight
+            .with_label_values(&[&ctx.sub.pubsubname, &ctx.sub.topic])
+            .inc();
+        Self(ctx)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        metrics()
+            .inflight
+            .with_label_values(&[&self.0.sub.pubsubname, &self.0.sub.topic])
+            .dec();
+    }
+}
+
+impl SubCtx {
+    /// Records one delivery outcome with Dapr's ingress labels.
+    pub(super) fn record_ingress(
+        &self,
+        process_status: &str,
+        status: &str,
+        elapsed: Option<Duration>,
+    ) {
+        let labels = [
+            self.deps.settings.app_id.as_str(),
+            self.sub.pubsubname.as_str(),
+            crate::telemetry::namespace(),
+            process_status,
+            status,
+            self.sub.topic.as_str(),
+        ];
+        metrics().ingress_count.with_label_values(&labels).inc();
+        if let Some(e) = elapsed {
+            metrics()
+                .ingress_latencies
+                .with_label_values(&labels)
+                .observe(e.as_secs_f64() * 1000.0);
+            metrics()
+                .app_latency
+                .with_label_values(&[&self.sub.pubsubname, &self.sub.topic])
+                .observe(e.as_secs_f64());
+        }
+    }
+
+    pub(super) fn count(&self, counter: &prometheus::IntCounterVec) {
+        counter
+            .with_label_values(&[&self.sub.pubsubname, &self.sub.topic])
+            .inc();
+    }
+}

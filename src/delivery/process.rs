@@ -1,0 +1,155 @@
+//! One message through the state machine of [`super::machine`]: prepare,
+//! claim, deliver with retries, then ack, dead-letter, release or leave,
+//! as the machine decides.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Semaphore};
+
+use super::app;
+use super::context::InFlight;
+use super::dead_letter::finish_dropped;
+use super::idempotency::{claim, idempotency_key, mark_finished, IDEMPOTENCY_KEY};
+use super::machine::{after_delivery, before_delivery, After, Before, Claimed};
+use super::outcome::{self, Outcome};
+use super::prepare::prepare;
+use super::retry::{self, RetryEnd};
+use super::SubCtx;
+use crate::broker::Delivery;
+use crate::store::Finish;
+use crate::telemetry::metrics::metrics;
+
+/// Delivers one message; `lane` is its lane's app window (with a store).
+pub(super) async fn process(
+    ctx: &SubCtx,
+    d: Delivery,
+    lane: Option<Arc<Semaphore>>,
+    stop: watch::Receiver<bool>,
+) {
+    let _inflight = InFlight::new(ctx);
+    let Some(mut ready) = prepare(ctx, d, stop.clone()).await else {
+        return;
+    };
+    let held = match (&ctx.store, idempotency_key(ctx, &ready)) {
+        (Some(store), Some(key)) => {
+            let claimed = claim(ctx, store.as_ref(), &key, &mut stop.clone()).await;
+            Some((store.clone(), key, claimed))
+        }
+        _ => None,
+    };
+    let claimed = held.as_ref().map_or(Claimed::Unclaimed, |(_, _, c)| *c);
+    let claim = match before_delivery(claimed, ctx.policy.max_retries) {
+        Before::AckDuplicate => {
+            ctx.count(&metrics().duplicates_suppressed);
+            if let Some((_, key, _)) = &held {
+                tracing::debug!(topic = %ctx.sub.topic, key = %key.header(), "duplicate event; acknowledged without delivery");
+            }
+            let _ = ready.delivery.ack.ack().await;
+            return;
+        }
+        Before::Leave => return,
+        Before::DeadLetterOverclaimed => {
+            let (store, key, _) = held.as_ref().expect("only a claim is over-claimed");
+            tracing::warn!(topic = %ctx.sub.topic, key = %key.header(), ?claimed,
+                "claimed more times than the retry policy allows (earlier attempts were cut short); dead-lettering");
+            let mark = Some((store.as_ref(), key, Finish::Dead));
+            return finish_dropped(ctx, ready.delivery, stop, mark).await;
+        }
+        Before::Deliver { claimed } => {
+            let claim = held.filter(|_| claimed).map(|(store, key, _)| (store, key));
+            if let Some((_, key)) = &claim {
+                ready.metadata.insert(IDEMPOTENCY_KEY.into(), key.header());
+            }
+            claim
+        }
+    };
+    // A place in the lane's app window, held until the message is finished
+    // (marked, then acknowledged or dead-lettered): at most `maxInFlight`
+    // per lane are delivered and not yet marked, which bounds the duplicates
+    // a crash can cause. Only the claims run ahead of it.
+    let _permit = match lane {
+        Some(lane) => Some(lane.acquire_owned().await.expect("lane semaphore open")),
+        None => None,
+    };
+    let mut retry_stop = stop.clone();
+    let attempts = AtomicU32::new(0);
+    let end = retry::run(&ctx.policy, &mut retry_stop, || async {
+        if attempts.fetch_add(1, Ordering::Relaxed) > 0 {
+            ctx.count(&metrics().redeliveries);
+        }
+        let classify = |answer: &app::AppAnswer| match answer {
+            Some((s, body)) => outcome::classify(Some(*s), body),
+            None => outcome::classify(None, b""),
+        };
+        let started = std::time::Instant::now();
+        let answer = ctx
+            .call_app(
+                ctx.client.deliver(
+                    &ready.path,
+                    ready.body.clone(),
+                    &ready.metadata,
+                    ready.traceparent.as_deref(),
+                ),
+                |a| !matches!(classify(a), Outcome::Retry(_)),
+            )
+            .await;
+        let status = answer.as_ref().map(|(s, _)| *s);
+        let outcome = classify(&answer);
+        // Dapr's labels: an app DROP is drop/success, a 404 drop/drop.
+        let (process_status, status_label) = match (&outcome, status) {
+            (Outcome::Success, _) => ("success", "success"),
+            (Outcome::Drop(_), Some(404)) => ("drop", "drop"),
+            (Outcome::Drop(_), _) => ("drop", "success"),
+            (Outcome::Retry(_), _) => ("retry", "retry"),
+        };
+        let elapsed = answer.as_ref().map(|_| started.elapsed());
+        ctx.record_ingress(process_status, status_label, elapsed);
+        outcome.into_attempt(status)
+    })
+    .await;
+    let d = ready.delivery;
+    tracing::Span::current().record(
+        "outcome",
+        match &end {
+            RetryEnd::Done(Outcome::Success) => "success",
+            RetryEnd::Done(_) => "drop",
+            RetryEnd::Exhausted(_) => "exhausted",
+            RetryEnd::Stopped => "stopped",
+        },
+    );
+    match &end {
+        RetryEnd::Done(Outcome::Success) | RetryEnd::Stopped => {}
+        RetryEnd::Done(outcome) => {
+            tracing::warn!(topic = %ctx.sub.topic, ?outcome, "message dropped by the app")
+        }
+        RetryEnd::Exhausted(reason) => {
+            tracing::warn!(topic = %ctx.sub.topic, %reason, "retries exhausted")
+        }
+    }
+    let mark_of = |how: Option<Finish>| {
+        how.zip(claim.as_ref())
+            .map(|(how, (store, key))| (store.as_ref(), key, how))
+    };
+    match after_delivery(&end, claim.is_some()) {
+        After::Ack { mark } => {
+            if let Some((store, key, how)) = mark_of(mark) {
+                if !mark_finished(ctx, store, key, how, stop).await {
+                    return;
+                }
+            }
+            let _ = d.ack.ack().await;
+        }
+        After::DeadLetter { mark } => finish_dropped(ctx, d, stop, mark_of(mark)).await,
+        // Shutdown is not exhaustion: leave the message unacked, and give
+        // the claim back so another sidecar may take it at once.
+        After::Release => {
+            if let Some((store, key)) = claim {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), store.release(vec![key])).await;
+            }
+        }
+        After::Leave => {}
+    }
+}

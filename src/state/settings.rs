@@ -1,0 +1,40 @@
+//! Process settings: `perch run`'s flags with their env fallbacks, as plain
+//! data (see `cli`).
+
+use std::time::Duration;
+
+/// Process settings (flags with env fallbacks; see `cli`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `--app-id`.
+    pub app_id: String,
+    /// `--app-port`; without it there is no app channel and no subscriptions.
+    pub app_port: Option<u16>,
+    /// `--app-channel-address`.
+    pub app_channel_address: String,
+    /// `--app-max-concurrency`; `None` is unlimited.
+    pub app_max_concurrency: Option<usize>,
+    /// `DAPR_API_TOKEN`.
+    pub api_token: Option<String>,
+    /// `APP_API_TOKEN`, sent to the app as `dapr-api-token`.
+    pub app_api_token: Option<String>,
+    /// `--max-body-size` in bytes.
+    pub max_body_size: usize,
+    /// `--dapr-graceful-shutdown-seconds`.
+    pub graceful_shutdown: Duration,
+    /// `--enable-app-health-check` and its settings; `None` when off.
+    pub app_health: Option<AppHealthCheck>,
+}
+
+/// How the app's health is probed (`--app-health-*` flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppHealthCheck {
+    /// Path probed with GET.
+    pub path: String,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Time a probe may take.
+    pub timeout: Duration,
+    /// Consecutive failures that make the app unhealthy.
+    pub threshold: u32,
+}
