@@ -11,6 +11,24 @@ use bytes::Bytes;
 /// A boxed, sendable future (the trait must be object-safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Metadata (and header to the app) naming the topic a dead letter came
+/// from. Set only by the delivery engine on the copy it dead-letters; a
+/// broker publishes such a copy as a dead letter (RabbitMQ: `mandatory`,
+/// never expiring).
+pub const DEAD_LETTER_FROM: &str = "perch-dead-letter-from";
+
+/// Broker metadata that addresses or limits the original message and must
+/// not follow it into the dead-letter topic: a routing key the dead-letter
+/// queue is not bound with, a TTL that would expire the dead letter, a
+/// priority, a partition of the original topic.
+pub const NOT_DEAD_LETTERED: &[&str] = &[
+    "routingKey",
+    "ttlInSeconds",
+    "ttl",
+    "priority",
+    "partitionNumber",
+];
+
 /// One message to publish.
 #[derive(Debug, Clone)]
 pub struct Message {

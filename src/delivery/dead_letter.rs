@@ -9,6 +9,7 @@ use super::idempotency::mark_finished;
 use super::retry::{self, Backoff};
 use super::SubCtx;
 use crate::broker::{Delivery, Message};
+use crate::message::NOT_DEAD_LETTERED;
 use crate::store::{Finish, Key, Store};
 use crate::telemetry::metrics::metrics;
 
@@ -23,8 +24,7 @@ pub(super) fn dead_letter_topic(ctx: &SubCtx) -> Option<String> {
     })
 }
 
-/// Metadata (and header to the app) naming the topic a dead letter came from.
-pub const DEAD_LETTER_FROM: &str = "perch-dead-letter-from";
+pub use crate::message::DEAD_LETTER_FROM;
 
 /// With `mark`, the claimed key is marked (after the dead-letter publish,
 /// before the ack).
@@ -51,11 +51,7 @@ pub(super) async fn finish_dropped(
         topic: entry.component.broker_topic(&topic),
         data: d.data.clone(),
         content_type: d.content_type.clone(),
-        metadata: {
-            let mut md = d.metadata.clone();
-            md.insert(DEAD_LETTER_FROM.into(), ctx.sub.topic.clone());
-            md
-        },
+        metadata: dead_letter_metadata(&d.metadata, &ctx.sub.topic),
     };
     let mut backoff = Backoff::new(retry::DEFAULT_INITIAL, retry::DEFAULT_MAX);
     loop {
@@ -76,5 +72,56 @@ pub(super) async fn finish_dropped(
                 }
             }
         }
+    }
+}
+
+/// The dead letter's metadata: the original's, minus what addressed or
+/// limited the original ([`NOT_DEAD_LETTERED`]), plus where it came from.
+fn dead_letter_metadata(
+    md: &std::collections::BTreeMap<String, String>,
+    from: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let mut out: std::collections::BTreeMap<String, String> = md
+        .iter()
+        .filter(|(k, _)| !NOT_DEAD_LETTERED.iter().any(|n| k.eq_ignore_ascii_case(n)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    out.insert(DEAD_LETTER_FROM.into(), from.to_owned());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letter_keeps_its_data_and_drops_what_addressed_the_original() {
+        let md: std::collections::BTreeMap<String, String> = [
+            ("routingKey", "rk"),
+            ("ttlInSeconds", "2"),
+            ("TTL", "2"),
+            ("priority", "5"),
+            ("partitionNumber", "3"),
+            ("partitionKey", "k"),
+            ("__key", "k"),
+            ("traceparent", "00-1-2-01"),
+            ("custom", "v"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let out = dead_letter_metadata(&md, "orders");
+        let keys: Vec<&str> = out.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "__key",
+                "custom",
+                "partitionKey",
+                DEAD_LETTER_FROM,
+                "traceparent"
+            ]
+        );
+        assert_eq!(out[DEAD_LETTER_FROM], "orders");
     }
 }

@@ -10,6 +10,7 @@ use lapin::{BasicProperties, Channel, Confirmation, ExchangeKind};
 
 use super::{Inner, Live};
 use crate::broker::{BrokerError, Message};
+use crate::message::DEAD_LETTER_FROM;
 
 impl Inner {
     pub(super) fn exchange_options(&self) -> ExchangeDeclareOptions {
@@ -88,12 +89,15 @@ impl Inner {
             .with_content_type(ShortString::from(content_type.as_str()))
             .with_delivery_mode(self.cfg.delivery_mode)
             .with_headers(headers);
+        // A dead letter never expires: the component's `ttlInSeconds` is
+        // for what is published, not for what is kept for inspection.
         let ttl = md
             .get("ttlInSeconds")
             .or_else(|| md.get("ttl"))
             .and_then(|v| v.parse::<u64>().ok())
             .map(Duration::from_secs)
-            .or(self.cfg.ttl);
+            .or(self.cfg.ttl)
+            .filter(|_| !md.contains_key(DEAD_LETTER_FROM));
         if let Some(ttl) = ttl {
             props = props.with_expiration(ShortString::from(ttl.as_millis().to_string().as_str()));
         }
@@ -118,10 +122,17 @@ impl Inner {
         let ch = self.publish_channel(&live).await?;
         self.declare_exchange(&live, &ch, &msg.topic).await?;
         let routing_key = msg.metadata.get("routingKey").cloned().unwrap_or_default();
+        // A dead letter must reach a queue: published `mandatory`, so an
+        // unroutable copy comes back and is an error (see `confirmed`), and
+        // the original is not acked.
+        let options = BasicPublishOptions {
+            mandatory: msg.metadata.contains_key(DEAD_LETTER_FROM),
+            ..Default::default()
+        };
         ch.basic_publish(
             msg.topic.as_str().into(),
             routing_key.as_str().into(),
-            BasicPublishOptions::default(),
+            options,
             &msg.data,
             self.properties(msg),
         )
@@ -134,7 +145,13 @@ impl Inner {
         pending: lapin::PublisherConfirm,
     ) -> Result<(), BrokerError> {
         match pending.await {
-            Ok(Confirmation::Ack(_)) | Ok(Confirmation::NotRequested) => Ok(()),
+            Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Ok(()),
+            // Confirmed but returned: a `mandatory` message no queue is
+            // bound for. Trying again cannot route it.
+            Ok(Confirmation::Ack(Some(_))) => Err(BrokerError::Rejected(format!(
+                "rabbitmq pubsub {}: the message is unroutable (no queue is bound for its routing key)",
+                self.name
+            ))),
             Ok(Confirmation::Nack(_)) => Err(BrokerError::Unavailable(format!(
                 "rabbitmq pubsub {}: the broker refused the message (negative confirm)",
                 self.name

@@ -11,6 +11,11 @@ use lapin::Channel;
 
 use super::Inner;
 
+/// `x-delivery-limit` of the quorum queues Perch declares: high enough to
+/// be never reached (RabbitMQ 3.x accepts only non-negative limits, so not
+/// 4.x's `-1`).
+pub(super) const QUORUM_DELIVERY_LIMIT: i64 = 1_000_000_000;
+
 /// Declares the subscription's queue with its arguments and bindings.
 pub(super) async fn declare_queue(
     inner: &Inner,
@@ -26,6 +31,16 @@ pub(super) async fn declare_queue(
             "x-queue-type".into(),
             AMQPValue::LongString(t.as_str().into()),
         );
+        // RabbitMQ 4 gives quorum queues a delivery limit of 20 and drops a
+        // message past it. Perch requeues what it has not finished
+        // (shutdown, the claims-ahead window) and owns retries and dead
+        // letters itself, so the broker's limit must never be reached.
+        if t.eq_ignore_ascii_case("quorum") {
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(QUORUM_DELIVERY_LIMIT),
+            );
+        }
     }
     let number = |key: &str, component: Option<i64>| -> Option<i64> {
         sub.get(key).and_then(|v| v.parse().ok()).or(component)
