@@ -94,8 +94,13 @@ async fn claim_done_and_duplicates(kind: Kind) -> TestResult {
     p.a.finish(vec![dead.clone()], Finish::Dead).await?;
     assert_eq!(
         one(p.b.as_ref(), &dead).await,
-        Claim::Done,
-        "dead-lettered counts as done"
+        Claim::Owned { attempts: 1 },
+        "dead-lettered was never delivered: a replay is claimed anew, attempts counted afresh"
+    );
+    assert_eq!(
+        one(p.a.as_ref(), &dead).await,
+        Claim::Busy,
+        "and held by its new owner"
     );
     Ok(())
 }

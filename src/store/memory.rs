@@ -13,7 +13,7 @@ use crate::message::{BoxFuture, Message};
 #[derive(Debug)]
 enum State {
     InProgress { lease_until: Instant },
-    Finished { at: Instant },
+    Finished { at: Instant, how: Finish },
 }
 
 #[derive(Debug)]
@@ -55,7 +55,7 @@ impl MemoryStore {
         let mut finished: Vec<(Instant, Key)> = entries
             .iter()
             .filter_map(|(k, e)| match e.state {
-                State::Finished { at } => Some((at, k.clone())),
+                State::Finished { at, .. } => Some((at, k.clone())),
                 State::InProgress { .. } => None,
             })
             .collect();
@@ -87,9 +87,28 @@ impl Store for MemoryStore {
                     Claim::Owned { attempts: 1 }
                 }
                 Some(Entry {
-                    state: State::Finished { .. },
+                    state:
+                        State::Finished {
+                            how: Finish::Done, ..
+                        },
                     ..
                 }) => Claim::Done,
+                // Dead-lettered, never delivered: a replay is claimed anew.
+                Some(
+                    e @ Entry {
+                        state:
+                            State::Finished {
+                                how: Finish::Dead, ..
+                            },
+                        ..
+                    },
+                ) => {
+                    e.state = State::InProgress {
+                        lease_until: now + self.lease,
+                    };
+                    e.attempts = 1;
+                    Claim::Owned { attempts: 1 }
+                }
                 Some(e) => match e.state {
                     State::InProgress { lease_until } if lease_until > now => Claim::Busy,
                     _ => {
@@ -107,14 +126,14 @@ impl Store for MemoryStore {
         Box::pin(async move { Ok(out) })
     }
 
-    fn finish(&self, keys: Vec<Key>, _how: Finish) -> BoxFuture<'_, Result<Vec<bool>, StoreError>> {
+    fn finish(&self, keys: Vec<Key>, how: Finish) -> BoxFuture<'_, Result<Vec<bool>, StoreError>> {
         let now = Instant::now();
         let mut entries = self.entries.lock().expect("store lock");
         let out = keys
             .iter()
             .map(|k| match entries.get_mut(k) {
                 Some(e) if matches!(e.state, State::InProgress { .. }) => {
-                    e.state = State::Finished { at: now };
+                    e.state = State::Finished { at: now, how };
                     true
                 }
                 _ => false,
@@ -141,7 +160,7 @@ impl Store for MemoryStore {
         let mut entries = self.entries.lock().expect("store lock");
         let before = entries.len();
         entries.retain(|_, e| match e.state {
-            State::Finished { at } => now.duration_since(at) < self.retention,
+            State::Finished { at, .. } => now.duration_since(at) < self.retention,
             State::InProgress { .. } => true,
         });
         let purged = (before - entries.len()) as u64;

@@ -53,7 +53,9 @@ pub enum Claim {
         /// Claims so far.
         attempts: u32,
     },
-    /// Already done (or dead-lettered): a duplicate.
+    /// Already done (delivered or dropped by the app): a duplicate. A dead
+    /// key (dead-lettered, never delivered) is claimed anew, so a replay
+    /// from the dead-letter topic reaches the app.
     Done,
     /// Another sidecar holds a live lease.
     Busy,

@@ -33,8 +33,12 @@ impl Pg {
                      ON CONFLICT (subscriber, msg_key) DO UPDATE
                         SET lease_owner = EXCLUDED.lease_owner,
                             lease_until = EXCLUDED.lease_until,
-                            attempts = i.attempts + 1
-                      WHERE i.state = 'in_progress' AND i.lease_until < now()
+                            attempts = CASE WHEN i.state = 'dead' THEN 1 ELSE i.attempts + 1 END,
+                            state = 'in_progress',
+                            done_at = NULL
+                      WHERE (i.state = 'in_progress' AND i.lease_until < now())
+                         -- Dead-lettered, never delivered: a replay is claimed anew.
+                         OR i.state = 'dead'
                      RETURNING i.subscriber, i.msg_key, i.attempts"
                 ),
                 &[&subs, &ids, &self.owner_text, &lease],
@@ -75,7 +79,7 @@ impl Pg {
                     }
                 } else {
                     match states.get(&id).map(String::as_str) {
-                        Some("done" | "dead") => Claim::Done,
+                        Some("done") => Claim::Done,
                         _ => Claim::Busy,
                     }
                 }
