@@ -489,3 +489,94 @@ async fn a_stuck_partition_does_not_hold_up_the_others() -> TestResult {
     );
     Ok(())
 }
+
+/// Messages in the partitions of `topic` (the sum of high watermarks;
+/// 0 when the topic does not exist yet).
+fn topic_depth(topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let Ok(c) = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", "127.0.0.1:9092")
+        .create::<BaseConsumer>()
+    else {
+        return 0;
+    };
+    let Ok(md) = c.fetch_metadata(Some(topic), Duration::from_secs(5)) else {
+        return 0;
+    };
+    md.topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .filter_map(|p| {
+            c.fetch_watermarks(topic, p.id(), Duration::from_secs(5))
+                .ok()
+        })
+        .map(|(_, high)| high)
+        .sum()
+}
+
+/// A partition revoked while its message is in its retry backoff (review
+/// F6): the first sidecar stops retrying it at once, and only its new
+/// owner runs out the retries into the dead-letter topic. The app fails
+/// every attempt; one message per partition, so two dead letters in all is
+/// right, and a third is the revoked copy dead-lettered too.
+#[tokio::test]
+async fn a_revoked_partition_is_not_retries_exhausted() -> TestResult {
+    let b = Bench::new(Backend::Kafka);
+    let res = "apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata: {name: r}
+spec:
+  policies:
+    retries:
+      slow: {policy: constant, duration: 1s, maxRetries: 15}
+  targets:
+    components:
+      pubsub:
+        inbound: {retry: slow}
+";
+    let dir = resources(&[
+        (
+            "pubsub.yaml",
+            &b.pubsub(&[("topicPartitions", "2"), ("deliveryOrder", "none")]),
+        ),
+        ("s.yaml", &b.subscription("s", "orders", "/orders")),
+        ("r.yaml", res),
+    ]);
+    let topic = b.topic("orders");
+    let failing = || TestApp::start(None, Arc::new(|_| (500, String::new())));
+    let mut app_a = failing().await;
+    let sc_a = Sidecar::start(dir.path(), Some(app_a.port), &[], &[]).await;
+    for partition in [0, 1] {
+        let (status, _, _) = sc_a
+            .call(
+                "POST",
+                &format!("/v1.0/publish/pubsub/{topic}?metadata.partitionNumber={partition}"),
+                &[("content-type", "application/json")],
+                &json!({ "seq": partition }).to_string(),
+            )
+            .await?;
+        assert_eq!(status, 204);
+    }
+    let mut seen = BTreeSet::new();
+    while seen.len() < 2 {
+        seen.insert(app_a.next(30).await?.headers["__partition"].clone());
+    }
+    // A second member joins: one partition moves to it mid-backoff.
+    let mut app_b = failing().await;
+    let _sc_b = Sidecar::start(dir.path(), Some(app_b.port), &[], &[]).await;
+    app_b.next(30).await?;
+    // Both copies that stayed run out their 15 s of retries; wait for them.
+    let dlq = format!("{topic}.dlq");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while topic_depth(&dlq) < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    drop(sc_a);
+    assert_eq!(
+        topic_depth(&dlq),
+        2,
+        "one dead letter per message: the revoked copy was not dead-lettered"
+    );
+    Ok(())
+}

@@ -155,7 +155,17 @@ async fn deliver_group(
             .collect(),
     });
     let mut retry_stop = stop.clone();
-    let end = retry::run(&ctx.policy, &mut retry_stop, || async {
+    // A batch is ours while every entry left is (no partition revoked, no
+    // channel lost); otherwise it goes back to the broker whole.
+    let owned = || {
+        pending
+            .lock()
+            .expect("pending lock")
+            .entries
+            .iter()
+            .all(|(_, r)| r.delivery.is_owned())
+    };
+    let end = retry::run(&ctx.policy, &mut retry_stop, &owned, || async {
         let body = {
             let p = pending.lock().expect("pending lock");
             request_body(ctx, &p.entries)
@@ -229,8 +239,9 @@ async fn deliver_group(
                 finish_dropped(ctx, r.delivery, stop.clone(), None).await;
             }
         }
-        // Shutdown: the entries stay unacknowledged for redelivery.
-        RetryEnd::Stopped => {}
+        // Shutdown, or an entry no longer ours: the entries stay
+        // unacknowledged for redelivery.
+        RetryEnd::Stopped | RetryEnd::Revoked => {}
     }
 }
 

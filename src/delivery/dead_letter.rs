@@ -35,6 +35,10 @@ pub(super) async fn finish_dropped(
     mark: Option<(&dyn Store, &Key, Finish)>,
 ) {
     let entry = ctx.entry();
+    // Revoked (or its channel died) while it failed: the next owner decides.
+    if !d.is_owned() {
+        return;
+    }
     let marked = |stop: watch::Receiver<bool>| async move {
         match mark {
             Some((store, key, how)) => mark_finished(ctx, store, key, how, stop).await,

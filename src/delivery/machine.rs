@@ -12,7 +12,7 @@
 //! deliver (attempts, retries) ──success──> mark done, ack
 //!                             ──drop──> dead letter, mark done, ack
 //!                             ──retries exhausted──> dead letter, mark dead, ack
-//!                             ──shutdown──> release the claim, leave (unacked)
+//!                             ──shutdown, revoked──> release the claim, leave (unacked)
 //! ```
 
 use super::outcome::Outcome;
@@ -96,9 +96,10 @@ pub fn after_delivery(end: &RetryEnd<Outcome>, claimed: bool) -> After {
         RetryEnd::Exhausted(_) => After::DeadLetter {
             mark: mark(Finish::Dead),
         },
-        // Shutdown is not exhaustion.
-        RetryEnd::Stopped if claimed => After::Release,
-        RetryEnd::Stopped => After::Leave,
+        // Shutdown, or a revoked partition or dead channel, is not
+        // exhaustion: the message goes back to the broker for its next owner.
+        RetryEnd::Stopped | RetryEnd::Revoked if claimed => After::Release,
+        RetryEnd::Stopped | RetryEnd::Revoked => After::Leave,
     }
 }
 
@@ -137,6 +138,7 @@ mod tests {
         let dropped = RetryEnd::Done(Outcome::Drop("app answered DROP".into()));
         let exhausted = RetryEnd::Exhausted("5 retries".into());
         let stopped = RetryEnd::Stopped;
+        let revoked = RetryEnd::Revoked;
         let cases = [
             (
                 &success,
@@ -164,6 +166,8 @@ mod tests {
             (&exhausted, false, DeadLetter { mark: None }),
             (&stopped, true, Release),
             (&stopped, false, Leave),
+            (&revoked, true, Release),
+            (&revoked, false, Leave),
         ];
         for (end, claimed, want) in cases {
             assert_eq!(

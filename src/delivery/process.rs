@@ -75,7 +75,13 @@ pub(super) async fn process(
     };
     let mut retry_stop = stop.clone();
     let attempts = AtomicU32::new(0);
-    let end = retry::run(&ctx.policy, &mut retry_stop, || async {
+    let owned = ready.delivery.owned.clone();
+    let is_owned = move || {
+        owned
+            .as_ref()
+            .is_none_or(|o| o.load(std::sync::atomic::Ordering::Acquire))
+    };
+    let end = retry::run(&ctx.policy, &mut retry_stop, &is_owned, || async {
         if attempts.fetch_add(1, Ordering::Relaxed) > 0 {
             ctx.count(&metrics().redeliveries);
         }
@@ -117,10 +123,14 @@ pub(super) async fn process(
             RetryEnd::Done(_) => "drop",
             RetryEnd::Exhausted(_) => "exhausted",
             RetryEnd::Stopped => "stopped",
+            RetryEnd::Revoked => "revoked",
         },
     );
     match &end {
         RetryEnd::Done(Outcome::Success) | RetryEnd::Stopped => {}
+        RetryEnd::Revoked => {
+            tracing::info!(topic = %ctx.sub.topic, "message no longer ours (partition revoked or channel lost); left to its next owner")
+        }
         RetryEnd::Done(outcome) => {
             tracing::warn!(topic = %ctx.sub.topic, ?outcome, "message dropped by the app")
         }

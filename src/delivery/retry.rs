@@ -145,12 +145,22 @@ pub enum RetryEnd<T> {
     Exhausted(String),
     /// Shutdown came first: leave the message unacknowledged.
     Stopped,
+    /// The message is no longer ours (its Kafka partition was revoked, its
+    /// RabbitMQ channel died): its next owner delivers it. Never "retries
+    /// exhausted", never dead-lettered by this sidecar.
+    Revoked,
 }
 
-/// Runs `attempt` until it is done, the policy gives up, or `stop` fires.
+/// How often ownership is looked at during a backoff.
+const OWNERSHIP_POLL: Duration = Duration::from_millis(200);
+
+/// Runs `attempt` until it is done, the policy gives up, `stop` fires, or
+/// `owned` turns false (looked at before every attempt and, during a
+/// backoff, every 200 ms).
 pub async fn run<T, F, Fut>(
     policy: &RetryPolicy,
     stop: &mut watch::Receiver<bool>,
+    owned: &(dyn Fn() -> bool + Sync),
     mut attempt: F,
 ) -> RetryEnd<T>
 where
@@ -160,6 +170,12 @@ where
     let mut delays = policy.delays();
     let mut retries = 0u32;
     loop {
+        if *stop.borrow() {
+            return RetryEnd::Stopped;
+        }
+        if !owned() {
+            return RetryEnd::Revoked;
+        }
         let (status, reason) = match attempt().await {
             Attempt::Done(t) => return RetryEnd::Done(t),
             Attempt::Failed { status, reason } => (status, reason),
@@ -171,9 +187,19 @@ where
             return RetryEnd::Exhausted(format!("{reason} after {retries} retries"));
         }
         retries += 1;
-        tokio::select! {
-            _ = tokio::time::sleep(delays()) => {}
-            _ = stop.wait_for(|s| *s) => return RetryEnd::Stopped,
+        let until = tokio::time::Instant::now() + delays();
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(left.min(OWNERSHIP_POLL)) => {}
+                _ = stop.wait_for(|s| *s) => return RetryEnd::Stopped,
+            }
+            if !owned() {
+                return RetryEnd::Revoked;
+            }
         }
     }
 }
@@ -198,7 +224,7 @@ mod tests {
         let times = Arc::new(Mutex::new(vec![]));
         let (_tx, mut rx) = watch::channel(false);
         let t = times.clone();
-        let end = run(&policy, &mut rx, || {
+        let end = run(&policy, &mut rx, &|| true, || {
             t.lock().unwrap().push(start.elapsed().as_millis());
             async move {
                 Attempt::<()>::Failed {
@@ -266,7 +292,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(1500)).await;
             tx.send(true).unwrap();
         });
-        let end = run(&RetryPolicy::default(), &mut rx, || async {
+        let end = run(&RetryPolicy::default(), &mut rx, &|| true, || async {
             Attempt::<()>::Failed {
                 status: Some(500),
                 reason: "boom".into(),
@@ -275,5 +301,49 @@ mod tests {
         .await;
         assert_eq!(end, RetryEnd::Stopped);
         stopper.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn losing_ownership_during_backoff_ends_the_retries_at_once() {
+        let (_tx, mut rx) = watch::channel(false);
+        let start = Instant::now();
+        let owned = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = owned.clone();
+        tokio::spawn(async move {
+            // Revoked 1.5 s into the 2 s backoff after the second attempt.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            flag.store(false, std::sync::atomic::Ordering::Release);
+        });
+        let attempts = Arc::new(Mutex::new(0));
+        let a = attempts.clone();
+        let is_owned = move || owned.load(std::sync::atomic::Ordering::Acquire);
+        let end = run(&RetryPolicy::default(), &mut rx, &is_owned, || {
+            *a.lock().unwrap() += 1;
+            async {
+                Attempt::<()>::Failed {
+                    status: Some(500),
+                    reason: "boom".into(),
+                }
+            }
+        })
+        .await;
+        assert_eq!(end, RetryEnd::Revoked, "not exhausted, not stopped");
+        assert_eq!(*attempts.lock().unwrap(), 2);
+        let took = start.elapsed().as_millis();
+        assert!(
+            (2500..=2700).contains(&took),
+            "ended within a poll of the revoke: {took} ms"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_before_the_first_attempt_makes_no_attempt() {
+        let (tx, mut rx) = watch::channel(true);
+        let end = run(&RetryPolicy::default(), &mut rx, &|| true, || async {
+            panic!("no attempt after the stop")
+        })
+        .await;
+        assert_eq!(end, RetryEnd::<()>::Stopped);
+        drop(tx);
     }
 }

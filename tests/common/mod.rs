@@ -184,7 +184,10 @@ impl Sidecar {
         Self::start_until(resources, app_port, env, extra, "/v1.0/healthz").await
     }
 
-    /// Starts `perch run` and waits until `ready_path` answers 204.
+    /// Starts `perch run` and waits until `ready_path` answers 204. The
+    /// API port is picked free just before the start, so another test may
+    /// take it first (`perch` then exits: address in use); it is started
+    /// again on a new port.
     pub async fn start_until(
         resources: &Path,
         app_port: Option<u16>,
@@ -192,6 +195,21 @@ impl Sidecar {
         extra: &[&str],
         ready_path: &str,
     ) -> Self {
+        for _ in 0..5 {
+            if let Some(sc) = Self::try_start(resources, app_port, env, extra, ready_path).await {
+                return sc;
+            }
+        }
+        panic!("perch did not start on a free port five times");
+    }
+
+    async fn try_start(
+        resources: &Path,
+        app_port: Option<u16>,
+        env: &[(&str, &str)],
+        extra: &[&str],
+        ready_path: &str,
+    ) -> Option<Self> {
         let port = free_port();
         let metrics_port = free_port();
         let mut cmd = Command::new(perch_bin());
@@ -216,14 +234,22 @@ impl Sidecar {
             cmd.args(["--app-port", &p.to_string()]);
         }
         let child = cmd.spawn().expect("spawn perch");
-        let sc = Self {
+        let mut sc = Self {
             port,
             metrics_port,
             child,
         };
-        for _ in 0..200 {
+        // Up to 30 s: a RabbitMQ subscription waits up to 10 s for its
+        // declarations, and a loaded 2-core CI box runs many at once.
+        for _ in 0..600 {
             if let Ok((204, _, _)) = sc.call("GET", ready_path, &[], "").await {
-                return sc;
+                return Some(sc);
+            }
+            if let Ok(Some(status)) = sc.child.try_wait() {
+                eprintln!(
+                    "perch exited ({status}) before it was ready on port {port}; starting it again"
+                );
+                return None;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

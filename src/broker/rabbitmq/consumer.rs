@@ -5,6 +5,7 @@
 //! the consumer is cancelled and the channel closed only once every
 //! delivery handed out is settled.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -69,6 +70,10 @@ async fn consume_once(
     declared: &mut Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(), String> {
     let e = |e: lapin::Error| e.to_string();
+    // Deliveries of this channel are ours while it lives: once it is gone
+    // the broker requeues them, so the engine stops retrying them (no
+    // dead letter, no ack: the next delivery decides).
+    let owned = ChannelLife(Arc::new(AtomicBool::new(true)));
     let ch = live.conn.create_channel().await.map_err(e)?;
     let prefetch = inner
         .cfg
@@ -150,7 +155,7 @@ async fn consume_once(
             content_type: d.properties.content_type().as_ref().map(|c| c.to_string()),
             metadata: properties::metadata_of(&d.properties, inner.cfg.properties_to_metadata),
             lane: 0,
-            owned: None,
+            owned: Some(owned.0.clone()),
             ack: Box::new(RabbitAck {
                 tag: d.delivery_tag,
                 settle: Some(settle.clone()),
@@ -159,6 +164,15 @@ async fn consume_once(
         // A subscription that is gone drops the delivery, which nacks
         // itself; the loop then sees `tx` closed.
         let _ = tx.send(delivery);
+    }
+}
+
+/// Marks the channel's deliveries not owned when the consume loop ends.
+struct ChannelLife(Arc<AtomicBool>);
+
+impl Drop for ChannelLife {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
