@@ -111,6 +111,20 @@ pub async fn run(
     health.abort();
     gauges.abort();
     engine.drain(settings.graceful_shutdown).await;
+    // Claims of deliveries that did not finish (claimed ahead, or cut off
+    // at the end of the grace period) go back now, not after their lease.
+    for (name, store) in &registry.stores {
+        match tokio::time::timeout(Duration::from_secs(2), store.release_held()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(store = %name, released = n, "unfinished claims released"),
+            Ok(Err(e)) => {
+                tracing::warn!(store = %name, error = %e, "claims not released; they expire with their lease")
+            }
+            Err(_) => {
+                tracing::warn!(store = %name, "releasing claims timed out; they expire with their lease")
+            }
+        }
+    }
     for pubsub in registry.pubsubs.values() {
         pubsub.broker.close().await;
     }

@@ -240,3 +240,46 @@ spec:
     })?;
     Ok(())
 }
+
+/// A `/dapr/subscribe` that fails (500, then an answer that is not a list)
+/// is asked again until it answers, not taken as zero subscriptions
+/// (review F16): the sidecar becomes ready with the app's subscription.
+#[tokio::test]
+async fn a_failing_dapr_subscribe_is_asked_again() -> TestResult {
+    use std::sync::atomic::AtomicUsize;
+    let dir = resources(&[("pubsub.yaml", PUBSUB)]);
+    let asked = Arc::new(AtomicUsize::new(0));
+    let a = asked.clone();
+    let discovery: Discovery = Arc::new(move || match a.fetch_add(1, Ordering::SeqCst) {
+        0 | 1 => (500, "boom".into()),
+        2 => (200, "<html>not json</html>".into()),
+        _ => (
+            200,
+            serde_json::json!([{"pubsubname": "pubsub", "topic": "orders", "route": "/orders"}])
+                .to_string(),
+        ),
+    });
+    let mut app = TestApp::start_discovering(
+        discovery,
+        std::time::Duration::ZERO,
+        Arc::new(|_| (200, String::new())),
+    )
+    .await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    assert!(
+        asked.load(Ordering::SeqCst) >= 4,
+        "asked until it answered a list"
+    );
+    let (status, _, _) = sc
+        .call(
+            "POST",
+            "/v1.0/publish/pubsub/orders",
+            &[("content-type", "application/json")],
+            r#"{"n":1}"#,
+        )
+        .await?;
+    assert_eq!(status, 204);
+    let r = app.next(10).await?;
+    assert_eq!(r.path, "/orders");
+    Ok(())
+}

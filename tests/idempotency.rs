@@ -339,6 +339,66 @@ spec:
     Ok(())
 }
 
+/// SIGTERM with claims run ahead and deliveries cut off by the grace
+/// period (review F8): every claim this sidecar still holds is given back
+/// at shutdown, so the next sidecar delivers them at once instead of after
+/// their 60 s lease.
+async fn sigterm_hands_unfinished_claims_over_at_once(b: &Bench) -> TestResult {
+    let inbox = PgStore::new();
+    let dir = dir_for(
+        b,
+        &inbox,
+        &[("maxInFlight", "2"), ("deliveryOrder", "none")],
+    );
+    std::fs::write(
+        dir.path().join("inbox.yaml"),
+        inbox.yaml("inbox").replace("value: 3s", "value: 60s"),
+    )?;
+    // The first sidecar's app takes every event and never answers.
+    let mut slow = TestApp::start(None, Arc::new(|_| (0, String::new()))).await;
+    let mut a = Sidecar::start(
+        dir.path(),
+        Some(slow.port),
+        &[],
+        &["--dapr-graceful-shutdown-seconds", "1"],
+    )
+    .await;
+    let topic = b.topic("orders");
+    for n in 0..20u64 {
+        assert_eq!(publish_event(&a, &topic, &format!("evt-{n}"), n).await, 204);
+    }
+    let first = slow.next(30).await?.json()["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let pid = a.child.id().expect("running").to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()?
+        .success());
+    a.child.wait().await?;
+    let mut fast = TestApp::ok(None).await;
+    let _b = Sidecar::start(dir.path(), Some(fast.port), &[], &[]).await;
+    // Nothing was finished there, so the next sidecar must deliver all 20.
+    let deadline = std::time::Instant::now() + Duration::from_secs(25);
+    let mut seen = BTreeSet::new();
+    while seen.len() < 20 && std::time::Instant::now() < deadline {
+        if let Ok(r) = fast.next(1).await {
+            seen.insert(r.json()["id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    assert!(
+        seen.contains(&first),
+        "the delivery cut off by the grace period came back"
+    );
+    assert_eq!(
+        seen.len(),
+        20,
+        "the next sidecar delivered every unfinished event well before the 60 s lease: {seen:?}"
+    );
+    Ok(())
+}
+
 macro_rules! suite {
     ($module:ident, $backend:expr) => {
         mod $module {
@@ -350,7 +410,8 @@ macro_rules! suite {
                 claims_run_ahead_while_the_app_sees_at_most_max_in_flight,
                 distinct_events_that_read_alike_both_arrive,
                 ids_the_database_cannot_store_do_not_stall_delivery,
-                a_replayed_dead_letter_reaches_the_app_again);
+                a_replayed_dead_letter_reaches_the_app_again,
+                sigterm_hands_unfinished_claims_over_at_once);
         }
     };
     (@tests $backend:expr; $($name:ident),*) => {

@@ -12,8 +12,10 @@ use crate::config::SubscriptionSpec;
 use crate::state::Settings;
 
 /// Fetches the app's programmatic subscriptions, retrying with backoff until
-/// the app answers (Dapr gives up after 10 s; a slow app then has none).
-/// 404 means none. Returns empty when `stopping` fires first.
+/// the app answers with a list (Dapr gives up after 10 s; a slow app then
+/// has none): a connection failure, a 5xx or an answer that is not a list
+/// is asked again, logged at ERROR. 404 means none. Returns empty when
+/// `stopping` fires first.
 pub async fn discover(
     settings: &Settings,
     mut stopping: watch::Receiver<bool>,
@@ -22,41 +24,45 @@ pub async fn discover(
         return vec![];
     };
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let mut failures = 0u32;
     loop {
-        match client.get_subscriptions().await {
+        let failure = match client.get_subscriptions().await {
             Some((200, body)) => {
-                return match serde_json::from_slice::<Vec<ProgrammaticSubscription>>(&body) {
-                    Ok(items) => items
-                        .into_iter()
-                        .filter_map(|i| {
-                            let (p, t) = (i.pubsubname.clone(), i.topic.clone());
-                            let spec = i.into_spec();
-                            if spec.is_none() {
-                                tracing::warn!(pubsub = %p, topic = %t, "programmatic subscription has no route; ignored");
-                            }
-                            spec
-                        })
-                        .collect(),
-                    Err(e) => {
-                        tracing::error!(error = %e, "the app's /dapr/subscribe answer is not a list of subscriptions");
-                        vec![]
+                match serde_json::from_slice::<Vec<ProgrammaticSubscription>>(&body) {
+                    Ok(items) => {
+                        return items
+                            .into_iter()
+                            .filter_map(|i| {
+                                let (p, t) = (i.pubsubname.clone(), i.topic.clone());
+                                let spec = i.into_spec();
+                                if spec.is_none() {
+                                    tracing::warn!(pubsub = %p, topic = %t, "programmatic subscription has no route; ignored");
+                                }
+                                spec
+                            })
+                            .collect()
                     }
-                };
-            }
-            Some((404, _)) => return vec![],
-            Some((status, _)) => {
-                tracing::error!(
-                    status,
-                    "the app's /dapr/subscribe failed; no programmatic subscriptions"
-                );
-                return vec![];
-            }
-            None => {
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    _ = stopping.wait_for(|s| *s) => return vec![],
+                    Err(e) => Some(format!("the answer is not a list of subscriptions: {e}")),
                 }
             }
+            Some((404, _)) => return vec![],
+            // A failing endpoint is not "no subscriptions": asked again
+            // (the sidecar is not ready meanwhile, which shows).
+            Some((status, _)) => Some(format!("it answered {status}")),
+            None => None,
+        };
+        if let Some(why) = failure {
+            failures += 1;
+            if failures == 1 || failures % 30 == 0 {
+                tracing::error!(
+                    failures,
+                    "the app's /dapr/subscribe failed ({why}); asking again"
+                );
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = stopping.wait_for(|s| *s) => return vec![],
         }
     }
 }

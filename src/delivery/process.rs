@@ -70,7 +70,23 @@ pub(super) async fn process(
     // per lane are delivered and not yet marked, which bounds the duplicates
     // a crash can cause. Only the claims run ahead of it.
     let _permit = match lane {
-        Some(lane) => Some(lane.acquire_owned().await.expect("lane semaphore open")),
+        Some(lane) => {
+            let mut s = stop.clone();
+            let permit = tokio::select! {
+                p = lane.acquire_owned() => Some(p.expect("lane semaphore open")),
+                _ = s.wait_for(|s| *s) => None,
+            };
+            if permit.is_none() {
+                // Shutdown while waiting for a place: never delivered, so
+                // the claim goes back at once.
+                if let Some((store, key)) = claim {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), store.release(vec![key]))
+                        .await;
+                }
+                return;
+            }
+            permit
+        }
         None => None,
     };
     let mut retry_stop = stop.clone();

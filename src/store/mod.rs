@@ -85,6 +85,14 @@ pub trait Store: Send + Sync {
     fn finish(&self, keys: Vec<Key>, how: Finish) -> BoxFuture<'_, Result<Vec<bool>, StoreError>>;
     /// Gives claimed keys back (their lease ends now).
     fn release(&self, keys: Vec<Key>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Gives back every key this sidecar still holds, at shutdown: what
+    /// was claimed and not finished (claimed ahead, or cut off at the end
+    /// of the grace period) is free for another sidecar at once instead of
+    /// after its lease. A store whose claims die with the process does
+    /// nothing.
+    fn release_held(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
+        Box::pin(async { Ok(0) })
+    }
     /// Deletes done and dead keys older than the retention, in small
     /// batches; returns how many went.
     fn purge(&self) -> BoxFuture<'_, Result<u64, StoreError>>;

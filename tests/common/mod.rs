@@ -32,6 +32,9 @@ impl Received {
     }
 }
 
+/// The app's answer to `GET /dapr/subscribe`: (status, body).
+pub type Discovery = Arc<dyn Fn() -> (u16, String) + Send + Sync>;
+
 /// Decides the app's answer: (status, body); status 0 never answers.
 pub type Behaviour = Arc<dyn Fn(&Received) -> (u16, String) + Send + Sync>;
 
@@ -55,6 +58,23 @@ impl TestApp {
         delay: Duration,
         behaviour: Behaviour,
     ) -> Self {
+        let discovery: Discovery = match subscribe {
+            Some(v) => {
+                let body = v.to_string();
+                Arc::new(move || (200, body.clone()))
+            }
+            None => Arc::new(|| (404, String::new())),
+        };
+        Self::start_discovering(discovery, delay, behaviour).await
+    }
+
+    /// An app whose `/dapr/subscribe` answers what `discovery` returns,
+    /// asked anew on every request.
+    pub async fn start_discovering(
+        discovery: Discovery,
+        delay: Duration,
+        behaviour: Behaviour,
+    ) -> Self {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let open = Arc::new(AtomicUsize::new(0));
         let max_concurrent = Arc::new(AtomicUsize::new(0));
@@ -62,7 +82,7 @@ impl TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, rx) = mpsc::unbounded_channel();
-        let subscribe = Arc::new(subscribe);
+        let subscribe = discovery;
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (tx, behaviour, subscribe) = (tx.clone(), behaviour.clone(), subscribe.clone());
@@ -76,15 +96,11 @@ impl TestApp {
                             async move {
                                 let path = req.uri().path().to_owned();
                                 if path == "/dapr/subscribe" {
-                                    let resp = match subscribe.as_ref() {
-                                        Some(v) => {
-                                            Response::new(Full::new(Bytes::from(v.to_string())))
-                                        }
-                                        None => Response::builder()
-                                            .status(404)
-                                            .body(Full::new(Bytes::new()))
-                                            .unwrap(),
-                                    };
+                                    let (status, body) = subscribe();
+                                    let resp = Response::builder()
+                                        .status(status)
+                                        .body(Full::new(Bytes::from(body)))
+                                        .unwrap();
                                     return Ok::<_, Infallible>(resp);
                                 }
                                 let headers = req

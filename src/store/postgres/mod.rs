@@ -110,6 +110,7 @@ impl PostgresStore {
         tokio::spawn(batcher::claim_loop(Arc::downgrade(&pg), claim_rx));
         tokio::spawn(batcher::finish_loop(Arc::downgrade(&pg), finish_rx));
         tokio::spawn(upkeep::upkeep(Arc::downgrade(&pg), *cleanup_interval));
+        tokio::spawn(upkeep::renew(Arc::downgrade(&pg)));
         Ok(Self {
             pg,
             claims,
@@ -148,6 +149,16 @@ impl Store for PostgresStore {
                 }
             }
             self.pg.set_leases(&keys, true).await
+        })
+    }
+
+    fn release_held(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
+        Box::pin(async move {
+            let keys: Vec<Key> = std::mem::take(&mut *self.pg.held.lock().expect("held lock"))
+                .into_iter()
+                .collect();
+            self.pg.set_leases(&keys, true).await?;
+            Ok(keys.len())
         })
     }
 

@@ -1,6 +1,7 @@
-//! Upkeep: a health probe every 2 s (while it fails, deliveries pause),
-//! lease renewal every third of the lease for the keys this sidecar holds,
-//! and the purge of old done and dead rows every `cleanupInterval`.
+//! Upkeep: a health probe every 2 s (while it fails, deliveries pause) and
+//! the purge of old done and dead rows every `cleanupInterval`; lease
+//! renewal every third of the lease for the keys this sidecar holds, on a
+//! task of its own.
 
 use std::sync::atomic::Ordering;
 use std::sync::Weak;
@@ -9,10 +10,10 @@ use std::time::Duration;
 use super::Pg;
 use crate::store::Key;
 
-/// Health probe every 2 s, lease renewal every lease/3, purge every
-/// `cleanup`.
+/// Health probe every 2 s, and the purge every `cleanup`. Lease renewal
+/// is [`renew`], on a task of its own, so a long purge or a slow probe
+/// cannot let leases lapse mid-delivery (review F18).
 pub(super) async fn upkeep(pg: Weak<Pg>, cleanup: Duration) {
-    let mut last_renew = tokio::time::Instant::now();
     let mut last_purge = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -28,17 +29,7 @@ pub(super) async fn upkeep(pg: Weak<Pg>, cleanup: Duration) {
                 tracing::warn!(store = %s.name, "store unreachable; deliveries pause");
             }
         }
-        if !ok {
-            continue;
-        }
-        if last_renew.elapsed() >= s.lease / 3 {
-            let keys: Vec<Key> = s.held.lock().expect("held lock").iter().cloned().collect();
-            if let Err(e) = s.set_leases(&keys, false).await {
-                tracing::warn!(store = %s.name, error = %e, "lease renewal failed");
-            }
-            last_renew = tokio::time::Instant::now();
-        }
-        if last_purge.elapsed() >= cleanup {
+        if ok && last_purge.elapsed() >= cleanup {
             match s.purge().await {
                 Ok(n) if n > 0 => {
                     tracing::info!(store = %s.name, purged = n, "old idempotency keys deleted")
@@ -47,6 +38,22 @@ pub(super) async fn upkeep(pg: Weak<Pg>, cleanup: Duration) {
                 Err(e) => tracing::warn!(store = %s.name, error = %e, "purge failed"),
             }
             last_purge = tokio::time::Instant::now();
+        }
+    }
+}
+
+/// Renews the lease of every key this sidecar holds, every third of the
+/// lease, until the store is dropped.
+pub(super) async fn renew(pg: Weak<Pg>) {
+    loop {
+        let Some(lease) = pg.upgrade().map(|s| s.lease) else {
+            return;
+        };
+        tokio::time::sleep(lease / 3).await;
+        let Some(s) = pg.upgrade() else { return };
+        let keys: Vec<Key> = s.held.lock().expect("held lock").iter().cloned().collect();
+        if let Err(e) = s.set_leases(&keys, false).await {
+            tracing::warn!(store = %s.name, error = %e, "lease renewal failed");
         }
     }
 }
