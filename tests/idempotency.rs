@@ -77,18 +77,7 @@ async fn the_same_event_published_three_times_arrives_once(b: &Bench) -> TestRes
 
 async fn retry_twice_then_success_is_seen_three_times_and_never_again(b: &Bench) -> TestResult {
     let inbox = PgStore::new();
-    let res = "apiVersion: dapr.io/v1alpha1
-kind: Resiliency
-metadata: {name: r}
-spec:
-  policies:
-    retries:
-      quick: {policy: constant, duration: 100ms, maxRetries: 5}
-  targets:
-    components:
-      pubsub:
-        inbound: {retry: quick}
-";
+    let res = constant_retries("100ms", 5);
     let dir = dir_for(b, &inbox, &[]);
     std::fs::write(dir.path().join("r.yaml"), res)?;
     let calls = Arc::new(AtomicUsize::new(0));
@@ -282,18 +271,7 @@ async fn ids_the_database_cannot_store_do_not_stall_delivery(b: &Bench) -> TestR
 /// delivered) and published again, as a replay does, reaches the app.
 async fn a_replayed_dead_letter_reaches_the_app_again(b: &Bench) -> TestResult {
     let inbox = PgStore::new();
-    let res = "apiVersion: dapr.io/v1alpha1
-kind: Resiliency
-metadata: {name: r}
-spec:
-  policies:
-    retries:
-      once: {policy: constant, duration: 100ms, maxRetries: 0}
-  targets:
-    components:
-      pubsub:
-        inbound: {retry: once}
-";
+    let res = constant_retries("100ms", 0);
     let dir = dir_for(b, &inbox, &[("deadLetterDefault", "none")]);
     std::fs::write(dir.path().join("r.yaml"), res)?;
     let calls = Arc::new(AtomicUsize::new(0));

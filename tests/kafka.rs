@@ -522,25 +522,14 @@ fn topic_depth(topic: &str) -> i64 {
 #[tokio::test]
 async fn a_revoked_partition_is_not_retries_exhausted() -> TestResult {
     let b = Bench::new(Backend::Kafka);
-    let res = "apiVersion: dapr.io/v1alpha1
-kind: Resiliency
-metadata: {name: r}
-spec:
-  policies:
-    retries:
-      slow: {policy: constant, duration: 1s, maxRetries: 15}
-  targets:
-    components:
-      pubsub:
-        inbound: {retry: slow}
-";
+    let res = constant_retries("1s", 15);
     let dir = resources(&[
         (
             "pubsub.yaml",
             &b.pubsub(&[("topicPartitions", "2"), ("deliveryOrder", "none")]),
         ),
         ("s.yaml", &b.subscription("s", "orders", "/orders")),
-        ("r.yaml", res),
+        ("r.yaml", &res),
     ]);
     let topic = b.topic("orders");
     let failing = || TestApp::start(None, Arc::new(|_| (500, String::new())));

@@ -118,20 +118,6 @@ async fn broker_restart_mid_stream_loses_no_confirmed_message() -> TestResult {
     Ok(())
 }
 
-/// A Resiliency document retrying every 500 ms, six times, for `pubsub`.
-const QUICK_RETRIES: &str = "apiVersion: dapr.io/v1alpha1
-kind: Resiliency
-metadata: {name: r}
-spec:
-  policies:
-    retries:
-      quick: {policy: constant, duration: 500ms, maxRetries: 6}
-  targets:
-    components:
-      pubsub:
-        inbound: {retry: quick}
-";
-
 /// Messages waiting in `queue` (0 when it does not exist).
 async fn depth(queue: &str) -> u32 {
     let Ok(conn) =
@@ -168,7 +154,7 @@ async fn a_lost_channel_is_not_retries_exhausted() -> TestResult {
     let dir = resources(&[
         ("pubsub.yaml", &b.pubsub(&[("reconnectWaitSeconds", "1")])),
         ("s.yaml", &b.subscription("s", "lost", "/r")),
-        ("r.yaml", QUICK_RETRIES),
+        ("r.yaml", &constant_retries("500ms", 6)),
     ]);
     let mut app = TestApp::start(None, std::sync::Arc::new(|_| (500, String::new()))).await;
     let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;

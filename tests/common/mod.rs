@@ -420,6 +420,25 @@ spec:
     )
 }
 
+/// A Resiliency document that retries deliveries from the component named
+/// `pubsub` every `duration`, at most `max_retries` times.
+pub fn constant_retries(duration: &str, max_retries: u32) -> String {
+    format!(
+        "apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata: {{name: r}}
+spec:
+  policies:
+    retries:
+      constant: {{policy: constant, duration: {duration}, maxRetries: {max_retries}}}
+  targets:
+    components:
+      pubsub:
+        inbound: {{retry: constant}}
+"
+    )
+}
+
 /// The broker a behaviour test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

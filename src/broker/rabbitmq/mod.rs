@@ -58,6 +58,8 @@ use config::{redact, RabbitConfig};
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a publish waits for a connection before failing.
 const CONNECT_GRACE: Duration = Duration::from_secs(2);
+/// How long `close` waits for the consume loops to write their last acks.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// Longest wait between reconnection attempts.
 const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(5);
 
@@ -81,6 +83,9 @@ struct Inner {
     live: watch::Sender<Option<Arc<Live>>>,
     /// (topic, queue) of each subscription.
     queues: Mutex<Vec<(String, String)>>,
+    /// Each subscription's consume loop, awaited at close so the acks of
+    /// what finished are written before the connection goes (review F9).
+    loops: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     closed: AtomicBool,
 }
 
@@ -92,6 +97,7 @@ impl RabbitBroker {
             cfg: cfg.clone(),
             live: watch::Sender::new(None),
             queues: Mutex::new(vec![]),
+            loops: Mutex::new(vec![]),
             closed: AtomicBool::new(false),
         });
         tokio::spawn(connection::keep_connected(Arc::downgrade(&inner)));
@@ -191,13 +197,14 @@ impl Broker for RabbitBroker {
             let (tx, rx) = mpsc::unbounded_channel();
             let (declared_tx, declared) = tokio::sync::oneshot::channel();
             let connected = inner.live.borrow().is_some();
-            tokio::spawn(consumer::consume_forever(
+            let consume = tokio::spawn(consumer::consume_forever(
                 inner.clone(),
                 req,
                 queue.clone(),
                 tx,
                 declared_tx,
             ));
+            inner.loops.lock().expect("lock").push(consume);
             // Like Dapr, return once consuming (the queue is bound, so what
             // is published next reaches it); when the broker is down the
             // subscription starts by itself on connection.
@@ -263,6 +270,19 @@ impl Broker for RabbitBroker {
 
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            // The engine has dropped its subscriptions: each consume loop
+            // settles what it handed out (the last acks of a clean
+            // shutdown) and closes its channel. Wait for that, a bounded
+            // time, before the connection closes under them.
+            let loops = std::mem::take(&mut *self.inner.loops.lock().expect("lock"));
+            let all = async {
+                for l in loops {
+                    let _ = l.await;
+                }
+            };
+            if tokio::time::timeout(CLOSE_GRACE, all).await.is_err() {
+                tracing::warn!(pubsub = %self.inner.name, "rabbitmq consumers still settling at close; what they hold is redelivered");
+            }
             self.inner.closed.store(true, Ordering::Release);
             if let Some(live) = self.inner.live.send_replace(None) {
                 let _ = live.conn.close(200, "perch shutting down".into()).await;
