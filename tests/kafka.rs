@@ -569,3 +569,110 @@ async fn a_revoked_partition_is_not_retries_exhausted() -> TestResult {
     );
     Ok(())
 }
+
+/// A partition paused (its waiting buffer full) when it is revoked, and
+/// handed back later (review F7): librdkafka keeps the pause across the
+/// rebalance, so without a resume on revoke it is never fetched again.
+/// Sidecar A fills both partitions past the pause point while its app
+/// fails; B joins (one partition moves to it) and leaves (it comes back);
+/// then A's app recovers and everything published, before and after, must
+/// arrive.
+#[tokio::test]
+async fn a_paused_partition_handed_back_after_a_rebalance_is_fetched_again() -> TestResult {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let b = Bench::new(Backend::Kafka);
+    // Retried every 200 ms for hours: the app's failures never exhaust.
+    let forever = constant_retries("200ms", 100_000);
+    let dir = resources(&[
+        (
+            "pubsub.yaml",
+            &b.pubsub(&[
+                ("topicPartitions", "2"),
+                ("deliveryOrder", "none"),
+                ("maxInFlight", "1"),
+            ]),
+        ),
+        ("s.yaml", &b.subscription("s", "orders", "/orders")),
+        (
+            "r.yaml",
+            &forever.replace(&format!("maxRetries: {}", u32::MAX), "maxRetries: -1"),
+        ),
+    ]);
+    let topic = b.topic("orders");
+    let failing = Arc::new(AtomicBool::new(true));
+    let f = failing.clone();
+    let mut app_a = TestApp::start(
+        None,
+        Arc::new(move |_| {
+            if f.load(Ordering::SeqCst) {
+                (503, String::new())
+            } else {
+                (200, String::new())
+            }
+        }),
+    )
+    .await;
+    let sc_a = Sidecar::start(dir.path(), Some(app_a.port), &[], &[]).await;
+    // Past the 2048 waiting messages that pause a partition, on both.
+    let per_partition = 2200u64;
+    let publish_to = |partition: u64, range: std::ops::Range<u64>| {
+        let sc = &sc_a;
+        let topic = topic.clone();
+        async move {
+            for chunk in range.collect::<Vec<_>>().chunks(100) {
+                let entries: Vec<serde_json::Value> = chunk
+                    .iter()
+                    .map(|seq| {
+                        json!({"entryId": seq.to_string(), "event": {"seq": seq},
+                                      "contentType": "application/json"})
+                    })
+                    .collect();
+                let (status, _, _) = sc
+                    .call(
+                        "POST",
+                        &format!("/v1.0-alpha1/publish/bulk/pubsub/{topic}?metadata.partitionNumber={partition}"),
+                        &[("content-type", "application/json")],
+                        &serde_json::Value::Array(entries).to_string(),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(status, 204);
+            }
+        }
+    };
+    publish_to(0, 0..per_partition).await;
+    publish_to(1, 10_000..10_000 + per_partition).await;
+    app_a.next(30).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut app_b = TestApp::ok(None).await;
+    let mut sc_b = Sidecar::start(dir.path(), Some(app_b.port), &[], &[]).await;
+    let mut seen = BTreeSet::new();
+    // B drains the partition it is given (a cooperative rebalance takes
+    // two rounds), then leaves.
+    let first = app_b.next(30).await?;
+    seen.insert(first.json()["data"]["seq"].as_u64().unwrap());
+    while let Ok(r) = app_b.next(5).await {
+        seen.insert(r.json()["data"]["seq"].as_u64().unwrap());
+    }
+    sc_b.call("POST", "/v1.0/shutdown", &[], "").await?;
+    sc_b.child.wait().await?;
+    drop(sc_b);
+    // Back to A, with more on both partitions; A's app recovers.
+    publish_to(0, per_partition..per_partition + 100).await;
+    publish_to(1, 10_000 + per_partition..10_000 + per_partition + 100).await;
+    failing.store(false, Ordering::SeqCst);
+    let want: BTreeSet<u64> = (0..per_partition + 100)
+        .chain(10_000..10_000 + per_partition + 100)
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !want.is_subset(&seen) && Instant::now() < deadline {
+        if let Ok(r) = app_a.next(1).await {
+            if r.json()["data"]["seq"].is_u64() {
+                seen.insert(r.json()["data"]["seq"].as_u64().unwrap());
+            }
+        }
+    }
+    let missing = want.difference(&seen).count();
+    assert_eq!(missing, 0, "every message of both partitions arrived");
+    Ok(())
+}

@@ -1,7 +1,8 @@
 //! The consumer's rebalance callbacks: a revoked partition's bookkeeping is
 //! dropped (deliveries still out are marked not owned, so the engine stops
-//! them and their acks are ignored) and what finished is committed before
-//! the partitions move; assignments are logged.
+//! them and their acks are ignored), its pause is lifted, and what finished
+//! is committed before the partitions move; assignments start unpaused and
+//! are logged.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -37,14 +38,24 @@ impl ConsumerContext for GroupContext {
                 }
             }
         }
+        // librdkafka keeps a partition's pause across unassign and assign;
+        // the ledger that knew of it is gone, so a partition paused here
+        // and handed back later would never be fetched again (review F7).
+        if let Err(e) = consumer.resume(tpl) {
+            tracing::debug!(error = %e, "resume on revoke");
+        }
         // What finished is committed before the partitions move.
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(error = %e, "commit on revoke");
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            // A new assignment starts unpaused, whatever happened before.
+            if let Err(e) = consumer.resume(tpl) {
+                tracing::debug!(error = %e, "resume on assign");
+            }
             let assigned: Vec<String> = tpl
                 .elements()
                 .iter()
