@@ -91,6 +91,7 @@ pub(super) async fn process(
     };
     let mut retry_stop = stop.clone();
     let attempts = AtomicU32::new(0);
+    // Delivery holds its (not Sync) ack handle: read only its flag.
     let owned = ready.delivery.owned.clone();
     let is_owned = move || {
         owned

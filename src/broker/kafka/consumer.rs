@@ -48,14 +48,7 @@ pub(super) async fn apply_topics(group: Weak<Group>) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         let Some(g) = group.upgrade() else { return };
-        let topics: Vec<String> = g
-            .state
-            .lock()
-            .expect("lock")
-            .topics
-            .keys()
-            .cloned()
-            .collect();
+        let topics = g.topic_names();
         if topics == applied {
             continue;
         }
@@ -70,6 +63,19 @@ pub(super) async fn apply_topics(group: Weak<Group>) {
                 g.topics_changed.notify_one();
             }
         }
+    }
+}
+
+impl Group {
+    /// The topics subscribed in this group, in order.
+    fn topic_names(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .expect("lock")
+            .topics
+            .keys()
+            .cloned()
+            .collect()
     }
 }
 
@@ -239,14 +245,7 @@ pub(super) fn group_lag(g: &Group) -> Vec<Lag> {
     // Every partition of every subscribed topic, not only the ones this
     // member owns: the lag of the whole group (what an autoscaler needs).
     let timeout = Duration::from_secs(2);
-    let topics: Vec<String> = g
-        .state
-        .lock()
-        .expect("lock")
-        .topics
-        .keys()
-        .cloned()
-        .collect();
+    let topics = g.topic_names();
     let mut tpl = TopicPartitionList::new();
     for t in &topics {
         if let Ok(md) = g.consumer.fetch_metadata(Some(t), timeout) {

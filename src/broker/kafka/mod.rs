@@ -111,6 +111,16 @@ impl KafkaBroker {
         self.exclude.as_ref().is_some_and(|r| r.is_match(key))
     }
 
+    /// Every consumer group of this broker, out of the lock.
+    fn all_groups(&self) -> Vec<Arc<Group>> {
+        self.groups
+            .lock()
+            .expect("lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// The consumer of group `name`, created (and its tasks started) on
     /// first use.
     fn group(&self, name: &str) -> Result<Arc<Group>, BrokerError> {
@@ -303,13 +313,7 @@ impl Broker for KafkaBroker {
     }
 
     fn lag(&self) -> BoxFuture<'_, Vec<Lag>> {
-        let groups: Vec<Arc<Group>> = self
-            .groups
-            .lock()
-            .expect("lock")
-            .values()
-            .cloned()
-            .collect();
+        let groups = self.all_groups();
         Box::pin(async move {
             let mut out = vec![];
             for g in groups {
@@ -324,13 +328,7 @@ impl Broker for KafkaBroker {
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
-        let groups: Vec<Arc<Group>> = self
-            .groups
-            .lock()
-            .expect("lock")
-            .values()
-            .cloned()
-            .collect();
+        let groups = self.all_groups();
         let producer = self.producer.clone();
         Box::pin(async move {
             let _ = tokio::task::spawn_blocking(move || {
