@@ -148,11 +148,12 @@ async fn update_gauges(registry: Arc<Registry>) {
                 .with_label_values(&[name])
                 .set(i64::from(entry.broker.health().is_ok()));
             if entry.outbox.is_some() {
-                m.outbox_pending.with_label_values(&[name]).set(
-                    entry
-                        .outbox_pending
-                        .load(std::sync::atomic::Ordering::Acquire) as i64,
-                );
+                m.outbox_pending
+                    .with_label_values(&[name])
+                    .set(entry.backlog.waiting() as i64);
+                m.outbox_parked
+                    .with_label_values(&[name])
+                    .set(entry.backlog.parked() as i64);
             }
             for l in entry.broker.lag().await {
                 m.consumer_lag

@@ -1,7 +1,10 @@
 //! The publish outbox end to end: RabbitMQ reached through a proxy the test
-//! takes down and brings back, the outbox in PostgreSQL. With the broker
-//! unreachable, publishes still answer 204; when it returns, every one of
-//! them is delivered, in order per key.
+//! takes down and brings back (Kafka directly), the outbox in PostgreSQL.
+//! With the broker unreachable, publishes still answer 204; when it
+//! returns, every one of them is delivered, in order per key. A message the
+//! broker refuses for good is answered as an error (or, when it was kept
+//! during an outage, parked) and never holds up the others; the relay
+//! drains while publishes keep coming.
 
 mod common;
 
@@ -47,12 +50,10 @@ impl Proxy {
     }
 }
 
-#[tokio::test]
-async fn publishes_during_a_broker_outage_are_kept_and_delivered_in_order() -> TestResult {
-    let b = Bench::new(Backend::Rabbit);
-    let mut proxy = Proxy::up(free_port()).await;
+/// RabbitMQ through `proxy`, with the outbox in PostgreSQL.
+fn rabbit_outbox(b: &Bench, proxy: &Proxy) -> String {
     let uri = format!("amqp://guest:guest@127.0.0.1:{}", proxy.port);
-    let pubsub = component(
+    component(
         "pubsub",
         &[
             ("connectionString", &uri),
@@ -62,7 +63,59 @@ async fn publishes_during_a_broker_outage_are_kept_and_delivered_in_order() -> T
             ("deliveryOrder", "key"),
         ],
     )
-    .replace("pubsub.in-memory", "pubsub.rabbitmq");
+    .replace("pubsub.in-memory", "pubsub.rabbitmq")
+}
+
+async fn metadata(sc: &Sidecar) -> serde_json::Value {
+    serde_json::from_slice(&sc.call("GET", "/v1.0/metadata", &[], "").await.unwrap().2).unwrap()
+}
+
+async fn publish_json(sc: &Sidecar, topic: &str, body: &serde_json::Value) -> (u16, Vec<u8>) {
+    let (status, _, body) = sc
+        .call(
+            "POST",
+            &format!("/v1.0/publish/pubsub/{topic}"),
+            &[("content-type", "application/json")],
+            &body.to_string(),
+        )
+        .await
+        .unwrap();
+    (status, body.to_vec())
+}
+
+/// Waits until the sidecar reports the broker down.
+async fn wait_outage(sc: &Sidecar) {
+    for _ in 0..50 {
+        if sc
+            .call("GET", "/v1.0/healthz/outbound", &[], "")
+            .await
+            .unwrap()
+            .0
+            == 500
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the outage is not seen");
+}
+
+/// Polls the metadata until `f` holds of it (30 s at most).
+async fn wait_metadata(sc: &Sidecar, what: &str, f: impl Fn(&serde_json::Value) -> bool) {
+    for _ in 0..300 {
+        if f(&metadata(sc).await) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: metadata is {}", metadata(sc).await);
+}
+
+#[tokio::test]
+async fn publishes_during_a_broker_outage_are_kept_and_delivered_in_order() -> TestResult {
+    let b = Bench::new(Backend::Rabbit);
+    let mut proxy = Proxy::up(free_port()).await;
+    let pubsub = rabbit_outbox(&b, &proxy);
     let store = PgStore::new();
     let dir = resources(&[
         ("pubsub.yaml", &pubsub),
@@ -128,5 +181,204 @@ async fn publishes_during_a_broker_outage_are_kept_and_delivered_in_order() -> T
         assert_eq!(seqs, &sorted, "key k{k} in publish order");
     }
     assert_eq!(per_key.values().map(Vec::len).sum::<usize>(), 20);
+    Ok(())
+}
+
+/// Review F3: every lapin error was "unavailable", so a message the broker
+/// refuses (here ACCESS_REFUSED: the `amq.` prefix is reserved) was kept
+/// and answered 204, and the relay retried it at the head of the outbox
+/// for ever while every later publish queued behind it.
+#[tokio::test]
+async fn a_publish_refused_for_good_is_an_error_and_is_not_kept() -> TestResult {
+    let b = Bench::new(Backend::Rabbit);
+    let proxy = Proxy::up(free_port()).await;
+    let store = PgStore::new();
+    let dir = resources(&[
+        ("pubsub.yaml", &rabbit_outbox(&b, &proxy)),
+        ("store.yaml", &store.yaml("store")),
+        ("s.yaml", &b.subscription("s", "orders", "/orders")),
+    ]);
+    let mut app = TestApp::ok(None).await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let (status, body) = publish_json(&sc, &format!("amq.perch-{}", b.id), &json!({"n": 0})).await;
+    assert_eq!(status, 500, "{}", String::from_utf8_lossy(&body));
+    let err: serde_json::Value = serde_json::from_slice(&body)?;
+    assert_eq!(err["errorCode"], "ERR_PUBSUB_PUBLISH_MESSAGE");
+    assert!(
+        err["message"].as_str().unwrap().contains("ACCESS_REFUSED"),
+        "{err}"
+    );
+    assert_eq!(
+        metadata(&sc).await["outboxPending"]["pubsub"],
+        0,
+        "not kept"
+    );
+    assert_eq!(
+        publish_json(&sc, &b.topic("orders"), &json!({"n": 1}))
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        app.next(10).await?.json()["data"]["n"],
+        1,
+        "nothing held up"
+    );
+    Ok(())
+}
+
+/// A message kept during an outage that the broker then refuses for good
+/// is parked (with its reason) and the messages after it flow.
+#[tokio::test]
+async fn a_kept_message_refused_later_is_parked_and_the_rest_flow() -> TestResult {
+    let b = Bench::new(Backend::Rabbit);
+    let mut proxy = Proxy::up(free_port()).await;
+    let store = PgStore::new();
+    let dir = resources(&[
+        ("pubsub.yaml", &rabbit_outbox(&b, &proxy)),
+        ("store.yaml", &store.yaml("store")),
+        ("s.yaml", &b.subscription("s", "orders", "/orders")),
+    ]);
+    let mut app = TestApp::ok(None).await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let orders = b.topic("orders");
+    assert_eq!(publish_json(&sc, &orders, &json!({"n": 0})).await.0, 204);
+    assert_eq!(app.next(10).await?.json()["data"]["n"], 0);
+    proxy.cut();
+    wait_outage(&sc).await;
+    let bad = format!("amq.perch-{}", b.id);
+    assert_eq!(
+        publish_json(&sc, &bad, &json!({"n": -1})).await.0,
+        204,
+        "kept: the broker is down"
+    );
+    for n in 1..=5 {
+        assert_eq!(publish_json(&sc, &orders, &json!({"n": n})).await.0, 204);
+    }
+    let _proxy = Proxy::up(proxy.port).await;
+    let mut got = std::collections::BTreeSet::new();
+    for _ in 1..=5 {
+        got.insert(app.next(30).await?.json()["data"]["n"].as_i64().unwrap());
+    }
+    assert_eq!(
+        got,
+        (1..=5).collect(),
+        "every later message, past the poison"
+    );
+    wait_metadata(&sc, "parked and drained", |md| {
+        md["outboxParked"]["pubsub"] == 1 && md["outboxPending"]["pubsub"] == 0
+    })
+    .await;
+    let reason = std::process::Command::new("psql")
+        .args([
+            PG,
+            "-Atqc",
+            &format!("SELECT topic, parked FROM {}", store.outbox_table()),
+        ])
+        .output()?;
+    let reason = String::from_utf8_lossy(&reason.stdout);
+    assert!(
+        reason.contains(&bad) && reason.contains("ACCESS_REFUSED"),
+        "{reason}"
+    );
+    Ok(())
+}
+
+/// Review F12: the relay slept 500 ms per pass of 100 one-by-one publishes
+/// (about 200/s) while every new publish was diverted into the outbox, so
+/// a publisher faster than that kept the outbox full for ever. It drains
+/// now, and once caught up, publishes go straight to the broker again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_drains_while_publishes_keep_coming() -> TestResult {
+    let b = Bench::new(Backend::Rabbit);
+    let mut proxy = Proxy::up(free_port()).await;
+    let store = PgStore::new();
+    let dir = resources(&[
+        ("pubsub.yaml", &rabbit_outbox(&b, &proxy)),
+        ("store.yaml", &store.yaml("store")),
+        ("s.yaml", &b.subscription("s", "orders", "/orders")),
+    ]);
+    let mut app = TestApp::ok(None).await;
+    let sc = std::sync::Arc::new(Sidecar::start(dir.path(), Some(app.port), &[], &[]).await);
+    let orders = b.topic("orders");
+    assert_eq!(publish_json(&sc, &orders, &json!({"n": 0})).await.0, 204);
+    assert_eq!(app.next(10).await?.json()["data"]["n"], 0);
+    proxy.cut();
+    wait_outage(&sc).await;
+    for n in 1..=300 {
+        assert_eq!(publish_json(&sc, &orders, &json!({"n": n})).await.0, 204);
+    }
+    let _proxy = Proxy::up(proxy.port).await;
+    // Four publishers without pause, while the relay catches up.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(301));
+    let mut publishers = vec![];
+    for _ in 0..4 {
+        let (sc, done, next, orders) = (sc.clone(), done.clone(), next.clone(), orders.clone());
+        publishers.push(tokio::spawn(async move {
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                assert_eq!(publish_json(&sc, &orders, &json!({"n": n})).await.0, 204);
+            }
+        }));
+    }
+    wait_metadata(&sc, "the outbox drains under load", |md| {
+        md["outboxPending"]["pubsub"] == 0
+    })
+    .await;
+    let published_when_drained = next.load(std::sync::atomic::Ordering::Acquire);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        metadata(&sc).await["outboxPending"]["pubsub"],
+        0,
+        "and stays drained while publishes go straight to the broker"
+    );
+    done.store(true, std::sync::atomic::Ordering::Release);
+    for p in publishers {
+        p.await?;
+    }
+    // Every publish answered 204 is delivered: n = 1 .. next-1.
+    let last = next.load(std::sync::atomic::Ordering::Acquire) - 1;
+    assert!(
+        last > published_when_drained,
+        "publishes went on after the drain"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    while (seen.len() as u64) < last {
+        seen.insert(app.next(30).await?.json()["data"]["n"].as_u64().unwrap());
+    }
+    assert_eq!(seen.last(), Some(&last));
+    Ok(())
+}
+
+/// Kafka with `autoCreateTopics: "false"`: a topic the cluster does not
+/// have is a final error, answered at once instead of kept for ever.
+#[tokio::test]
+async fn kafka_publish_to_a_missing_topic_without_auto_create_is_an_error() -> TestResult {
+    let b = Bench::new(Backend::Kafka);
+    let store = PgStore::new();
+    let dir = resources(&[
+        (
+            "pubsub.yaml",
+            &b.pubsub(&[("outboxStore", "store"), ("autoCreateTopics", "false")]),
+        ),
+        ("store.yaml", &store.yaml("store")),
+    ]);
+    let sc = Sidecar::start(dir.path(), None, &[], &[]).await;
+    let (status, body) = publish_json(&sc, &b.topic("missing"), &json!({"n": 1})).await;
+    assert_eq!(status, 500, "{}", String::from_utf8_lossy(&body));
+    let err: serde_json::Value = serde_json::from_slice(&body)?;
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist and autoCreateTopics is false"),
+        "{err}"
+    );
+    assert_eq!(
+        metadata(&sc).await["outboxPending"]["pubsub"],
+        0,
+        "not kept"
+    );
     Ok(())
 }

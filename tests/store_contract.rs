@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use perch::store::config::{StoreComponent, StoreKind};
-use perch::store::{Claim, Finish, Key, Store};
+use perch::store::{Claim, Finish, Key, Pass, Relayed, Store};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -214,30 +214,188 @@ async fn retention_purges_finished_keys_only(kind: Kind) -> TestResult {
     Ok(())
 }
 
-async fn the_outbox_keeps_order_until_deleted(kind: Kind) -> TestResult {
-    let p = pair(kind, Duration::from_secs(60), Duration::from_secs(3600));
-    let msg = |n: u32| perch::broker::Message {
-        topic: "orders".into(),
+fn outbox_msg(topic: &str, n: u32) -> perch::broker::Message {
+    perch::broker::Message {
+        topic: topic.into(),
         data: format!("m{n}").into(),
         content_type: (n % 2 == 0).then(|| "text/plain".to_owned()),
         metadata: [("partitionKey".to_owned(), format!("k{n}"))].into(),
-    };
-    p.a.outbox_put("pubsub", (0..5).map(msg).collect()).await?;
-    p.a.outbox_put("other", vec![msg(99)]).await?;
-    p.a.outbox_put("pubsub", vec![msg(5)]).await?;
-    assert_eq!(p.b.outbox_depth("pubsub").await?, 6);
-    let first = p.b.outbox_peek("pubsub", 4).await?;
-    let data: Vec<&[u8]> = first.iter().map(|(_, m)| m.data.as_ref()).collect();
-    assert_eq!(data, [b"m0", b"m1", b"m2", b"m3"], "in publish order");
-    assert_eq!(first[0].1.content_type.as_deref(), Some("text/plain"));
-    assert_eq!(first[1].1.content_type, None);
-    assert_eq!(first[2].1.metadata["partitionKey"], "k2");
-    p.b.outbox_delete(first.iter().map(|(id, _)| *id).collect())
+    }
+}
+
+/// A relay pass that answers `answer(n)` for message `m{n}` and records
+/// what it was handed.
+async fn pass(
+    s: &dyn Store,
+    pubsub: &str,
+    limit: usize,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+    answer: fn(u32) -> Relayed,
+) -> Result<Pass, perch::store::StoreError> {
+    s.outbox_relay(
+        pubsub,
+        limit,
+        Box::new(move |msgs| {
+            Box::pin(async move {
+                let mut out = vec![];
+                for m in msgs {
+                    let d = String::from_utf8_lossy(&m.data).to_string();
+                    out.push(answer(d[1..].parse().unwrap()));
+                    seen.lock().unwrap().push(format!("{}:{d}", m.topic));
+                }
+                out
+            })
+        }),
+    )
+    .await
+}
+
+async fn the_outbox_relays_in_order_and_deletes_what_was_sent(kind: Kind) -> TestResult {
+    let p = pair(kind, Duration::from_secs(60), Duration::from_secs(3600));
+    p.a.outbox_put("pubsub", (0..5).map(|n| outbox_msg("orders", n)).collect())
         .await?;
-    let rest = p.a.outbox_peek("pubsub", 10).await?;
-    let data: Vec<&[u8]> = rest.iter().map(|(_, m)| m.data.as_ref()).collect();
-    assert_eq!(data, [b"m4", b"m5"]);
-    assert_eq!(p.a.outbox_depth("other").await?, 1);
+    p.a.outbox_put("other", vec![outbox_msg("orders", 99)])
+        .await?;
+    p.a.outbox_put("pubsub", vec![outbox_msg("audit", 5)])
+        .await?;
+    let depth = p.b.outbox_depth("pubsub").await?;
+    assert_eq!(
+        depth.waiting,
+        [("audit".into(), 1), ("orders".into(), 5)].into()
+    );
+    let seen = Arc::new(std::sync::Mutex::new(vec![]));
+    let kept = Arc::new(std::sync::Mutex::new(vec![]));
+    {
+        let kept = kept.clone();
+        p.b.outbox_relay(
+            "pubsub",
+            4,
+            Box::new(move |msgs| {
+                Box::pin(async move {
+                    let n = msgs.len();
+                    kept.lock().unwrap().extend(msgs);
+                    vec![Relayed::Sent; n]
+                })
+            }),
+        )
+        .await?;
+    }
+    let first = kept.lock().unwrap().clone();
+    let data: Vec<&[u8]> = first.iter().map(|m| m.data.as_ref()).collect();
+    assert_eq!(data, [b"m0", b"m1", b"m2", b"m3"], "in publish order");
+    assert_eq!(first[0].content_type.as_deref(), Some("text/plain"));
+    assert_eq!(first[1].content_type, None);
+    assert_eq!(first[2].metadata["partitionKey"], "k2");
+    // m4 cannot go yet: kept; the audit message goes.
+    let r = pass(p.a.as_ref(), "pubsub", 10, seen.clone(), |n| {
+        if n == 4 {
+            Relayed::Retry
+        } else {
+            Relayed::Sent
+        }
+    })
+    .await?;
+    assert_eq!(r.taken(), 2);
+    assert_eq!(*seen.lock().unwrap(), ["orders:m4", "audit:m5"]);
+    let depth = p.a.outbox_depth("pubsub").await?;
+    assert_eq!(depth.waiting, [("orders".into(), 1)].into(), "m4 kept");
+    assert_eq!(p.a.outbox_depth("other").await?.waiting.len(), 1);
+    Ok(())
+}
+
+async fn a_refused_message_is_parked_and_does_not_hold_up_the_rest(kind: Kind) -> TestResult {
+    let p = pair(kind, Duration::from_secs(60), Duration::from_secs(3600));
+    p.a.outbox_put("pubsub", (0..4).map(|n| outbox_msg("orders", n)).collect())
+        .await?;
+    let seen = Arc::new(std::sync::Mutex::new(vec![]));
+    let r = pass(p.a.as_ref(), "pubsub", 2, seen.clone(), |n| {
+        if n == 0 {
+            Relayed::Park("too large".into())
+        } else {
+            Relayed::Sent
+        }
+    })
+    .await?;
+    assert_eq!(r.taken(), 2);
+    let depth = p.b.outbox_depth("pubsub").await?;
+    assert_eq!(depth.parked, 1);
+    assert_eq!(depth.waiting, [("orders".into(), 2)].into());
+    pass(p.b.as_ref(), "pubsub", 10, seen.clone(), |_| Relayed::Sent).await?;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["orders:m0", "orders:m1", "orders:m2", "orders:m3"],
+        "the parked message is not handed out again"
+    );
+    let depth = p.b.outbox_depth("pubsub").await?;
+    assert_eq!((depth.parked, depth.waiting.len()), (1, 0));
+    Ok(())
+}
+
+/// Two sidecars relaying one outbox at once (F12: no lock, both relayed
+/// the same rows): each message goes out once, in order per topic.
+async fn two_relays_on_one_outbox_send_each_message_once_in_order(kind: Kind) -> TestResult {
+    let p = pair(kind, Duration::from_secs(60), Duration::from_secs(3600));
+    for chunk in 0..10u32 {
+        let msgs = (0..100)
+            .map(|i| outbox_msg(["a", "b", "c"][(i % 3) as usize], chunk * 100 + i))
+            .collect();
+        p.a.outbox_put("pubsub", msgs).await?;
+    }
+    let seen = Arc::new(std::sync::Mutex::new(vec![]));
+    let mut relays = vec![];
+    for s in [p.a.clone(), p.b.clone()] {
+        let seen = seen.clone();
+        relays.push(tokio::spawn(async move {
+            let mut busy = 0;
+            for _ in 0..2000 {
+                let seen = seen.clone();
+                let r = s
+                    .outbox_relay(
+                        "pubsub",
+                        37,
+                        Box::new(move |msgs| {
+                            Box::pin(async move {
+                                let n = msgs.len();
+                                for m in msgs {
+                                    seen.lock().unwrap().push(m);
+                                    tokio::task::yield_now().await;
+                                }
+                                vec![Relayed::Sent; n]
+                            })
+                        }),
+                    )
+                    .await
+                    .unwrap();
+                match r {
+                    Pass::Busy => busy += 1,
+                    r if r.taken() == 0 => break,
+                    _ => {}
+                }
+                tokio::task::yield_now().await;
+            }
+            busy
+        }));
+    }
+    let mut busy = 0;
+    for r in relays {
+        busy += r.await?;
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1000, "each message once");
+    for t in ["a", "b", "c"] {
+        let ns: Vec<u32> = seen
+            .iter()
+            .filter(|m| m.topic == t)
+            .map(|m| String::from_utf8_lossy(&m.data)[1..].parse().unwrap())
+            .collect();
+        let mut sorted = ns.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(ns, sorted, "topic {t} in order, no repeats");
+    }
+    if kind == Kind::Postgres {
+        assert!(busy > 0, "the relays did overlap");
+    }
     Ok(())
 }
 
@@ -252,7 +410,9 @@ macro_rules! contract {
                 many_keys_in_one_call,
                 concurrent_claims_have_one_winner,
                 retention_purges_finished_keys_only,
-                the_outbox_keeps_order_until_deleted);
+                the_outbox_relays_in_order_and_deletes_what_was_sent,
+                a_refused_message_is_parked_and_does_not_hold_up_the_rest,
+                two_relays_on_one_outbox_send_each_message_once_in_order);
         }
     };
     (@tests $kind:expr; $($name:ident),*) => {

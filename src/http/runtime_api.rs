@@ -122,12 +122,14 @@ pub fn metadata(api: &ApiState) -> Resp {
         .pubsubs
         .iter()
         .filter(|(_, e)| e.outbox.is_some())
-        .map(|(n, e)| {
-            (
-                n.clone(),
-                json!(e.outbox_pending.load(std::sync::atomic::Ordering::Acquire)),
-            )
-        })
+        .map(|(n, e)| (n.clone(), json!(e.backlog.waiting())))
+        .collect();
+    let parked: serde_json::Map<String, Value> = api
+        .registry
+        .pubsubs
+        .iter()
+        .filter(|(_, e)| e.outbox.is_some())
+        .map(|(n, e)| (n.clone(), json!(e.backlog.parked())))
         .collect();
     let body = json!({
         "id": s.app_id,
@@ -140,6 +142,7 @@ pub fn metadata(api: &ApiState) -> Resp {
         "gracefulShutdown": format_duration(s.graceful_shutdown),
         "deniedSubscriptions": denied,
         "outboxPending": outbox,
+        "outboxParked": parked,
     });
     json(StatusCode::OK, &body)
 }

@@ -1,13 +1,15 @@
 //! Publishing to the broker, and the outbox decision (`outboxStore` on a
 //! pubsub component): a publish the broker cannot take now (unreachable,
 //! timed out) is written to the store and answered 204 once the row is
-//! committed; the [relay](super::relay) publishes the kept messages in order
-//! when the broker is back. While messages wait, new publishes queue behind
-//! them, so order per key is kept. A message the broker rejects for good
-//! (too large, bad partition) is an error at once, never outboxed. Records
-//! Dapr's egress metrics.
+//! durably committed; the [relay](super::relay) publishes the kept messages
+//! in order when the broker is back. While messages of a topic wait, new
+//! publishes to that topic queue behind them, so order per topic (and per
+//! key) is kept; other topics are not held up. A message the broker refuses
+//! for good (the backend classifies: too large, unknown topic with
+//! auto-create off, access refused) is an error at once, never kept.
+//! Records Dapr's egress metrics.
 
-use std::sync::atomic::Ordering;
+use crate::state::backlog::Route;
 
 use crate::broker::BrokerError;
 use crate::message::Message;
@@ -38,13 +40,15 @@ async fn publish_inner(entry: &Pubsub, msg: Message) -> Result<(), BrokerError> 
     let Some(outbox) = &entry.outbox else {
         return entry.broker.publish(msg).await;
     };
-    if entry.outbox_pending.load(Ordering::Acquire) == 0 {
-        match entry.broker.publish(msg.clone()).await {
-            Err(BrokerError::Unavailable(e)) => {
-                tracing::warn!(pubsub = %entry.component.name, error = %e, "broker unavailable; publish kept in the outbox");
-            }
-            done => return done,
+    match entry.backlog.route(&msg.topic).await {
+        Route::Keep => return put(entry, outbox.as_ref(), vec![msg]).await,
+        Route::Direct => {}
+    }
+    match entry.broker.publish(msg.clone()).await {
+        Err(BrokerError::Unavailable(e)) => {
+            tracing::warn!(pubsub = %entry.component.name, error = %e, "broker unavailable; publish kept in the outbox");
         }
+        done => return done,
     }
     keep(entry, outbox.as_ref(), vec![msg]).await
 }
@@ -76,9 +80,12 @@ async fn publish_batch_inner(entry: &Pubsub, msgs: Vec<Message>) -> Vec<Result<(
     let Some(outbox) = &entry.outbox else {
         return entry.broker.publish_batch(msgs).await;
     };
-    if entry.outbox_pending.load(Ordering::Acquire) > 0 {
-        let n = msgs.len();
-        let r = keep(entry, outbox.as_ref(), msgs).await;
+    let n = msgs.len();
+    let topic = msgs.first().map(|m| m.topic.clone()).unwrap_or_default();
+    if let Route::Keep = entry.backlog.route(&topic).await {
+        let mut rest: Vec<&str> = msgs.iter().skip(1).map(|m| m.topic.as_str()).collect();
+        entry.backlog.keep_started(rest.drain(..));
+        let r = put(entry, outbox.as_ref(), msgs).await;
         return (0..n).map(|_| r.clone()).collect();
     }
     let mut results = entry.broker.publish_batch(msgs.clone()).await;
@@ -98,20 +105,32 @@ async fn publish_batch_inner(entry: &Pubsub, msgs: Vec<Message>) -> Vec<Result<(
     results
 }
 
+/// Keeps `msgs` in the outbox, marking their topics as waiting first.
 async fn keep(
     entry: &Pubsub,
     outbox: &dyn crate::store::Store,
     msgs: Vec<Message>,
 ) -> Result<(), BrokerError> {
-    let n = msgs.len() as u64;
-    outbox
-        .outbox_put(&entry.component.name, msgs)
-        .await
-        .map_err(|e| {
-            BrokerError::Unavailable(format!(
-                "broker unavailable and the outbox could not keep the message: {e}"
-            ))
-        })?;
-    entry.outbox_pending.fetch_add(n, Ordering::AcqRel);
-    Ok(())
+    entry
+        .backlog
+        .keep_started(msgs.iter().map(|m| m.topic.as_str()));
+    put(entry, outbox, msgs).await
+}
+
+/// Writes `msgs` (whose keeps were started) and finishes their keeps.
+async fn put(
+    entry: &Pubsub,
+    outbox: &dyn crate::store::Store,
+    msgs: Vec<Message>,
+) -> Result<(), BrokerError> {
+    let topics: Vec<String> = msgs.iter().map(|m| m.topic.clone()).collect();
+    let r = outbox.outbox_put(&entry.component.name, msgs).await;
+    entry
+        .backlog
+        .keep_finished(topics.iter().map(String::as_str));
+    r.map_err(|e| {
+        BrokerError::Unavailable(format!(
+            "broker unavailable and the outbox could not keep the message: {e}"
+        ))
+    })
 }

@@ -10,6 +10,7 @@
 //! Depends on `config`, `broker` and `store` only; the publish path, the
 //! delivery engine and the API servers depend on it.
 
+pub mod backlog;
 pub mod registry;
 pub mod settings;
 pub mod shutdown;

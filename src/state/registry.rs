@@ -3,7 +3,6 @@
 //! documents. Built once at start-up, never changed after.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use crate::broker::Broker;
@@ -20,9 +19,9 @@ pub struct Pubsub {
     pub broker: Arc<dyn Broker>,
     /// The `outboxStore`, if set.
     pub outbox: Option<Arc<dyn Store>>,
-    /// Messages waiting in the outbox (as last counted by the publish path
-    /// and its relay, which own this counter).
-    pub outbox_pending: AtomicU64,
+    /// What waits in the outbox, per topic (kept by the publish path,
+    /// cleared by the relay).
+    pub backlog: super::backlog::Backlog,
 }
 
 /// Components by name, with what runs them.
@@ -58,7 +57,7 @@ impl Registry {
                     component: c.clone(),
                     broker,
                     outbox: c.outbox_store.as_ref().and_then(|n| stores.get(n).cloned()),
-                    outbox_pending: AtomicU64::new(0),
+                    backlog: Default::default(),
                 };
                 Ok((c.name.clone(), Arc::new(pubsub)))
             })

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Claim, Finish, Key, Store, StoreError};
+use super::{Claim, Finish, Key, OutboxDepth, Pass, RelaySend, Relayed, Store, StoreError};
 use crate::message::{BoxFuture, Message};
 
 #[derive(Debug)]
@@ -30,10 +30,18 @@ pub struct MemoryStore {
     entries: Mutex<HashMap<Key, Entry>>,
     /// The last id given, and the kept messages in id order.
     outbox: Mutex<(i64, Vec<Kept>)>,
+    /// Held by the relay pass in progress.
+    relaying: tokio::sync::Mutex<()>,
 }
 
-/// An outbox entry: id, pubsub, message.
-type Kept = (i64, String, Message);
+/// An outbox entry.
+struct Kept {
+    id: i64,
+    pubsub: String,
+    msg: Message,
+    /// Why the broker refused it for good, once parked.
+    parked: Option<String>,
+}
 
 impl MemoryStore {
     /// A store keeping at most `max_entries` keys.
@@ -44,6 +52,7 @@ impl MemoryStore {
             retention,
             entries: Mutex::new(HashMap::new()),
             outbox: Mutex::new((0, vec![])),
+            relaying: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -180,44 +189,67 @@ impl Store for MemoryStore {
         for m in msgs {
             o.0 += 1;
             let id = o.0;
-            o.1.push((id, pubsub.to_owned(), m));
+            o.1.push(Kept {
+                id,
+                pubsub: pubsub.to_owned(),
+                msg: m,
+                parked: None,
+            });
         }
         Box::pin(async { Ok(()) })
     }
 
-    fn outbox_peek(
-        &self,
-        pubsub: &str,
+    fn outbox_relay<'a>(
+        &'a self,
+        pubsub: &'a str,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<(i64, Message)>, StoreError>> {
-        let o = self.outbox.lock().expect("outbox lock");
-        let out =
-            o.1.iter()
-                .filter(|(_, p, _)| p == pubsub)
-                .take(limit)
-                .map(|(id, _, m)| (*id, m.clone()))
-                .collect();
-        Box::pin(async move { Ok(out) })
+        send: RelaySend<'a>,
+    ) -> BoxFuture<'a, Result<Pass, StoreError>> {
+        Box::pin(async move {
+            // One relay at a time, as the Postgres store's advisory lock.
+            let Ok(_relaying) = self.relaying.try_lock() else {
+                return Ok(Pass::Busy);
+            };
+            let kept: Vec<(i64, Message)> = {
+                let o = self.outbox.lock().expect("outbox lock");
+                o.1.iter()
+                    .filter(|k| k.pubsub == pubsub && k.parked.is_none())
+                    .take(limit)
+                    .map(|k| (k.id, k.msg.clone()))
+                    .collect()
+            };
+            if kept.is_empty() {
+                return Ok(Pass::Relayed(vec![]));
+            }
+            let answers = send(kept.iter().map(|(_, m)| m.clone()).collect()).await;
+            let mut o = self.outbox.lock().expect("outbox lock");
+            for ((id, _), a) in kept.iter().zip(&answers) {
+                match a {
+                    Relayed::Sent => o.1.retain(|k| k.id != *id),
+                    Relayed::Park(why) => {
+                        if let Some(k) = o.1.iter_mut().find(|k| k.id == *id) {
+                            k.parked = Some(why.clone());
+                        }
+                    }
+                    Relayed::Retry => {}
+                }
+            }
+            Ok(Pass::Relayed(super::tally(&kept, &answers)))
+        })
     }
 
-    fn outbox_delete(&self, ids: Vec<i64>) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.outbox
-            .lock()
-            .expect("outbox lock")
-            .1
-            .retain(|(id, _, _)| !ids.contains(id));
-        Box::pin(async { Ok(()) })
-    }
-
-    fn outbox_depth(&self, pubsub: &str) -> BoxFuture<'_, Result<u64, StoreError>> {
-        let n = self
-            .outbox
-            .lock()
-            .expect("outbox lock")
-            .1
-            .iter()
-            .filter(|(_, p, _)| p == pubsub)
-            .count() as u64;
-        Box::pin(async move { Ok(n) })
+    fn outbox_depth(&self, pubsub: &str) -> BoxFuture<'_, Result<OutboxDepth, StoreError>> {
+        let mut depth = OutboxDepth::default();
+        for k in self.outbox.lock().expect("outbox lock").1.iter() {
+            if k.pubsub != pubsub {
+                continue;
+            }
+            if k.parked.is_some() {
+                depth.parked += 1;
+            } else {
+                *depth.waiting.entry(k.msg.topic.clone()).or_default() += 1;
+            }
+        }
+        Box::pin(async move { Ok(depth) })
     }
 }

@@ -98,19 +98,107 @@ pub trait Store: Send + Sync {
     fn purge(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// `Ok` while the store is reachable.
     fn health(&self) -> Result<(), StoreError>;
-    /// Keeps messages the broker of `pubsub` could not take, in order.
+    /// Keeps messages the broker of `pubsub` could not take, in order. The
+    /// write is durable before this returns (the publisher is answered 204
+    /// on it), whatever the store's commit settings for the inbox.
     fn outbox_put(&self, pubsub: &str, msgs: Vec<Message>)
         -> BoxFuture<'_, Result<(), StoreError>>;
-    /// The oldest `limit` kept messages of `pubsub`, with their ids.
-    fn outbox_peek(
-        &self,
-        pubsub: &str,
+    /// One relay pass over the outbox of `pubsub`: unless another sidecar
+    /// is relaying it now (then [`Pass::Busy`]), hands the oldest `limit`
+    /// waiting messages to `send`, in order, and then deletes the sent ones
+    /// and parks the refused ones, while still holding the relay's lock, so
+    /// each message is relayed by one sidecar at a time, in order.
+    fn outbox_relay<'a>(
+        &'a self,
+        pubsub: &'a str,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<(i64, Message)>, StoreError>>;
-    /// Forgets relayed messages.
-    fn outbox_delete(&self, ids: Vec<i64>) -> BoxFuture<'_, Result<(), StoreError>>;
-    /// How many messages of `pubsub` wait.
-    fn outbox_depth(&self, pubsub: &str) -> BoxFuture<'_, Result<u64, StoreError>>;
+        send: RelaySend<'a>,
+    ) -> BoxFuture<'a, Result<Pass, StoreError>>;
+    /// What the outbox of `pubsub` holds: waiting messages per topic, and
+    /// how many are parked.
+    fn outbox_depth(&self, pubsub: &str) -> BoxFuture<'_, Result<OutboxDepth, StoreError>>;
+}
+
+/// What the relay did with one kept message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Relayed {
+    /// The broker confirmed it: delete it.
+    Sent,
+    /// The broker cannot take it now: keep it, try again later.
+    Retry,
+    /// The broker refused it for good (the reason): set it aside, so it
+    /// never holds up what comes after it.
+    Park(String),
+}
+
+/// Publishes a batch of kept messages; one answer per message, in order.
+pub type RelaySend<'a> = Box<dyn FnOnce(Vec<Message>) -> BoxFuture<'a, Vec<Relayed>> + Send + 'a>;
+
+/// The outcome of one relay pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pass {
+    /// Another sidecar holds the relay lock of this pub/sub.
+    Busy,
+    /// What this pass took and did, per topic.
+    Relayed(Vec<TopicPass>),
+}
+
+/// One topic's part of a relay pass.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TopicPass {
+    /// The topic.
+    pub topic: String,
+    /// Messages handed to the broker.
+    pub taken: usize,
+    /// Confirmed and deleted.
+    pub sent: usize,
+    /// Refused for good and parked.
+    pub parked: usize,
+}
+
+impl Pass {
+    /// Messages taken in this pass.
+    pub fn taken(&self) -> usize {
+        match self {
+            Pass::Busy => 0,
+            Pass::Relayed(t) => t.iter().map(|t| t.taken).sum(),
+        }
+    }
+}
+
+/// What an outbox holds for one pub/sub.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OutboxDepth {
+    /// Messages waiting, per topic.
+    pub waiting: std::collections::BTreeMap<String, u64>,
+    /// Messages parked (refused for good by the broker; kept for an
+    /// operator to inspect).
+    pub parked: u64,
+}
+
+/// Groups `answers` (one per message of `msgs`, in order) per topic.
+pub fn tally(msgs: &[(i64, Message)], answers: &[Relayed]) -> Vec<TopicPass> {
+    let mut out: Vec<TopicPass> = vec![];
+    for ((_, m), a) in msgs.iter().zip(answers) {
+        let i = match out.iter().position(|t| t.topic == m.topic) {
+            Some(i) => i,
+            None => {
+                out.push(TopicPass {
+                    topic: m.topic.clone(),
+                    ..Default::default()
+                });
+                out.len() - 1
+            }
+        };
+        let t = &mut out[i];
+        t.taken += 1;
+        match a {
+            Relayed::Sent => t.sent += 1,
+            Relayed::Park(_) => t.parked += 1,
+            Relayed::Retry => {}
+        }
+    }
+    out
 }
 
 /// Builds a store; a Postgres store connects lazily (a database that is

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub dead_lettered: IntCounterVec,
     /// Publishes waiting in the outbox.
     pub outbox_pending: IntGaugeVec,
+    /// Kept publishes the broker refused for good, parked in the outbox.
+    pub outbox_parked: IntGaugeVec,
     /// Idempotency store call time.
     pub store_latency: HistogramVec,
     /// App call time, per attempt.
@@ -197,6 +199,12 @@ impl Metrics {
                 &r,
                 "perch_outbox_pending",
                 "Publishes waiting in the outbox",
+                &["pubsub"],
+            ),
+            outbox_parked: gauge(
+                &r,
+                "perch_outbox_parked",
+                "Kept publishes the broker refused for good, parked in the outbox table",
                 &["pubsub"],
             ),
             store_latency: histogram(

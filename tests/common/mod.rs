@@ -587,6 +587,11 @@ impl PgStore {
         }
     }
 
+    /// The outbox table's name.
+    pub fn outbox_table(&self) -> String {
+        format!("{}_out", self.table)
+    }
+
     /// The component YAML, named `name`.
     pub fn yaml(&self, name: &str) -> String {
         format!(

@@ -209,6 +209,11 @@ pub fn read(ctx: &mut DocCtx<'_>, metadata: &BTreeMap<String, String>) -> Option
     let skip_verify = flag(ctx, "skipVerify", false);
     let escape_headers = flag(ctx, "escapeHeaders", false);
     let auto_create_topics = flag(ctx, "autoCreateTopics", true);
+    if !auto_create_topics {
+        // Or the broker's `auto.create.topics.enable` creates the topic on
+        // the producer's first metadata request after all.
+        producer.insert("allow.auto.create.topics".into(), "false".into());
+    }
     let (ca, cert, key) = (get("caCert"), get("clientCert"), get("clientKey"));
     if cert.is_some() != key.is_some() {
         ctx.problem(

@@ -43,7 +43,7 @@ mod producer;
 mod rebalance;
 mod record;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -240,7 +240,7 @@ fn spawn_health_probe(name: &str, producer: FutureProducer, healthy: Weak<Atomic
 impl Broker for KafkaBroker {
     fn publish(&self, msg: Message) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
-            self.ensure_topic(&msg.topic).await;
+            self.ensure_topic(&msg.topic).await?;
             let f = self.enqueue(&msg).await?;
             self.confirmed(f).await
         })
@@ -249,13 +249,19 @@ impl Broker for KafkaBroker {
     fn publish_batch(&self, msgs: Vec<Message>) -> BoxFuture<'_, Vec<Result<(), BrokerError>>> {
         Box::pin(async move {
             let topics: BTreeSet<&str> = msgs.iter().map(|m| m.topic.as_str()).collect();
+            let mut refused = BTreeMap::new();
             for t in topics {
-                self.ensure_topic(t).await;
+                if let Err(e) = self.ensure_topic(t).await {
+                    refused.insert(t, e);
+                }
             }
             // All queued first, then awaited: one round of delivery reports.
             let mut queued = Vec::with_capacity(msgs.len());
             for m in &msgs {
-                queued.push(self.enqueue(m).await);
+                queued.push(match refused.get(m.topic.as_str()) {
+                    Some(e) => Err(e.clone()),
+                    None => self.enqueue(m).await,
+                });
             }
             let mut out = Vec::with_capacity(queued.len());
             for q in queued {
@@ -273,7 +279,9 @@ impl Broker for KafkaBroker {
         req: SubscribeRequest,
     ) -> BoxFuture<'_, Result<DeliveryStream, BrokerError>> {
         Box::pin(async move {
-            self.ensure_topic(&req.topic).await;
+            // A topic missing with auto-creation off is waited for, as
+            // Dapr does: the group's metadata refresh picks it up.
+            let _ = self.ensure_topic(&req.topic).await;
             let group = self.group(&req.group)?;
             let (tx, rx) = mpsc::unbounded_channel();
             // Messages that waited for a subscriber (a re-subscription) are

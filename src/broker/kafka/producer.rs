@@ -17,9 +17,15 @@ use crate::broker::{BrokerError, Message};
 impl KafkaBroker {
     /// Creates `topic` once when auto-creation is on; an existing topic is
     /// fine, other failures are logged and left to the produce or fetch.
-    pub(super) async fn ensure_topic(&self, topic: &str) {
-        if !self.cfg.auto_create_topics || self.created.lock().expect("lock").contains(topic) {
-            return;
+    /// With auto-creation off, a topic the cluster does not have is a final
+    /// error (retrying cannot create it), found from the metadata once per
+    /// topic instead of waiting out the publish timeout.
+    pub(super) async fn ensure_topic(&self, topic: &str) -> Result<(), BrokerError> {
+        if self.created.lock().expect("lock").contains(topic) {
+            return Ok(());
+        }
+        if !self.cfg.auto_create_topics {
+            return self.topic_exists(topic).await;
         }
         let new = NewTopic::new(
             topic,
@@ -45,6 +51,46 @@ impl KafkaBroker {
             Err(e) => {
                 tracing::warn!(pubsub = %self.name, %topic, error = %e, "could not create topic")
             }
+        }
+        Ok(())
+    }
+
+    /// `Ok` when the cluster has `topic` (remembered); `Rejected` when it
+    /// answers that it does not; `Unavailable` when it cannot be asked.
+    async fn topic_exists(&self, topic: &str) -> Result<(), BrokerError> {
+        let p = self.producer.clone();
+        let t = topic.to_owned();
+        let limit = self.cfg.publish_timeout.min(Duration::from_secs(10));
+        let found = tokio::task::spawn_blocking(move || {
+            p.client().fetch_metadata(Some(&t), limit).map(|m| {
+                m.topics()
+                    .iter()
+                    .find(|mt| mt.name() == t)
+                    .map(|mt| (mt.error(), mt.partitions().len()))
+            })
+        })
+        .await
+        .map_err(|e| BrokerError::Unavailable(format!("kafka pubsub {}: {e}", self.name)))?;
+        match found {
+            Ok(Some((None, n))) if n > 0 => {
+                self.created.lock().expect("lock").insert(topic.to_owned());
+                Ok(())
+            }
+            Ok(Some((Some(e), _)))
+                if RDKafkaErrorCode::from(e) != RDKafkaErrorCode::UnknownTopicOrPartition
+                    && RDKafkaErrorCode::from(e) != RDKafkaErrorCode::UnknownTopic =>
+            {
+                Err(BrokerError::Unavailable(format!(
+                    "kafka pubsub {}: topic {topic:?}: {:?}",
+                    self.name,
+                    RDKafkaErrorCode::from(e)
+                )))
+            }
+            Ok(_) => Err(BrokerError::Rejected(format!(
+                "kafka pubsub {}: topic {topic:?} does not exist and autoCreateTopics is false",
+                self.name
+            ))),
+            Err(e) => Err(self.classify(e)),
         }
     }
 
@@ -184,7 +230,10 @@ fn is_final(code: Option<RDKafkaErrorCode>) -> bool {
                 | RDKafkaErrorCode::InvalidRecord
                 | RDKafkaErrorCode::TopicAuthorizationFailed
                 | RDKafkaErrorCode::InvalidTopic
-                | RDKafkaErrorCode::UnknownPartition,
+                | RDKafkaErrorCode::UnknownPartition
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::PolicyViolation
+                | RDKafkaErrorCode::InvalidRequiredAcks,
         )
     )
 }
@@ -202,6 +251,8 @@ mod tests {
             (Some(TopicAuthorizationFailed), true),
             (Some(UnknownPartition), true),
             (Some(InvalidTopic), true),
+            (Some(MessageBatchTooLarge), true),
+            (Some(PolicyViolation), true),
             (Some(MessageTimedOut), false),
             (Some(NotLeaderForPartition), false),
             (Some(BrokerTransportFailure), false),

@@ -128,8 +128,18 @@ impl Inner {
         })
     }
 
+    /// A lapin error, classified once: the broker's channel-level refusals
+    /// of this message or its exchange (access refused, not found, an
+    /// exchange declared with other settings, content too large, no route)
+    /// are final; everything else (connection and channel loss, timeouts,
+    /// a resource locked) may pass later.
     fn error(&self, e: lapin::Error) -> BrokerError {
-        BrokerError::Unavailable(format!("rabbitmq pubsub {}: {e}", self.name))
+        let text = format!("rabbitmq pubsub {}: {e}", self.name);
+        if is_final(&e) {
+            BrokerError::Rejected(text)
+        } else {
+            BrokerError::Unavailable(text)
+        }
     }
 }
 
@@ -288,5 +298,53 @@ impl Broker for RabbitBroker {
                 let _ = live.conn.close(200, "perch shutting down".into()).await;
             }
         })
+    }
+}
+
+/// The broker refused the operation for good (AMQP soft errors 311, 312,
+/// 403, 404 and 406): trying again with the same message cannot work.
+fn is_final(e: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => matches!(
+            amqp.kind(),
+            AMQPErrorKind::Soft(
+                AMQPSoftError::ACCESSREFUSED
+                    | AMQPSoftError::NOTFOUND
+                    | AMQPSoftError::PRECONDITIONFAILED
+                    | AMQPSoftError::CONTENTTOOLARGE
+                    | AMQPSoftError::NOROUTE
+            )
+        ),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod classify_tests {
+    use super::is_final;
+    use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPHardError, AMQPSoftError};
+
+    #[test]
+    fn refusals_are_final_and_losses_retryable() {
+        let soft = |k| {
+            lapin::Error::from(lapin::ErrorKind::ProtocolError(AMQPError::new(
+                AMQPErrorKind::Soft(k),
+                "x".into(),
+            )))
+        };
+        assert!(is_final(&soft(AMQPSoftError::ACCESSREFUSED)));
+        assert!(is_final(&soft(AMQPSoftError::PRECONDITIONFAILED)));
+        assert!(is_final(&soft(AMQPSoftError::NOTFOUND)));
+        assert!(!is_final(&soft(AMQPSoftError::RESOURCELOCKED)));
+        let hard = lapin::Error::from(lapin::ErrorKind::ProtocolError(AMQPError::new(
+            AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED),
+            "x".into(),
+        )));
+        assert!(!is_final(&hard));
+        let io = lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(
+            std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+        )));
+        assert!(!is_final(&io));
     }
 }

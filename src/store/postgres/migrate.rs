@@ -7,6 +7,7 @@
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../../migrations/001_inbox.sql")),
     (2, include_str!("../../../migrations/002_outbox.sql")),
+    (3, include_str!("../../../migrations/003_outbox_parked.sql")),
 ];
 
 /// Applies the migrations not yet recorded for `table`.

@@ -35,7 +35,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 
-use super::{Claim, Finish, Key, Store, StoreError};
+use super::{Claim, Finish, Key, OutboxDepth, Pass, RelaySend, Store, StoreError};
 use crate::message::{BoxFuture, Message};
 use crate::store::config::{StoreComponent, StoreKind};
 use batcher::{ClaimRequest, FinishRequest};
@@ -175,20 +175,16 @@ impl Store for PostgresStore {
         Box::pin(async move { self.pg.outbox_put(&pubsub, &msgs).await })
     }
 
-    fn outbox_peek(
-        &self,
-        pubsub: &str,
+    fn outbox_relay<'a>(
+        &'a self,
+        pubsub: &'a str,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<(i64, Message)>, StoreError>> {
-        let pubsub = pubsub.to_owned();
-        Box::pin(async move { self.pg.outbox_peek(&pubsub, limit).await })
+        send: RelaySend<'a>,
+    ) -> BoxFuture<'a, Result<Pass, StoreError>> {
+        Box::pin(self.pg.outbox_relay(pubsub, limit, send))
     }
 
-    fn outbox_delete(&self, ids: Vec<i64>) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move { self.pg.outbox_delete(&ids).await })
-    }
-
-    fn outbox_depth(&self, pubsub: &str) -> BoxFuture<'_, Result<u64, StoreError>> {
+    fn outbox_depth(&self, pubsub: &str) -> BoxFuture<'_, Result<OutboxDepth, StoreError>> {
         let pubsub = pubsub.to_owned();
         Box::pin(async move { self.pg.outbox_depth(&pubsub).await })
     }
