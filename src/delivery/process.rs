@@ -101,6 +101,11 @@ pub(super) async fn process(
     let end = retry::run(&ctx.policy, &mut retry_stop, &is_owned, || async {
         if attempts.fetch_add(1, Ordering::Relaxed) > 0 {
             ctx.count(&metrics().redeliveries);
+        } else if let Some((store, key)) = &claim {
+            // This claim's delivery reaches the app: it counts toward the
+            // over-claim limit (a claim alone does not).
+            let (store, key) = (store.clone(), key.clone());
+            tokio::spawn(async move { store.started(vec![key]).await });
         }
         let classify = |answer: &app::AppAnswer| match answer {
             Some((s, body)) => outcome::classify(Some(*s), body),

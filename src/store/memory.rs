@@ -90,7 +90,7 @@ impl Store for MemoryStore {
                             state: State::InProgress {
                                 lease_until: now + self.lease,
                             },
-                            attempts: 1,
+                            attempts: 0,
                         },
                     );
                     Claim::Owned { attempts: 1 }
@@ -115,7 +115,7 @@ impl Store for MemoryStore {
                     e.state = State::InProgress {
                         lease_until: now + self.lease,
                     };
-                    e.attempts = 1;
+                    e.attempts = 0;
                     Claim::Owned { attempts: 1 }
                 }
                 Some(e) => match e.state {
@@ -124,9 +124,8 @@ impl Store for MemoryStore {
                         e.state = State::InProgress {
                             lease_until: now + self.lease,
                         };
-                        e.attempts += 1;
                         Claim::Owned {
-                            attempts: e.attempts,
+                            attempts: e.attempts + 1,
                         }
                     }
                 },
@@ -149,6 +148,18 @@ impl Store for MemoryStore {
             })
             .collect();
         Box::pin(async move { Ok(out) })
+    }
+
+    fn started(&self, keys: Vec<Key>) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mut entries = self.entries.lock().expect("store lock");
+        for k in &keys {
+            if let Some(e) = entries.get_mut(k) {
+                if matches!(e.state, State::InProgress { .. }) {
+                    e.attempts += 1;
+                }
+            }
+        }
+        Box::pin(async { Ok(()) })
     }
 
     fn release(&self, keys: Vec<Key>) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -48,9 +48,10 @@ impl Key {
 /// The answer to a claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
-    /// Ours; `attempts` counts the claims of this key, this one included.
+    /// Ours; `attempts` is the number of this delivery: deliveries of the
+    /// key that reached the app before (and never finished), plus one.
     Owned {
-        /// Claims so far.
+        /// Deliveries started so far, plus this one.
         attempts: u32,
     },
     /// Already done (delivered or dropped by the app): a duplicate. A dead
@@ -83,6 +84,13 @@ pub trait Store: Send + Sync {
     /// Marks claimed keys done or dead; `false` where the lease was lost
     /// (taken over by another sidecar: a possible duplicate).
     fn finish(&self, keys: Vec<Key>, how: Finish) -> BoxFuture<'_, Result<Vec<bool>, StoreError>>;
+    /// The deliveries of these claimed keys reach the app now: one more
+    /// attempt each (fenced by owner). The engine does not make the app
+    /// call wait for it, so a crash within milliseconds of the call may
+    /// leave it uncounted. Claims alone never count, so claims that ran
+    /// ahead and were cut off (a crash, a shutdown) do not push a message
+    /// toward the over-claim dead letter.
+    fn started(&self, keys: Vec<Key>) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Gives claimed keys back (their lease ends now).
     fn release(&self, keys: Vec<Key>) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Gives back every key this sidecar still holds, at shutdown: what

@@ -16,10 +16,19 @@ const BATCH: usize = 512;
 
 /// Keys to claim, and where their answers go.
 pub(super) type ClaimRequest = (Vec<Key>, oneshot::Sender<Result<Vec<Claim>, StoreError>>);
-/// Keys to finish, how, and where their answers go.
+/// What a mark request writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mark {
+    /// The key ends (done or dead).
+    Finish(Finish),
+    /// Its delivery reached the app: one more attempt.
+    Started,
+}
+
+/// Keys to mark, how, and where their answers go.
 pub(super) type FinishRequest = (
     Vec<Key>,
-    Finish,
+    Mark,
     oneshot::Sender<Result<Vec<bool>, StoreError>>,
 );
 
@@ -75,13 +84,23 @@ pub(super) async fn finish_loop(pg: Weak<Pg>, mut rx: mpsc::UnboundedReceiver<Fi
             }
         }
         let Some(s) = pg.upgrade() else { return };
-        let (done, dead): (Vec<_>, Vec<_>) = batch.into_iter().partition(|r| r.1 == Finish::Done);
-        for (how, group) in [(Finish::Done, done), (Finish::Dead, dead)] {
+        // Started before finished: a delivery's start is sent before its
+        // finish, and a finished key no longer takes a start.
+        for how in [
+            Mark::Started,
+            Mark::Finish(Finish::Done),
+            Mark::Finish(Finish::Dead),
+        ] {
+            let (group, rest): (Vec<_>, Vec<_>) = batch.into_iter().partition(|r| r.1 == how);
+            batch = rest;
             if group.is_empty() {
                 continue;
             }
             let keys: Vec<Key> = group.iter().flat_map(|r| r.0.iter().cloned()).collect();
-            let result = s.finish(&keys, how).await;
+            let result = match how {
+                Mark::Finish(f) => s.finish(&keys, f).await,
+                Mark::Started => s.started(&keys).await,
+            };
             answer(
                 &result,
                 group.into_iter().map(|(k, _, reply)| (k.len(), reply)),

@@ -27,19 +27,21 @@ impl Pg {
             .rows(
                 &client,
                 &format!(
-                    "INSERT INTO {t} AS i (subscriber, msg_key, state, lease_owner, lease_until)
-                     SELECT s, k, 'in_progress', $3::text::uuid, now() + make_interval(secs => $4)
+                    // `attempts` counts deliveries that reached the app
+                    // (see `started`), not claims: a claim returns it + 1.
+                    "INSERT INTO {t} AS i (subscriber, msg_key, state, lease_owner, lease_until, attempts)
+                     SELECT s, k, 'in_progress', $3::text::uuid, now() + make_interval(secs => $4), 0
                        FROM UNNEST($1::text[], $2::text[]) AS u(s, k)
                      ON CONFLICT (subscriber, msg_key) DO UPDATE
                         SET lease_owner = EXCLUDED.lease_owner,
                             lease_until = EXCLUDED.lease_until,
-                            attempts = CASE WHEN i.state = 'dead' THEN 1 ELSE i.attempts + 1 END,
+                            attempts = CASE WHEN i.state = 'dead' THEN 0 ELSE i.attempts END,
                             state = 'in_progress',
                             done_at = NULL
                       WHERE (i.state = 'in_progress' AND i.lease_until < now())
                          -- Dead-lettered, never delivered: a replay is claimed anew.
                          OR i.state = 'dead'
-                     RETURNING i.subscriber, i.msg_key, i.attempts"
+                     RETURNING i.subscriber, i.msg_key, i.attempts + 1"
                 ),
                 &[&subs, &ids, &self.owner_text, &lease],
             )
@@ -120,6 +122,27 @@ impl Pg {
                 marked.contains(&(k.subscriber.clone(), k.msg_key.clone()))
             })
             .collect())
+    }
+
+    /// Counts one attempt for each key (its delivery reached the app),
+    /// fenced like `finish`.
+    pub(super) async fn started(&self, keys: &[Key]) -> Result<Vec<bool>, StoreError> {
+        let client = self.client().await?;
+        let subs: Vec<&str> = keys.iter().map(|k| k.subscriber.as_str()).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.msg_key.as_str()).collect();
+        let t = &self.table;
+        self.rows(
+            &client,
+            &format!(
+                "UPDATE {t} AS i SET attempts = i.attempts + 1
+                   FROM UNNEST($1::text[], $2::text[]) AS u(s, k)
+                  WHERE i.subscriber = u.s AND i.msg_key = u.k
+                    AND i.lease_owner = $3::text::uuid AND i.state = 'in_progress'"
+            ),
+            &[&subs, &ids, &self.owner_text],
+        )
+        .await?;
+        Ok(vec![true; keys.len()])
     }
 
     /// Extends the lease of every key held, or ends it (`release`).

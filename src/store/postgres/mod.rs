@@ -134,9 +134,20 @@ impl Store for PostgresStore {
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();
             self.finishes
-                .send((keys, how, tx))
+                .send((keys, batcher::Mark::Finish(how), tx))
                 .map_err(|_| StoreError("store closed".into()))?;
             rx.await.map_err(|_| StoreError("store closed".into()))?
+        })
+    }
+
+    fn started(&self, keys: Vec<Key>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            self.finishes
+                .send((keys, batcher::Mark::Started, tx))
+                .map_err(|_| StoreError("store closed".into()))?;
+            rx.await.map_err(|_| StoreError("store closed".into()))??;
+            Ok(())
         })
     }
 
