@@ -71,7 +71,10 @@ pub async fn run(
     }
     for pubsub in registry.pubsubs.values() {
         if pubsub.outbox.is_some() {
-            tokio::spawn(crate::publish::relay(pubsub.clone(), stop_rx.clone()));
+            crate::util::spawn_watched(
+                "outbox relay",
+                crate::publish::relay(pubsub.clone(), stop_rx.clone()),
+            );
         }
     }
     let gauges = tokio::spawn(update_gauges(registry.clone()));

@@ -134,6 +134,62 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// Spawns a background task whose panic is logged at ERROR naming it,
+/// instead of vanishing with its dropped handle (review F11). For the
+/// long-lived loops (relay, gauges, broker poll and connection loops,
+/// store batchers).
+pub fn spawn_watched<F>(what: &'static str, fut: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let task = tokio::spawn(fut);
+    tokio::spawn(async move {
+        if let Err(e) = task.await {
+            if e.is_panic() {
+                let p = e.into_panic();
+                let text = p
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(task = what, panic = %text, "a background task panicked; Perch is degraded and should be restarted");
+            }
+        }
+    });
+}
+
+/// A fault hook for the tests that need a panic Perch's own code never
+/// has: hit when the environment variable `var` is set (non-empty) and
+/// `data` contains its value. Unset (always, outside those tests), a hit
+/// costs one read of a cached `None`.
+pub struct FaultHook {
+    var: &'static str,
+    marker: std::sync::OnceLock<Option<Vec<u8>>>,
+}
+
+impl FaultHook {
+    /// A hook on `var`, read on first use.
+    pub const fn new(var: &'static str) -> Self {
+        Self {
+            var,
+            marker: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// `data` contains the marker.
+    pub fn hit(&self, data: &[u8]) -> bool {
+        let marker = self.marker.get_or_init(|| {
+            std::env::var(self.var)
+                .ok()
+                .filter(|m| !m.is_empty())
+                .map(String::into_bytes)
+        });
+        marker
+            .as_ref()
+            .is_some_and(|m| data.windows(m.len()).any(|w| w == m.as_slice()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

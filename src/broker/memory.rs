@@ -43,7 +43,10 @@ impl MemoryBroker {
     }
 
     fn groups(&self, topic: &str) -> Vec<Arc<Group>> {
-        let topics = self.topics.lock().expect("memory broker lock");
+        let topics = self
+            .topics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         topics
             .get(topic)
             .map(|g| g.values().cloned().collect())
@@ -57,7 +60,11 @@ impl Broker for MemoryBroker {
         let result = (|| {
             let mut states: Vec<_> = groups
                 .iter()
-                .map(|g| g.state.lock().expect("group lock"))
+                .map(|g| {
+                    g.state
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                })
                 .collect();
             if states
                 .iter()
@@ -86,7 +93,10 @@ impl Broker for MemoryBroker {
         req: SubscribeRequest,
     ) -> BoxFuture<'_, Result<DeliveryStream, BrokerError>> {
         let group = {
-            let mut topics = self.topics.lock().expect("memory broker lock");
+            let mut topics = self
+                .topics
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             topics
                 .entry(req.topic.clone())
                 .or_default()
@@ -113,12 +123,18 @@ impl Broker for MemoryBroker {
     }
 
     fn lag(&self) -> BoxFuture<'_, Vec<super::Lag>> {
-        let topics = self.topics.lock().expect("memory broker lock");
+        let topics = self
+            .topics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let out = topics
             .iter()
             .flat_map(|(topic, groups)| {
                 groups.values().map(move |g| {
-                    let s = g.state.lock().expect("group lock");
+                    let s = g
+                        .state
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     super::Lag {
                         topic: topic.clone(),
                         partition: 0,
@@ -137,7 +153,10 @@ async fn pump(group: Arc<Group>, tx: mpsc::UnboundedSender<Delivery>, window: us
     loop {
         let msg = loop {
             let next = {
-                let mut s = group.state.lock().expect("group lock");
+                let mut s = group
+                    .state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let m = if s.in_flight < window {
                     s.queue.pop_front()
                 } else {
@@ -186,7 +205,11 @@ struct MemoryAck {
 impl MemoryAck {
     fn finish(&mut self, redeliver: bool) {
         if let Some(msg) = self.msg.take() {
-            let mut s = self.group.state.lock().expect("group lock");
+            let mut s = self
+                .group
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             s.in_flight -= 1;
             if redeliver {
                 s.queue.push_front(msg);

@@ -85,7 +85,10 @@ impl Breaker {
     /// Asks to make a call.
     pub fn admit(&self) -> Admit {
         let now = Instant::now();
-        let mut s = self.state.lock().expect("breaker lock");
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match s.phase {
             Phase::Closed => {
                 if !self.interval.is_zero() {
@@ -113,7 +116,10 @@ impl Breaker {
 
     /// Reports the result of an admitted call.
     pub fn record(&self, success: bool) {
-        let mut s = self.state.lock().expect("breaker lock");
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let c = &mut s.counts;
         if success {
             c.total_successes += 1;

@@ -160,14 +160,16 @@ async fn deliver_group(
     let owned = || {
         pending
             .lock()
-            .expect("pending lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entries
             .iter()
             .all(|(_, r)| r.delivery.is_owned())
     };
     let end = retry::run(&ctx.policy, &mut retry_stop, &owned, || async {
         let body = {
-            let p = pending.lock().expect("pending lock");
+            let p = pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             request_body(ctx, &p.entries)
         };
         let headers = BTreeMap::from([("pubsubName".to_owned(), ctx.sub.pubsubname.clone())]);
@@ -202,7 +204,9 @@ async fn deliver_group(
             .with_label_values(&bulk_labels)
             .inc();
         let (succeeded, dropped) = {
-            let mut p = pending.lock().expect("pending lock");
+            let mut p = pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             match read_answer(status, &body, &mut p.entries) {
                 Ok(done) => done,
                 Err(reason) => {
@@ -219,7 +223,11 @@ async fn deliver_group(
         for r in dropped {
             finish_dropped(ctx, r.delivery, stop.clone(), None).await;
         }
-        let left = pending.lock().expect("pending lock").entries.len();
+        let left = pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entries
+            .len();
         if left == 0 {
             Attempt::Done(())
         } else {
@@ -230,7 +238,12 @@ async fn deliver_group(
         }
     })
     .await;
-    let left = std::mem::take(&mut pending.lock().expect("pending lock").entries);
+    let left = std::mem::take(
+        &mut pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entries,
+    );
     match end {
         RetryEnd::Done(()) => {}
         RetryEnd::Exhausted(reason) => {

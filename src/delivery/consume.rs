@@ -39,14 +39,18 @@ pub(super) async fn consume(
             if batch.is_empty() || !health::until_healthy(&ctx.deps.status, &mut stop).await {
                 break;
             }
-            let (ctx, stop) = (ctx.clone(), stop.clone());
+            let (task_ctx, stop) = (ctx.clone(), stop.clone());
             running.spawn(async move {
-                bulk::process_batch(&ctx, batch, stop).await;
+                bulk::process_batch(&task_ctx, batch, stop).await;
                 drop(slot);
             });
-            while running.try_join_next().is_some() {}
+            while let Some(r) = running.try_join_next() {
+                reap(&ctx, r);
+            }
         }
-        while running.join_next().await.is_some() {}
+        while let Some(r) = running.join_next().await {
+            reap(&ctx, r);
+        }
         return;
     }
     // The broker hands out at most `maxInFlight` unfinished deliveries per
@@ -65,6 +69,12 @@ pub(super) async fn consume(
             d = stream.recv() => match d { Some(d) => d, None => break },
             _ = stop.wait_for(|s| *s) => break,
         };
+        // Fault hook for the dead-loop tests (unset outside them).
+        static PANIC_ON: crate::util::FaultHook =
+            crate::util::FaultHook::new("PERCH_FAULT_PANIC_CONSUME_ON");
+        if PANIC_ON.hit(&d.data) {
+            panic!("fault injected: PERCH_FAULT_PANIC_CONSUME_ON matched the payload");
+        }
         // An unhealthy app: hold the message until it recovers; at
         // shutdown it is dropped unfinished (redelivered).
         if !health::until_healthy(&ctx.deps.status, &mut stop).await {
@@ -82,9 +92,10 @@ pub(super) async fn consume(
                 .or_insert_with(|| Arc::new(Semaphore::new(comp.max_in_flight.max(1))))
                 .clone()
         });
-        let ctx = ctx.clone();
+        let task_ctx = ctx.clone();
         let stop = stop.clone();
         tasks.spawn(async move {
+            let ctx = task_ctx;
             if let Some(prev) = previous {
                 // Sender dropped or sent: either way the predecessor is finished.
                 let _ = prev.await;
@@ -97,8 +108,37 @@ pub(super) async fn consume(
             }
             drop(done);
         });
-        while tasks.try_join_next().is_some() {}
+        while let Some(r) = tasks.try_join_next() {
+            reap(&ctx, r);
+        }
     }
     drop(stream);
-    while tasks.join_next().await.is_some() {}
+    while let Some(r) = tasks.join_next().await {
+        reap(&ctx, r);
+    }
+}
+
+/// A finished delivery task: a panic is logged at ERROR and counted (the
+/// delivery's claim was released by its guard, and its message is left
+/// for redelivery), never dropped silently (review F11).
+fn reap(ctx: &SubCtx, r: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = r {
+        if e.is_panic() {
+            tracing::error!(pubsub = %ctx.sub.pubsubname, topic = %ctx.sub.topic,
+                panic = %panic_text(e), "a delivery panicked; its message is left for redelivery");
+            ctx.count(&crate::telemetry::metrics::metrics().panics);
+        }
+    }
+}
+
+/// The message of a task's panic.
+pub(super) fn panic_text(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into()),
+        Err(e) => e.to_string(),
+    }
 }

@@ -120,7 +120,7 @@ impl Engine {
                 deps.status
                     .denied
                     .write()
-                    .expect("denied lock")
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .push(sub.clone());
                 tracing::error!(pubsub = %sub.pubsubname, topic = %sub.topic,
                     "subscription to topic '{}' on pubsub '{}' is not allowed", sub.topic, sub.pubsubname);
@@ -199,7 +199,7 @@ impl Engine {
                             .unwrap_or(false),
                         store,
                     });
-                    self.inner.consumers.lock().await.spawn(consume::consume(
+                    self.inner.consumers.lock().await.spawn(supervise(
                         ctx,
                         stream,
                         self.inner.stop.clone(),
@@ -215,7 +215,7 @@ impl Engine {
             .status
             .subscriptions
             .write()
-            .expect("subscriptions lock") = active;
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = active;
     }
 
     /// Waits for in-flight deliveries to finish, at most `grace`.
@@ -228,6 +228,47 @@ impl Engine {
             );
         }
     }
+}
+
+/// Runs a subscription's consume loop on a task of its own and watches
+/// it: a loop that panics, or ends while the sidecar is not stopping (its
+/// broker stream closed), is logged at ERROR naming the subscription,
+/// counted, and turns `/v1.0/healthz` not ready, so the orchestrator
+/// restarts the sidecar instead of it idling with a dead subscription
+/// (review F11). Aborting the supervisor aborts the loop.
+async fn supervise(
+    ctx: Arc<SubCtx>,
+    stream: crate::broker::DeliveryStream,
+    stop: watch::Receiver<bool>,
+) {
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let (pubsub, topic) = (ctx.sub.pubsubname.clone(), ctx.sub.topic.clone());
+    let status = ctx.deps.status.clone();
+    let panics = crate::telemetry::metrics::metrics()
+        .panics
+        .with_label_values(&[&pubsub, &topic]);
+    let mut run = AbortOnDrop(tokio::spawn(consume::consume(ctx, stream, stop.clone())));
+    let why = match (&mut run.0).await {
+        Ok(()) if *stop.borrow() => return,
+        Ok(()) => "its broker stream ended".to_owned(),
+        Err(e) if e.is_panic() => {
+            panics.inc();
+            format!("its consume loop panicked: {}", consume::panic_text(e))
+        }
+        Err(e) => format!("its consume loop ended: {e}"),
+    };
+    tracing::error!(%pubsub, %topic, reason = %why,
+        "subscription stopped consuming; /v1.0/healthz reports not ready");
+    status
+        .failed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(format!("{pubsub}/{topic}"), why);
 }
 
 /// With an idempotency store, the broker hands out this many times

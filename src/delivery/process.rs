@@ -29,7 +29,7 @@ pub(super) async fn process(
     stop: watch::Receiver<bool>,
 ) {
     let _inflight = InFlight::new(ctx);
-    let Some(mut ready) = prepare(ctx, d, stop.clone()).await else {
+    let Some(ready) = prepare(ctx, d, stop.clone()).await else {
         return;
     };
     let held = match (&ctx.store, idempotency_key(ctx, &ready)) {
@@ -39,6 +39,46 @@ pub(super) async fn process(
         }
         _ => None,
     };
+    // A panic from here on drops this future unfinished: the guard then
+    // gives the claim back, so the redelivered copy is not `Busy` for the
+    // life of the process (review F11).
+    let guard = ClaimGuard(held.as_ref().and_then(|(store, key, c)| {
+        matches!(c, Claimed::Owned { .. }).then(|| (store.clone(), key.clone()))
+    }));
+    deliver(ctx, ready, held, lane, stop).await;
+    guard.disarm();
+}
+
+/// Releases a claim when dropped armed: the delivery holding it was cut
+/// off by a panic.
+struct ClaimGuard(Option<(Arc<dyn crate::store::Store>, crate::store::Key)>);
+
+impl ClaimGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if let Some((store, key)) = self.0.take() {
+            tracing::error!(key = %key.header(), "delivery cut off (a panic, or aborted at the end of the grace period); its claim is released and the message left for redelivery");
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { store.release(vec![key]).await });
+            }
+        }
+    }
+}
+
+/// The claimed (or unclaimed) part of [`process`]: deliver with retries,
+/// then finish as the state machine decides.
+async fn deliver(
+    ctx: &SubCtx,
+    mut ready: super::context::Ready,
+    held: Option<(Arc<dyn crate::store::Store>, crate::store::Key, Claimed)>,
+    lane: Option<Arc<Semaphore>>,
+    stop: watch::Receiver<bool>,
+) {
     let claimed = held.as_ref().map_or(Claimed::Unclaimed, |(_, _, c)| *c);
     let claim = match before_delivery(claimed, ctx.policy.max_retries) {
         Before::AckDuplicate => {
@@ -106,6 +146,12 @@ pub(super) async fn process(
             // over-claim limit (a claim alone does not).
             let (store, key) = (store.clone(), key.clone());
             tokio::spawn(async move { store.started(vec![key]).await });
+        }
+        // Fault hook for the panic tests (unset outside them).
+        static PANIC_ON: crate::util::FaultHook =
+            crate::util::FaultHook::new("PERCH_FAULT_PANIC_ON");
+        if PANIC_ON.hit(&ready.delivery.data) {
+            panic!("fault injected: PERCH_FAULT_PANIC_ON matched the payload");
         }
         let classify = |answer: &app::AppAnswer| match answer {
             Some((s, body)) => outcome::classify(Some(*s), body),

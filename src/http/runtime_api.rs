@@ -12,7 +12,8 @@ use crate::errors::ApiError;
 use crate::util::format_duration;
 
 /// `GET /v1.0/healthz`: 204 once components are loaded and the app's
-/// subscriptions are running (or there is no app).
+/// subscriptions are running (or there is no app); 500 again if a
+/// subscription's consume loop died.
 pub fn healthz(req: &Request<Incoming>, api: &ApiState) -> Resp {
     let wanted = req
         .uri()
@@ -27,6 +28,20 @@ pub fn healthz(req: &Request<Incoming>, api: &ApiState) -> Resp {
                 "dapr app-id does not match".into(),
             ));
         }
+    }
+    let failed: Vec<String> = api
+        .status
+        .failed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(|(sub, why)| format!("subscription {sub}: {why}"))
+        .collect();
+    if !failed.is_empty() {
+        return error(&ApiError::not_ready(
+            "ERR_HEALTH_NOT_READY",
+            format!("dapr is not ready: [{}]", failed.join("; ")),
+        ));
     }
     if *api.status.ready.borrow() {
         empty(StatusCode::NO_CONTENT)
@@ -82,7 +97,7 @@ pub fn metadata(api: &ApiState) -> Resp {
     let subscriptions: Vec<Value> = api.status
         .subscriptions
         .read()
-        .expect("subscriptions lock")
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .iter()
         .map(|sub| {
             let rules: Vec<Value> = sub
@@ -109,14 +124,19 @@ pub fn metadata(api: &ApiState) -> Resp {
     let denied: Vec<Value> = api.status
         .denied
         .read()
-        .expect("denied lock")
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .iter()
         .map(|s| {
             json!({"pubsubname": s.pubsubname, "topic": s.topic,
                    "reason": format!("subscription to topic '{}' on pubsub '{}' is not allowed", s.topic, s.pubsubname)})
         })
         .collect();
-    let extended = api.status.extended.lock().expect("extended lock").clone();
+    let extended = api
+        .status
+        .extended
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     let outbox: serde_json::Map<String, Value> = api
         .registry
         .pubsubs
@@ -159,7 +179,7 @@ pub async fn put_metadata(req: Request<Incoming>, key: String, api: &ApiState) -
     api.status
         .extended
         .lock()
-        .expect("extended lock")
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .insert(key, String::from_utf8_lossy(&body).into_owned());
     empty(StatusCode::NO_CONTENT)
 }

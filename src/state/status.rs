@@ -21,6 +21,9 @@ pub struct Status {
     pub denied: RwLock<Vec<SubscriptionSpec>>,
     /// `PUT /v1.0/metadata/{key}` attributes.
     pub extended: Mutex<BTreeMap<String, String>>,
+    /// Subscriptions whose consume loop died (`pubsub/topic`: why); while
+    /// any is listed, `/v1.0/healthz` answers not ready.
+    pub failed: Mutex<BTreeMap<String, String>>,
 }
 
 impl Default for Status {
@@ -32,6 +35,7 @@ impl Default for Status {
             subscriptions: RwLock::new(vec![]),
             denied: RwLock::new(vec![]),
             extended: Mutex::new(BTreeMap::new()),
+            failed: Mutex::new(BTreeMap::new()),
         }
     }
 }

@@ -78,7 +78,10 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn claim(&self, keys: Vec<Key>) -> BoxFuture<'_, Result<Vec<Claim>, StoreError>> {
         let now = Instant::now();
-        let mut entries = self.entries.lock().expect("store lock");
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.evict(&mut entries);
         let out = keys
             .into_iter()
@@ -136,7 +139,10 @@ impl Store for MemoryStore {
 
     fn finish(&self, keys: Vec<Key>, how: Finish) -> BoxFuture<'_, Result<Vec<bool>, StoreError>> {
         let now = Instant::now();
-        let mut entries = self.entries.lock().expect("store lock");
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let out = keys
             .iter()
             .map(|k| match entries.get_mut(k) {
@@ -151,7 +157,10 @@ impl Store for MemoryStore {
     }
 
     fn started(&self, keys: Vec<Key>) -> BoxFuture<'_, Result<(), StoreError>> {
-        let mut entries = self.entries.lock().expect("store lock");
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for k in &keys {
             if let Some(e) = entries.get_mut(k) {
                 if matches!(e.state, State::InProgress { .. }) {
@@ -164,7 +173,10 @@ impl Store for MemoryStore {
 
     fn release(&self, keys: Vec<Key>) -> BoxFuture<'_, Result<(), StoreError>> {
         let now = Instant::now();
-        let mut entries = self.entries.lock().expect("store lock");
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for k in &keys {
             if let Some(e) = entries.get_mut(k) {
                 if matches!(e.state, State::InProgress { .. }) {
@@ -177,7 +189,10 @@ impl Store for MemoryStore {
 
     fn purge(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
         let now = Instant::now();
-        let mut entries = self.entries.lock().expect("store lock");
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = entries.len();
         entries.retain(|_, e| match e.state {
             State::Finished { at, .. } => now.duration_since(at) < self.retention,
@@ -196,7 +211,10 @@ impl Store for MemoryStore {
         pubsub: &str,
         msgs: Vec<Message>,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
-        let mut o = self.outbox.lock().expect("outbox lock");
+        let mut o = self
+            .outbox
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for m in msgs {
             o.0 += 1;
             let id = o.0;
@@ -222,7 +240,10 @@ impl Store for MemoryStore {
                 return Ok(Pass::Busy);
             };
             let kept: Vec<(i64, Message)> = {
-                let o = self.outbox.lock().expect("outbox lock");
+                let o = self
+                    .outbox
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 o.1.iter()
                     .filter(|k| k.pubsub == pubsub && k.parked.is_none())
                     .take(limit)
@@ -233,7 +254,10 @@ impl Store for MemoryStore {
                 return Ok(Pass::Relayed(vec![]));
             }
             let answers = send(kept.iter().map(|(_, m)| m.clone()).collect()).await;
-            let mut o = self.outbox.lock().expect("outbox lock");
+            let mut o = self
+                .outbox
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             for ((id, _), a) in kept.iter().zip(&answers) {
                 match a {
                     Relayed::Sent => o.1.retain(|k| k.id != *id),
@@ -251,7 +275,13 @@ impl Store for MemoryStore {
 
     fn outbox_depth(&self, pubsub: &str) -> BoxFuture<'_, Result<OutboxDepth, StoreError>> {
         let mut depth = OutboxDepth::default();
-        for k in self.outbox.lock().expect("outbox lock").1.iter() {
+        for k in self
+            .outbox
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1
+            .iter()
+        {
             if k.pubsub != pubsub {
                 continue;
             }

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub duplicates_suppressed: IntCounterVec,
     /// Messages sent to a dead-letter topic.
     pub dead_lettered: IntCounterVec,
+    /// Deliveries and consume loops cut off by a panic.
+    pub panics: IntCounterVec,
     /// Publishes waiting in the outbox.
     pub outbox_pending: IntGaugeVec,
     /// Kept publishes the broker refused for good, parked in the outbox.
@@ -193,6 +195,12 @@ impl Metrics {
                 &r,
                 "perch_dead_lettered_total",
                 "Messages sent to a dead-letter topic",
+                &["pubsub", "topic"],
+            ),
+            panics: counter(
+                &r,
+                "perch_panics_total",
+                "Deliveries and consume loops cut off by a panic (a bug: please report it)",
                 &["pubsub", "topic"],
             ),
             outbox_pending: gauge(

@@ -71,7 +71,7 @@ impl Group {
     fn topic_names(&self) -> Vec<String> {
         self.state
             .lock()
-            .expect("lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .topics
             .keys()
             .cloned()
@@ -226,7 +226,10 @@ pub(super) async fn poll_loop(group: Weak<Group>) {
             Ok(Ok(m)) => {
                 let rec = record_of(&g, &m);
                 let key = (rec.topic.clone(), rec.partition);
-                let mut s = g.state.lock().expect("lock");
+                let mut s = g
+                    .state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let part = s.parts.entry(key.clone()).or_insert_with(|| Part {
                     owned: Arc::new(AtomicBool::new(true)),
                     ledger: Ledger::starting_at(rec.offset),
@@ -301,7 +304,10 @@ impl KafkaAck {
         }
         let key = (rec.topic.clone(), rec.partition);
         let failed = {
-            let mut s = group.state.lock().expect("lock");
+            let mut s = group
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let Some(part) = s.parts.get_mut(&key) else {
                 return;
             };

@@ -115,7 +115,7 @@ impl KafkaBroker {
     fn all_groups(&self) -> Vec<Arc<Group>> {
         self.groups
             .lock()
-            .expect("lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
             .cloned()
             .collect()
@@ -124,7 +124,10 @@ impl KafkaBroker {
     /// The consumer of group `name`, created (and its tasks started) on
     /// first use.
     fn group(&self, name: &str) -> Result<Arc<Group>, BrokerError> {
-        let mut groups = self.groups.lock().expect("lock");
+        let mut groups = self
+            .groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(g) = groups.get(name) {
             return Ok(g.clone());
         }
@@ -190,8 +193,8 @@ impl KafkaBroker {
             exclude: self.exclude.clone(),
             topics_changed: tokio::sync::Notify::new(),
         });
-        tokio::spawn(poll_loop(Arc::downgrade(&group)));
-        tokio::spawn(apply_topics(Arc::downgrade(&group)));
+        crate::util::spawn_watched("kafka poll loop", poll_loop(Arc::downgrade(&group)));
+        crate::util::spawn_watched("kafka topic list", apply_topics(Arc::downgrade(&group)));
         groups.insert(name.to_owned(), group.clone());
         Ok(group)
     }
@@ -289,7 +292,10 @@ impl Broker for KafkaBroker {
             // subscriber task, so subscriptions started together make one
             // group join rather than one each.
             let failed = {
-                let mut s = group.state.lock().expect("lock");
+                let mut s = group
+                    .state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 s.topics.insert(
                     req.topic.clone(),
                     TopicSub {

@@ -21,7 +21,12 @@ impl KafkaBroker {
     /// error (retrying cannot create it), found from the metadata once per
     /// topic instead of waiting out the publish timeout.
     pub(super) async fn ensure_topic(&self, topic: &str) -> Result<(), BrokerError> {
-        if self.created.lock().expect("lock").contains(topic) {
+        if self
+            .created
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(topic)
+        {
             return Ok(());
         }
         if !self.cfg.auto_create_topics {
@@ -45,7 +50,10 @@ impl KafkaBroker {
                     }
                 });
                 if ok && self.wait_for_metadata(topic).await {
-                    self.created.lock().expect("lock").insert(topic.to_owned());
+                    self.created
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(topic.to_owned());
                 }
             }
             Err(e) => {
@@ -73,7 +81,10 @@ impl KafkaBroker {
         .map_err(|e| BrokerError::Unavailable(format!("kafka pubsub {}: {e}", self.name)))?;
         match found {
             Ok(Some((None, n))) if n > 0 => {
-                self.created.lock().expect("lock").insert(topic.to_owned());
+                self.created
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(topic.to_owned());
                 Ok(())
             }
             Ok(Some((Some(e), _)))

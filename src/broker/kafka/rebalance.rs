@@ -25,7 +25,10 @@ impl ConsumerContext for GroupContext {
             return;
         };
         {
-            let mut s = self.state.lock().expect("lock");
+            let mut s = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             for e in tpl.elements() {
                 if let Some(part) = s.parts.remove(&(e.topic().to_owned(), e.partition())) {
                     part.owned.store(false, Ordering::Release);

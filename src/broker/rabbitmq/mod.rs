@@ -100,7 +100,10 @@ impl RabbitBroker {
             loops: Mutex::new(vec![]),
             closed: AtomicBool::new(false),
         });
-        tokio::spawn(connection::keep_connected(Arc::downgrade(&inner)));
+        crate::util::spawn_watched(
+            "rabbitmq connection",
+            connection::keep_connected(Arc::downgrade(&inner)),
+        );
         Self { inner }
     }
 }
@@ -202,7 +205,7 @@ impl Broker for RabbitBroker {
             inner
                 .queues
                 .lock()
-                .expect("lock")
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .push((req.topic.clone(), queue.clone()));
             let (tx, rx) = mpsc::unbounded_channel();
             let (declared_tx, declared) = tokio::sync::oneshot::channel();
@@ -214,7 +217,11 @@ impl Broker for RabbitBroker {
                 tx,
                 declared_tx,
             ));
-            inner.loops.lock().expect("lock").push(consume);
+            inner
+                .loops
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(consume);
             // Like Dapr, return once consuming (the queue is bound, so what
             // is published next reaches it); when the broker is down the
             // subscription starts by itself on connection.
@@ -251,7 +258,12 @@ impl Broker for RabbitBroker {
             let Ok(live) = self.inner.current() else {
                 return vec![];
             };
-            let queues = self.inner.queues.lock().expect("lock").clone();
+            let queues = self
+                .inner
+                .queues
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
             let mut out = vec![];
             for (topic, q) in queues {
                 // A passive declare of a missing queue closes its channel.
@@ -284,7 +296,13 @@ impl Broker for RabbitBroker {
             // settles what it handed out (the last acks of a clean
             // shutdown) and closes its channel. Wait for that, a bounded
             // time, before the connection closes under them.
-            let loops = std::mem::take(&mut *self.inner.loops.lock().expect("lock"));
+            let loops = std::mem::take(
+                &mut *self
+                    .inner
+                    .loops
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
             let all = async {
                 for l in loops {
                     let _ = l.await;

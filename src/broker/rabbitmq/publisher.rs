@@ -48,7 +48,10 @@ impl Inner {
                 .map_err(|e| self.error(e))?;
         }
         // A new channel: exchanges are declared again through it.
-        live.declared.lock().expect("lock").clear();
+        live.declared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         *slot = Some(ch.clone());
         Ok(ch)
     }
@@ -59,7 +62,12 @@ impl Inner {
         ch: &Channel,
         topic: &str,
     ) -> Result<(), BrokerError> {
-        if live.declared.lock().expect("lock").contains(topic) {
+        if live
+            .declared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(topic)
+        {
             return Ok(());
         }
         ch.exchange_declare(
@@ -70,7 +78,10 @@ impl Inner {
         )
         .await
         .map_err(|e| self.error(e))?;
-        live.declared.lock().expect("lock").insert(topic.to_owned());
+        live.declared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(topic.to_owned());
         Ok(())
     }
 

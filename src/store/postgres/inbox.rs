@@ -69,7 +69,10 @@ impl Pg {
                 .collect();
         }
         self.healthy.store(true, Ordering::Release);
-        let mut held = self.held.lock().expect("held lock");
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(keys
             .iter()
             .map(|k| {
@@ -114,7 +117,10 @@ impl Pg {
         self.healthy.store(true, Ordering::Release);
         let marked: BTreeSet<(String, String)> =
             rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-        let mut held = self.held.lock().expect("held lock");
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(keys
             .iter()
             .map(|k| {

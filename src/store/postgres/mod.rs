@@ -107,10 +107,19 @@ impl PostgresStore {
         });
         let (claims, claim_rx) = mpsc::unbounded_channel();
         let (finishes, finish_rx) = mpsc::unbounded_channel();
-        tokio::spawn(batcher::claim_loop(Arc::downgrade(&pg), claim_rx));
-        tokio::spawn(batcher::finish_loop(Arc::downgrade(&pg), finish_rx));
-        tokio::spawn(upkeep::upkeep(Arc::downgrade(&pg), *cleanup_interval));
-        tokio::spawn(upkeep::renew(Arc::downgrade(&pg)));
+        crate::util::spawn_watched(
+            "store claims",
+            batcher::claim_loop(Arc::downgrade(&pg), claim_rx),
+        );
+        crate::util::spawn_watched(
+            "store marks",
+            batcher::finish_loop(Arc::downgrade(&pg), finish_rx),
+        );
+        crate::util::spawn_watched(
+            "store upkeep",
+            upkeep::upkeep(Arc::downgrade(&pg), *cleanup_interval),
+        );
+        crate::util::spawn_watched("store lease renewal", upkeep::renew(Arc::downgrade(&pg)));
         Ok(Self {
             pg,
             claims,
@@ -154,7 +163,11 @@ impl Store for PostgresStore {
     fn release(&self, keys: Vec<Key>) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             {
-                let mut held = self.pg.held.lock().expect("held lock");
+                let mut held = self
+                    .pg
+                    .held
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 for k in &keys {
                     held.remove(k);
                 }
@@ -165,9 +178,15 @@ impl Store for PostgresStore {
 
     fn release_held(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
         Box::pin(async move {
-            let keys: Vec<Key> = std::mem::take(&mut *self.pg.held.lock().expect("held lock"))
-                .into_iter()
-                .collect();
+            let keys: Vec<Key> = std::mem::take(
+                &mut *self
+                    .pg
+                    .held
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            )
+            .into_iter()
+            .collect();
             self.pg.set_leases(&keys, true).await?;
             Ok(keys.len())
         })

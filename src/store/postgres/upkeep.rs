@@ -51,7 +51,13 @@ pub(super) async fn renew(pg: Weak<Pg>) {
         };
         tokio::time::sleep(lease / 3).await;
         let Some(s) = pg.upgrade() else { return };
-        let keys: Vec<Key> = s.held.lock().expect("held lock").iter().cloned().collect();
+        let keys: Vec<Key> = s
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
         if let Err(e) = s.set_leases(&keys, false).await {
             tracing::warn!(store = %s.name, error = %e, "lease renewal failed");
         }
