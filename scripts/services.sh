@@ -1,3 +1,4 @@
+#!/usr/bin/env bash
 # Sourced by test.sh and bench.sh: installs (when missing) and starts every
 # service the tests need, and stops at exit what it started (DESIGN.md
 # section 9). A service already answering on its port is used as it is.
@@ -5,6 +6,9 @@
 #   PostgreSQL  127.0.0.1:5432  trust auth for local TCP, database `test`
 #   RabbitMQ    127.0.0.1:5672  guest/guest, started without systemd
 #   Kafka       127.0.0.1:9092  Apache Kafka 4.x in KRaft mode (kafka.sh)
+#
+# Run directly, it injects a fault: `scripts/services.sh kafka kill`
+# (see `fault` at the end); the fault tests call it.
 #
 # Installs use Debian's packages (`apt-get update` once first) and print
 # what is installed and how long it took.
@@ -131,3 +135,39 @@ start_services() {
   start_kafka
   svc_log "all up in $((SECONDS - t0)) s"
 }
+
+# --- Faults, for the tests that restart or kill a service --------------------
+# scripts/services.sh <postgres|rabbitmq|kafka> <restart|kill>
+#   restart: a clean stop and start; kill: SIGKILL (PostgreSQL: an immediate
+#   shutdown, which is a crash for its WAL) and start. Waits until the
+#   service answers again; always leaves it running.
+fault() {
+  local svc="$1" how="$2" t0=$SECONDS
+  case "$svc/$how" in
+    postgres/restart|postgres/kill)
+      PG_VERSION="$(ls /etc/postgresql | sort -n | tail -n 1)"
+      local mode=fast; [ "$how" = kill ] && mode=immediate
+      pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" main stop -m "$mode" >/dev/null 2>&1 || true
+      pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" main start
+      wait_port 5432 ;;
+    rabbitmq/restart)
+      rabbitmqctl stop_app >/dev/null
+      rabbitmqctl start_app >/dev/null
+      wait_port 5672 ;;
+    rabbitmq/kill)
+      pkill -9 -f 'beam.smp.*rabbit' || true
+      local i; for i in $(seq 1 50); do port_up 5672 || break; sleep 0.1; done
+      start_rabbitmq ;;
+    kafka/restart) kafka_stop && kafka_start ;;
+    kafka/kill) kafka_kill && kafka_start ;;
+    *) echo "usage: scripts/services.sh <postgres|rabbitmq|kafka> <restart|kill>" >&2; return 2 ;;
+  esac
+  svc_log "$svc $how done in $((SECONDS - t0)) s"
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  set -euo pipefail
+  fault "$@"
+  # Whatever it started stays up: the test suite stops the services.
+  STARTED_SERVICES=""
+fi
