@@ -110,9 +110,10 @@ pub struct RunArgs {
     /// Port of the metrics endpoint.
     #[arg(long, env = "PERCH_METRICS_PORT", default_value_t = 9090)]
     pub metrics_port: u16,
-    /// Address of the metrics endpoint.
-    #[arg(long, env = "PERCH_METRICS_LISTEN_ADDRESS", default_value = "0.0.0.0")]
-    pub metrics_listen_address: String,
+    /// Address of the metrics endpoint (default: the API's listen
+    /// addresses; daprd's is 0.0.0.0).
+    #[arg(long, env = "PERCH_METRICS_LISTEN_ADDRESS")]
+    pub metrics_listen_address: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +127,20 @@ struct ValidateArgs {
     /// Resources folders.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
+}
+
+/// Every listen address is a loopback one (`127.0.0.1`, `::1`,
+/// `localhost`).
+fn listen_is_loopback(addresses: &str) -> bool {
+    addresses
+        .split(',')
+        .map(|a| a.trim().trim_start_matches('[').trim_end_matches(']'))
+        .filter(|a| !a.is_empty())
+        .all(|a| {
+            a == "localhost"
+                || a.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        })
 }
 
 /// Parses `4Mi`, `512Ki`, `1M`, `100` (bytes).
@@ -228,15 +243,30 @@ async fn run(a: RunArgs) -> ExitCode {
         }
     }
     if a.enable_metrics {
-        let addr = format!("{}:{}", bracket(&a.metrics_listen_address), a.metrics_port);
-        match tokio::net::TcpListener::bind(&addr).await {
-            Ok(l) => {
-                tracing::info!(%addr, "metrics served");
-                tokio::spawn(crate::http::serve_metrics(l));
+        let hosts = a
+            .metrics_listen_address
+            .clone()
+            .unwrap_or_else(|| a.dapr_listen_addresses.clone());
+        for host in hosts.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let addr = format!("{}:{}", bracket(host), a.metrics_port);
+            match tokio::net::TcpListener::bind(&addr).await {
+                Ok(l) => {
+                    tracing::info!(%addr, "metrics served");
+                    tokio::spawn(crate::http::serve_metrics(l));
+                }
+                // Metrics are not worth refusing to start over.
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "cannot serve metrics (--metrics-port)")
+                }
             }
-            // Metrics are not worth refusing to start over.
-            Err(e) => tracing::error!(%addr, error = %e, "cannot serve metrics (--metrics-port)"),
         }
+    }
+    if !listen_is_loopback(&a.dapr_listen_addresses)
+        && std::env::var("DAPR_API_TOKEN").map_or(true, |t| t.is_empty())
+    {
+        tracing::warn!(addresses = %a.dapr_listen_addresses,
+            "the API listens beyond loopback without DAPR_API_TOKEN: any host that reaches it can publish and shut the sidecar down; set DAPR_API_TOKEN or listen on 127.0.0.1");
     }
     let settings = settings_from(&a);
     tracing::info!(app_id = %a.app_id, port = a.dapr_http_port, pubsubs = resources.pubsubs.len(), "starting perch");

@@ -227,24 +227,31 @@ struct Report {
     dead_lettered: u64,
     poison: u64,
     drain: Duration,
+    /// First deliveries per key out of publish order.
+    out_of_order: u64,
     peak_rss_mib: f64,
     elapsed: Duration,
 }
 
 impl Report {
     fn header() -> &'static str {
-        "| broker | published | delivered | lost | duplicate deliveries | duplicate effects | poison dead-lettered | last effect after the last fault | peak RSS | run |\n|---|---|---|---|---|---|---|---|---|---|"
+        "| broker | published | delivered | lost | duplicate deliveries | duplicate effects | first deliveries out of key order | poison dead-lettered | last effect after the last fault | peak RSS | run |\n|---|---|---|---|---|---|---|---|---|---|---|"
     }
 
     fn row(&self) -> String {
         format!(
-            "| {:?} | {} | {} | {} | {} | {} | {} of {} | {:.1} s | {:.1} MiB | {:.0} s |",
-            self.backend,
+            "| {} | {} | {} | {} | {} | {} | {} | {} of {} | {:.1} s | {:.1} MiB | {:.0} s |",
+            match self.backend {
+                Backend::Kafka => "Kafka",
+                Backend::Rabbit => "RabbitMQ",
+                Backend::Memory => "in-memory",
+            },
             self.published,
             self.delivered,
             self.lost,
             self.duplicate_deliveries,
             self.duplicate_effects,
+            self.out_of_order,
             self.dead_lettered,
             self.poison,
             self.drain.as_secs_f64(),
@@ -257,11 +264,10 @@ impl Report {
 fn resources_for(b: &Bench, store: &PgStore) -> tempfile::TempDir {
     let orders = b.topic("orders");
     let dead = b.topic("orders-dead");
-    let mut md = vec![
-        ("idempotencyStore", "store"),
-        ("outboxStore", "store"),
-        ("maxInFlight", "16"),
-    ];
+    let mut md = vec![("idempotencyStore", "store"), ("maxInFlight", "16")];
+    if std::env::var("PERCH_FAULTS_NO_OUTBOX").is_err() {
+        md.push(("outboxStore", "store"));
+    }
     match b.backend {
         Backend::Kafka => md.extend([
             ("topicPartitions", "4"),
@@ -347,7 +353,11 @@ async fn run(backend: Backend, plan: Plan) -> Report {
         .collect();
 
     let mut peak_rss = peak_rss_kib(sc.child.id());
-    let faults = plan.faults();
+    let mut faults = plan.faults();
+    // Narrowing a run down while investigating (never set in CI).
+    if let Ok(only) = std::env::var("PERCH_FAULTS_ONLY") {
+        faults.retain(|f| only.split(',').any(|o| o == format!("{f:?}")));
+    }
     let broker = match backend {
         Backend::Kafka => "kafka",
         _ => "rabbitmq",
@@ -440,6 +450,11 @@ async fn run(backend: Backend, plan: Plan) -> Report {
         dead_lettered: l.dead.len() as u64,
         poison,
         drain,
+        out_of_order: l
+            .first_order
+            .values()
+            .map(|seqs| seqs.windows(2).filter(|w| w[0] > w[1]).count() as u64)
+            .sum(),
         peak_rss_mib: peak_rss as f64 / 1024.0,
         elapsed: started.elapsed(),
     };
@@ -452,14 +467,20 @@ async fn run(backend: Backend, plan: Plan) -> Report {
         .collect();
     assert_eq!(report.lost, 0, "lost (first few: {missing:?})");
     assert_eq!(report.duplicate_effects, 0, "an effect applied twice");
-    for (key, seqs) in &l.first_order {
-        let order: Vec<u64> = seqs.to_vec();
-        let mut sorted = order.clone();
-        sorted.sort();
-        assert_eq!(
-            order, sorted,
-            "key k{key}: first deliveries out of publish order"
-        );
+    // Two sidecars consuming one RabbitMQ queue are competing consumers:
+    // the broker hands each its share, and order per key holds within each
+    // replica only (as with daprd). Kafka moves whole partitions, so order
+    // holds across a rebalance.
+    let order_holds = !(backend == Backend::Rabbit && plan.rebalances > 0);
+    for (key, seqs) in l.first_order.iter().filter(|_| order_holds) {
+        if let Some(i) = seqs.windows(2).position(|w| w[0] > w[1]) {
+            let from = i.saturating_sub(5);
+            panic!(
+                "key k{key}: first deliveries out of publish order at {}: ... {:?} ...",
+                i + 1,
+                &seqs[from..(i + 6).min(seqs.len())]
+            );
+        }
     }
     for s in (0..total).filter(|s| is_poison(*s)) {
         assert_eq!(
@@ -557,8 +578,13 @@ async fn tier1_table() {
         },
         Err(_) => TIER1,
     };
+    let brokers = std::env::var("PERCH_FAULTS_BROKERS").unwrap_or_else(|_| "kafka rabbitmq".into());
     let mut rows = vec![];
-    for backend in [Backend::Kafka, Backend::Rabbit] {
+    for backend in brokers.split_whitespace().map(|b| match b {
+        "kafka" => Backend::Kafka,
+        "rabbitmq" => Backend::Rabbit,
+        other => panic!("PERCH_FAULTS_BROKERS: unknown broker {other}"),
+    }) {
         rows.push(run(backend, plan).await.row());
     }
     println!(

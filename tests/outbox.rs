@@ -184,10 +184,32 @@ async fn publishes_during_a_broker_outage_are_kept_and_delivered_in_order() -> T
     Ok(())
 }
 
+/// Declares `exchange` as a `direct` exchange on the RabbitMQ server, so
+/// Perch's own declaration (fanout) of it is refused for good
+/// (PRECONDITION_FAILED: inequivalent type).
+async fn predeclare_direct(exchange: &str) {
+    let conn = lapin::Connection::connect(RABBIT_URI, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.exchange_declare(
+        exchange.into(),
+        lapin::ExchangeKind::Direct,
+        lapin::options::ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let _ = conn.close(200, "done".into()).await;
+}
+
 /// Review F3: every lapin error was "unavailable", so a message the broker
-/// refuses (here ACCESS_REFUSED: the `amq.` prefix is reserved) was kept
-/// and answered 204, and the relay retried it at the head of the outbox
-/// for ever while every later publish queued behind it.
+/// refuses (here PRECONDITION_FAILED: the exchange exists with another
+/// type) was kept and answered 204, and the relay retried it at the head
+/// of the outbox for ever while every later publish queued behind it.
 #[tokio::test]
 async fn a_publish_refused_for_good_is_an_error_and_is_not_kept() -> TestResult {
     let b = Bench::new(Backend::Rabbit);
@@ -200,12 +222,17 @@ async fn a_publish_refused_for_good_is_an_error_and_is_not_kept() -> TestResult 
     ]);
     let mut app = TestApp::ok(None).await;
     let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
-    let (status, body) = publish_json(&sc, &format!("amq.perch-{}", b.id), &json!({"n": 0})).await;
+    let bad = b.topic("direct");
+    predeclare_direct(&bad).await;
+    let (status, body) = publish_json(&sc, &bad, &json!({"n": 0})).await;
     assert_eq!(status, 500, "{}", String::from_utf8_lossy(&body));
     let err: serde_json::Value = serde_json::from_slice(&body)?;
     assert_eq!(err["errorCode"], "ERR_PUBSUB_PUBLISH_MESSAGE");
     assert!(
-        err["message"].as_str().unwrap().contains("ACCESS_REFUSED"),
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("PRECONDITION_FAILED"),
         "{err}"
     );
     assert_eq!(
@@ -246,12 +273,15 @@ async fn a_kept_message_refused_later_is_parked_and_the_rest_flow() -> TestResul
     assert_eq!(app.next(10).await?.json()["data"]["n"], 0);
     proxy.cut();
     wait_outage(&sc).await;
-    let bad = format!("amq.perch-{}", b.id);
+    let bad = b.topic("direct");
     assert_eq!(
         publish_json(&sc, &bad, &json!({"n": -1})).await.0,
         204,
         "kept: the broker is down"
     );
+    // Meanwhile the exchange is declared with another type: the relay's
+    // publish of the kept message is refused for good.
+    predeclare_direct(&bad).await;
     for n in 1..=5 {
         assert_eq!(publish_json(&sc, &orders, &json!({"n": n})).await.0, 204);
     }
@@ -278,7 +308,7 @@ async fn a_kept_message_refused_later_is_parked_and_the_rest_flow() -> TestResul
         .output()?;
     let reason = String::from_utf8_lossy(&reason.stdout);
     assert!(
-        reason.contains(&bad) && reason.contains("ACCESS_REFUSED"),
+        reason.contains(&bad) && reason.contains("PRECONDITION_FAILED"),
         "{reason}"
     );
     Ok(())

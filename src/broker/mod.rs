@@ -114,6 +114,13 @@ pub trait Broker: Send + Sync {
             out
         })
     }
+    /// Checks a message before it is published: what this broker cannot
+    /// carry (a name or property over its limits, a topic its rules
+    /// reject) is refused with the rule it breaks, so the publisher gets a
+    /// 400 instead of an error (or a panic) deep in the client library.
+    fn validate(&self, msg: &Message) -> Result<(), String> {
+        validate_metadata(msg)
+    }
     /// Starts consuming.
     fn subscribe(
         &self,
@@ -139,6 +146,23 @@ pub trait Broker: Send + Sync {
 pub fn carried_metadata(md: &BTreeMap<String, String>) -> impl Iterator<Item = (&String, &String)> {
     md.iter()
         .filter(|(k, _)| !k.starts_with("cloudevent.") && k.as_str() != "rawPayload")
+}
+
+/// The largest metadata value a message carries as a broker header (and
+/// that reaches the app as an HTTP header): 64 KiB.
+pub const MAX_METADATA_VALUE: usize = 64 * 1024;
+
+/// Every broker's rule for metadata: values are bounded.
+pub fn validate_metadata(msg: &Message) -> Result<(), String> {
+    for (k, v) in carried_metadata(&msg.metadata) {
+        if v.len() > MAX_METADATA_VALUE {
+            return Err(format!(
+                "metadata {k:?} is {} bytes; a metadata value is at most {MAX_METADATA_VALUE} bytes",
+                v.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Which broker backs a pub/sub component (`spec.type`), with the

@@ -10,7 +10,10 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 
 use crate::cloudevents::CLOUDEVENT_CONTENT_TYPE;
 
-/// Headers never forwarded from message metadata.
+/// Headers never forwarded from message metadata: hop-by-hop headers,
+/// the ones Perch sets itself, and credentials. Message metadata comes
+/// from any publisher; it must not forge the sidecar's token, Perch's own
+/// headers or the app's idempotency key.
 const SKIPPED: &[&str] = &[
     "content-type",
     "content-length",
@@ -22,7 +25,21 @@ const SKIPPED: &[&str] = &[
     "te",
     "trailer",
     "host",
+    "traceparent",
+    "dapr-api-token",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    super::idempotency::IDEMPOTENCY_KEY,
 ];
+
+/// A forwarded metadata value longer than this is left out (an app's HTTP
+/// server may refuse the whole request for one large header).
+const MAX_FORWARDED_VALUE: usize = 8 * 1024;
+
+/// The most of an app's response body Perch reads; a longer answer fails
+/// the attempt (it is retried).
+pub const MAX_APP_RESPONSE: usize = 4 * 1024 * 1024;
 
 /// One pooled keep-alive client to the app.
 #[derive(Clone)]
@@ -57,16 +74,34 @@ impl AppClient {
             .await
     }
 
-    /// POSTs one CloudEvent to `path` with the message metadata as headers.
+    /// POSTs one CloudEvent to `path` with the message metadata as headers;
+    /// `idempotency_key` (Perch's, from the store) is set by Perch only.
     pub async fn deliver(
         &self,
         path: &str,
         body: Bytes,
         metadata: &BTreeMap<String, String>,
         traceparent: Option<&str>,
+        idempotency_key: Option<&str>,
     ) -> AppAnswer {
-        self.post(path, CLOUDEVENT_CONTENT_TYPE, body, metadata, traceparent)
-            .await
+        let mut own: Vec<(&str, &str)> = idempotency_key
+            .map(|k| (super::idempotency::IDEMPOTENCY_KEY, k))
+            .into_iter()
+            .collect();
+        // A dead letter's origin, which only Perch writes (the publish API
+        // strips `perch-*` metadata), told to the app by Perch.
+        if let Some(from) = metadata.get(crate::message::DEAD_LETTER_FROM) {
+            own.push((crate::message::DEAD_LETTER_FROM, from));
+        }
+        self.post(
+            path,
+            CLOUDEVENT_CONTENT_TYPE,
+            body,
+            metadata,
+            traceparent,
+            &own,
+        )
+        .await
     }
 
     /// POSTs a bulk request (`application/json`) to `path` with the batch
@@ -77,7 +112,7 @@ impl AppClient {
         body: Bytes,
         metadata: &BTreeMap<String, String>,
     ) -> AppAnswer {
-        self.post(path, "application/json", body, metadata, None)
+        self.post(path, "application/json", body, metadata, None, &[])
             .await
     }
 
@@ -100,15 +135,16 @@ impl AppClient {
         body: Bytes,
         metadata: &BTreeMap<String, String>,
         traceparent: Option<&str>,
+        own: &[(&str, &str)],
     ) -> AppAnswer {
-        let mut req =
-            Request::post(format!("{}{}", self.base, path)).header("content-type", content_type);
-        if let Some(tp) = traceparent {
-            req = req.header("traceparent", tp);
-        }
+        let mut req = Request::post(format!("{}{}", self.base, path));
         for (k, v) in metadata {
             let lower = k.to_ascii_lowercase();
-            if SKIPPED.contains(&lower.as_str()) || lower == "traceparent" {
+            if SKIPPED.contains(&lower.as_str()) || lower.starts_with("perch-") {
+                continue;
+            }
+            if v.len() > MAX_FORWARDED_VALUE {
+                tracing::debug!(key = %k, len = v.len(), "metadata value too long for an HTTP header; not forwarded");
                 continue;
             }
             let name = match lower.strip_prefix("grpc-") {
@@ -125,8 +161,28 @@ impl AppClient {
                 }
             }
         }
-        self.send(self.with_token(req).body(Full::new(body)).ok()?)
-            .await
+        let mut req = req.body(Full::new(body)).ok()?;
+        // Perch's own headers last, replacing anything of the same name.
+        let h = req.headers_mut();
+        let mut set = |name: &str, value: &str| {
+            if let (Ok(n), Ok(v)) = (
+                hyper::header::HeaderName::try_from(name),
+                hyper::header::HeaderValue::try_from(value),
+            ) {
+                h.insert(n, v);
+            }
+        };
+        set("content-type", content_type);
+        if let Some(tp) = traceparent {
+            set("traceparent", tp);
+        }
+        for (k, v) in own {
+            set(k, v);
+        }
+        if let Some(t) = &self.token {
+            set("dapr-api-token", t);
+        }
+        self.send_bounded(req, path).await
     }
 
     fn with_token(&self, req: hyper::http::request::Builder) -> hyper::http::request::Builder {
@@ -137,9 +193,26 @@ impl AppClient {
     }
 
     async fn send(&self, req: Request<Full<Bytes>>) -> AppAnswer {
+        let path = req.uri().path().to_owned();
+        self.send_bounded(req, &path).await
+    }
+
+    /// Sends `req`; reads at most [`MAX_APP_RESPONSE`] of the answer (an
+    /// app is a peer: a longer body fails the attempt, with a log line
+    /// naming the route, instead of filling Perch's memory).
+    async fn send_bounded(&self, req: Request<Full<Bytes>>, path: &str) -> AppAnswer {
         let resp = self.client.request(req).await.ok()?;
         let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.ok()?.to_bytes();
-        Some((status, body))
+        match http_body_util::Limited::new(resp.into_body(), MAX_APP_RESPONSE)
+            .collect()
+            .await
+        {
+            Ok(b) => Some((status, b.to_bytes())),
+            Err(e) => {
+                tracing::warn!(route = %path, status, error = %e,
+                    "the app's answer is not read (over {MAX_APP_RESPONSE} bytes, or cut off); the attempt fails and is retried");
+                None
+            }
+        }
     }
 }

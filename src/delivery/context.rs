@@ -83,9 +83,15 @@ impl SubCtx {
                 Some(s) => Some(s.clone().acquire_owned().await.expect("semaphore open")),
                 None => None,
             };
-            match self.timeout {
-                Some(t) => tokio::time::timeout(t, call).await.unwrap_or(None),
-                None => call.await,
+            // No Resiliency `timeout`: the default, so a hung app never
+            // holds a slot for ever.
+            let t = self.timeout.unwrap_or(DEFAULT_APP_TIMEOUT);
+            match tokio::time::timeout(t, call).await {
+                Ok(a) => a,
+                Err(_) => {
+                    tracing::warn!(topic = %self.sub.topic, timeout = ?t, "the app did not answer in time; the attempt fails and is retried");
+                    None
+                }
             }
         };
         if let Some(b) = &self.breaker {
@@ -94,6 +100,9 @@ impl SubCtx {
         answer
     }
 }
+
+/// The deadline of an app call when no Resiliency `timeout` applies.
+pub const DEFAULT_APP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Keeps `perch_inflight` up to date for one delivery.
 pub(super) struct InFlight<'a>(&'a SubCtx);

@@ -11,7 +11,7 @@ use tokio::sync::{watch, Semaphore};
 use super::app;
 use super::context::InFlight;
 use super::dead_letter::finish_dropped;
-use super::idempotency::{claim, idempotency_key, mark_finished, IDEMPOTENCY_KEY};
+use super::idempotency::{claim, idempotency_key, mark_finished};
 use super::machine::{after_delivery, before_delivery, After, Before, Claimed};
 use super::outcome::{self, Outcome};
 use super::prepare::prepare;
@@ -74,7 +74,7 @@ impl Drop for ClaimGuard {
 /// then finish as the state machine decides.
 async fn deliver(
     ctx: &SubCtx,
-    mut ready: super::context::Ready,
+    ready: super::context::Ready,
     held: Option<(Arc<dyn crate::store::Store>, crate::store::Key, Claimed)>,
     lane: Option<Arc<Semaphore>>,
     stop: watch::Receiver<bool>,
@@ -97,13 +97,7 @@ async fn deliver(
             let mark = Some((store.as_ref(), key, Finish::Dead));
             return finish_dropped(ctx, ready.delivery, stop, mark).await;
         }
-        Before::Deliver { claimed } => {
-            let claim = held.filter(|_| claimed).map(|(store, key, _)| (store, key));
-            if let Some((_, key)) = &claim {
-                ready.metadata.insert(IDEMPOTENCY_KEY.into(), key.header());
-            }
-            claim
-        }
+        Before::Deliver { claimed } => held.filter(|_| claimed).map(|(store, key, _)| (store, key)),
     };
     // A place in the lane's app window, held until the message is finished
     // (marked, then acknowledged or dead-lettered): at most `maxInFlight`
@@ -130,6 +124,7 @@ async fn deliver(
         None => None,
     };
     let mut retry_stop = stop.clone();
+    let idempotency_header = claim.as_ref().map(|(_, key)| key.header());
     let attempts = AtomicU32::new(0);
     // Delivery holds its (not Sync) ack handle: read only its flag.
     let owned = ready.delivery.owned.clone();
@@ -165,6 +160,7 @@ async fn deliver(
                     ready.body.clone(),
                     &ready.metadata,
                     ready.traceparent.as_deref(),
+                    idempotency_header.as_deref(),
                 ),
                 |a| !matches!(classify(a), Outcome::Retry(_)),
             )

@@ -35,28 +35,89 @@ pub struct ApiState {
 /// Response type of every handler.
 pub type Resp = Response<Full<Bytes>>;
 
+/// Connections served at once per listener; more are accepted and closed
+/// at once (refused), so a flood of idle connections cannot use up the
+/// process's file descriptors (which brokers and the app need too).
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// How long a client has to send a request's headers. hyper starts this
+/// timer whenever a connection waits for a request, so it is also the
+/// keep-alive idle timeout (daprd's `ReadHeaderTimeout` is 10 s too).
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// An HTTP/1 connection builder with the limits every Perch server has.
+fn http1() -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    b
+}
+
+/// Accepts connections until `shutdown`, at most [`MAX_CONNECTIONS`]
+/// served at once; an accept error (out of file descriptors, say) backs
+/// off instead of spinning. Each connection gets a permit and the stop
+/// signal.
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    what: &'static str,
+    shutdown: impl Future<Output = ()>,
+    mut serve: F,
+) where
+    F: FnMut(tokio::net::TcpStream, tokio::sync::OwnedSemaphorePermit) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = std::time::Duration::from_millis(10);
+    let mut refused = 0u64;
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => { backoff = std::time::Duration::from_millis(10); s }
+                Err(e) => {
+                    tracing::warn!(server = what, error = %e, retry_in = ?backoff, "accept failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = &mut shutdown => break,
+                    }
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    server = what,
+                    refused,
+                    limit = MAX_CONNECTIONS,
+                    "too many connections; new ones are closed"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        tokio::spawn(serve(stream, permit));
+    }
+}
+
 /// Serves the API on `listener` until `shutdown` resolves, then lets open
 /// requests finish.
 pub async fn serve(listener: TcpListener, api: ApiState, shutdown: impl Future<Output = ()>) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
-            },
-            _ = &mut shutdown => break,
-        };
+    accept_loop(listener, "api", shutdown, |stream, permit| {
         let api = api.clone();
         let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
+        async move {
+            let _permit = permit;
             let svc = hyper::service::service_fn(move |req| {
                 let api = api.clone();
                 async move { Ok::<_, Infallible>(route(req, api).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            let conn = http1().serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
@@ -65,8 +126,9 @@ pub async fn serve(listener: TcpListener, api: ApiState, shutdown: impl Future<O
                     let _ = conn.await;
                 }
             }
-        });
-    }
+        }
+    })
+    .await;
     let _ = stop_tx.send(true);
 }
 
@@ -104,9 +166,10 @@ async fn route(req: Request<Incoming>, api: ApiState) -> Resp {
         (&Method::GET, "/v1.0/healthz") => runtime_api::healthz(&req, &api),
         (&Method::GET, "/v1.0/healthz/outbound") => runtime_api::outbound(&api),
         (&Method::GET, "/v1.0/metadata") => runtime_api::metadata(&api),
-        (&Method::GET, "/v1.0-alpha1/lag") => {
-            runtime_api::lag(&query_metadata_raw(req.uri().query()), &api).await
-        }
+        (&Method::GET, "/v1.0-alpha1/lag") => match query_pairs(req.uri().query()) {
+            Ok(q) => runtime_api::lag(&q.into_iter().collect(), &api).await,
+            Err(e) => error(&e),
+        },
         (&Method::PUT, p) if p.starts_with("/v1.0/metadata/") => {
             let key = p["/v1.0/metadata/".len()..].to_owned();
             runtime_api::put_metadata(req, key, &api).await
@@ -128,57 +191,82 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiErr
 }
 
 /// Splits `{pubsub}/{topic...}`; the topic may contain `/`.
-fn split_target(rest: &str) -> (String, String) {
-    let decode = |s: &str| percent_decode(s, false);
-    match rest.split_once('/') {
-        Some((p, t)) => (decode(p), decode(t)),
-        None => (decode(rest), String::new()),
-    }
+fn split_target(rest: &str) -> Result<(String, String), ApiError> {
+    let decode = |s: &str| percent_decode(s, false).map_err(|e| malformed("path", &e));
+    Ok(match rest.split_once('/') {
+        Some((p, t)) => (decode(p)?, decode(t)?),
+        None => (decode(rest)?, String::new()),
+    })
+}
+
+/// A 400 for a path or query that does not decode (Go's net/http, which
+/// daprd serves with, rejects such a request too).
+fn malformed(part: &str, why: &str) -> ApiError {
+    ApiError::bad_request(
+        "ERR_MALFORMED_REQUEST",
+        format!("invalid request {part}: {why}"),
+    )
 }
 
 /// `metadata.*` query parameters: prefix stripped, first value wins.
-fn query_metadata(query: Option<&str>) -> std::collections::BTreeMap<String, String> {
+fn query_metadata(
+    query: Option<&str>,
+) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
     let mut md = std::collections::BTreeMap::new();
-    for pair in query
+    for (k, v) in query_pairs(query)? {
+        if let Some(key) = k.strip_prefix("metadata.") {
+            md.entry(key.to_owned()).or_insert(v);
+        }
+    }
+    Ok(md)
+}
+
+/// The query string's `key=value` pairs, decoded, in order.
+fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    query
         .unwrap_or_default()
         .split('&')
         .filter(|p| !p.is_empty())
-    {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_decode(k, true);
-        if let Some(key) = k.strip_prefix("metadata.") {
-            md.entry(key.to_owned())
-                .or_insert_with(|| percent_decode(v, true));
-        }
-    }
-    md
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |s: &str| percent_decode(s, true).map_err(|e| malformed("query", &e));
+            Ok((decode(k)?, decode(v)?))
+        })
+        .collect()
 }
 
-/// Decodes `%XX`; in a query string (`plus_is_space`) `+` is a space, in a
-/// path it is a literal `+`.
-fn percent_decode(s: &str, plus_is_space: bool) -> String {
+/// Decodes `%XX` over bytes; in a query string (`plus_is_space`) `+` is a
+/// space, in a path it is a literal `+`. A `%` not followed by two hex
+/// digits, or bytes that are not UTF-8 once decoded, are an error (raw
+/// UTF-8 in the request target is accepted by hyper, so a `%` may be
+/// followed by a multi-byte character).
+fn percent_decode(s: &str, plus_is_space: bool) -> Result<String, String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'+' if plus_is_space => out.push(b' '),
-            b'%' if i + 2 < bytes.len()
-                && s[i + 1..i + 3].bytes().all(|b| b.is_ascii_hexdigit()) =>
-            {
-                match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
+            b'%' => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (
+                    bytes.get(i + 1).and_then(|b| hex(*b)),
+                    bytes.get(i + 2).and_then(|b| hex(*b)),
+                ) {
+                    (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
+                    _ => {
+                        let end = s.len().min(i + 3);
+                        let shown = String::from_utf8_lossy(&bytes[i..end]);
+                        return Err(format!("invalid URL escape {shown:?}"));
                     }
-                    Err(_) => out.push(b'%'),
                 }
+                i += 2;
             }
             b => out.push(b),
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).map_err(|_| "percent-encoded bytes are not UTF-8".to_owned())
 }
 
 fn text(status: StatusCode, body: &str) -> Resp {
@@ -220,25 +308,15 @@ fn error(e: &ApiError) -> Resp {
     )
 }
 
-/// The query string's plain parameters (`pubsub=...&topic=...`).
-fn query_metadata_raw(query: Option<&str>) -> std::collections::BTreeMap<String, String> {
-    query
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            Some((percent_decode(k, true), percent_decode(v, true)))
-        })
-        .collect()
-}
-
-/// Serves the Prometheus text exposition on every path of `listener`.
+/// Serves the Prometheus text exposition on every path of `listener`,
+/// with the API server's connection limits.
 pub async fn serve_metrics(listener: TcpListener) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(async move {
+    accept_loop(
+        listener,
+        "metrics",
+        std::future::pending(),
+        |stream, permit| async move {
+            let _permit = permit;
             let svc = hyper::service::service_fn(|_req| async {
                 Ok::<_, Infallible>(
                     hyper::Response::builder()
@@ -249,11 +327,12 @@ pub async fn serve_metrics(listener: TcpListener) {
                         .expect("static response"),
                 )
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let _ = http1()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                 .await;
-        });
-    }
+        },
+    )
+    .await;
 }
 
 #[cfg(test)]
@@ -262,24 +341,32 @@ mod tests {
 
     #[test]
     fn targets_and_query() {
-        assert_eq!(split_target("p/a/b"), ("p".into(), "a/b".into()));
-        assert_eq!(split_target("p"), ("p".into(), "".into()));
+        assert_eq!(split_target("p/a/b").unwrap(), ("p".into(), "a/b".into()));
+        assert_eq!(split_target("p").unwrap(), ("p".into(), "".into()));
         let md = query_metadata(Some(
             "metadata.ttlInSeconds=5&metadata.a=%20x&other=1&metadata.a=2",
-        ));
+        ))
+        .unwrap();
         assert_eq!(md.get("ttlInSeconds").unwrap(), "5");
         assert_eq!(md.get("a").unwrap(), " x");
         assert_eq!(md.len(), 2);
+        assert_eq!(percent_decode("a%2Fb%C3%A9", false).unwrap(), "a/b\u{e9}");
+        assert_eq!(percent_decode("a+b", true).unwrap(), "a b");
         assert_eq!(
-            percent_decode("a%2Fb%+f%4", false),
-            "a/b%+f%4",
-            "only two hex digits decode"
-        );
-        assert_eq!(percent_decode("a+b", true), "a b");
-        assert_eq!(
-            split_target("p/a+b"),
+            split_target("p/a+b").unwrap(),
             ("p".into(), "a+b".into()),
             "+ is literal in a path"
         );
+    }
+
+    #[test]
+    fn bad_escapes_and_bad_utf8_are_errors_not_panics() {
+        for bad in ["%a\u{e9}", "%\u{e9}", "%", "%4", "%+f", "x%zz"] {
+            assert!(percent_decode(bad, false).is_err(), "{bad:?}");
+        }
+        assert!(percent_decode("%ff%fe", true).is_err(), "not UTF-8");
+        let e = split_target("p/%a\u{e9}").unwrap_err();
+        assert_eq!((e.status, e.code), (400, "ERR_MALFORMED_REQUEST"));
+        assert!(query_metadata(Some("metadata.k=%ZZ")).is_err());
     }
 }

@@ -37,8 +37,8 @@ async fn single_inner(
     rest: String,
     api: &ApiState,
 ) -> Result<(), ApiError> {
-    let metadata = query_metadata(req.uri().query());
-    let (pubsub, topic) = split_target(&rest);
+    let metadata = query_metadata(req.uri().query())?;
+    let (pubsub, topic) = split_target(&rest)?;
     let t = publish::target(&api.registry, &pubsub, topic, &metadata)?;
     let content_type = header(&req, "content-type").map(str::to_owned);
     let traceparent = header(&req, "traceparent").map(str::to_owned);
@@ -80,8 +80,8 @@ async fn bulk_inner(
     rest: String,
     api: &ApiState,
 ) -> Result<Resp, ApiError> {
-    let metadata = query_metadata(req.uri().query());
-    let (pubsub, topic) = split_target(&rest);
+    let metadata = query_metadata(req.uri().query())?;
+    let (pubsub, topic) = split_target(&rest)?;
     let t = publish::target(&api.registry, &pubsub, topic, &metadata)?;
     let traceparent = header(&req, "traceparent").map(str::to_owned);
     let body = read_body(req, api.settings.max_body_size).await?;

@@ -60,6 +60,25 @@ pub fn target<'a>(
     })
 }
 
+/// Publish metadata never sets Perch's own headers (`perch-*`, such as
+/// the dead-letter mark that exempts a message from expiry): only Perch
+/// writes those.
+fn without_perch_keys(mut md: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    md.retain(|k, _| !k.to_ascii_lowercase().starts_with("perch-"));
+    md
+}
+
+/// The broker's limits (names, property sizes, topic rules): a 400 naming
+/// the rule, before anything is published.
+fn validate(t: &Target<'_>, msg: &Message) -> Result<(), ApiError> {
+    t.pubsub.broker.validate(msg).map_err(|why| {
+        ApiError::bad_request(
+            "ERR_MALFORMED_REQUEST",
+            format!("pubsub {}: {why}", t.pubsub.component.name),
+        )
+    })
+}
+
 /// One publish as read off a request: body, its content type, metadata and
 /// trace context.
 pub struct Single {
@@ -104,8 +123,9 @@ pub async fn single(t: &Target<'_>, app_id: &str, req: Single) -> Result<(), Api
         topic: t.pubsub.component.broker_topic(&t.topic),
         data,
         content_type: ct,
-        metadata: md,
+        metadata: without_perch_keys(md),
     };
+    validate(t, &msg)?;
     outbox::publish(t.pubsub, app_id, msg)
         .await
         .map_err(|e| ApiError::publish_failed(name, &t.topic, &e.to_string()))
@@ -188,12 +208,14 @@ pub async fn bulk(
         };
         let mut broker_md = md.clone();
         broker_md.extend(entry_md);
-        msgs.push(Message {
+        let msg = Message {
             topic: t.pubsub.component.broker_topic(&t.topic),
             data,
             content_type: ct,
-            metadata: broker_md,
-        });
+            metadata: without_perch_keys(broker_md),
+        };
+        validate(t, &msg)?;
+        msgs.push(msg);
     }
     check_scope(t, app_id)?;
     let results = outbox::publish_batch(t.pubsub, app_id, msgs).await;

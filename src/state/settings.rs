@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-/// Process settings (flags with env fallbacks; see `cli`).
-#[derive(Debug, Clone)]
+/// Process settings (flags with env fallbacks; see `cli`). Its `Debug`
+/// never shows the tokens.
+#[derive(Clone)]
 pub struct Settings {
     /// `--app-id`.
     pub app_id: String,
@@ -24,6 +25,23 @@ pub struct Settings {
     pub graceful_shutdown: Duration,
     /// `--enable-app-health-check` and its settings; `None` when off.
     pub app_health: Option<AppHealthCheck>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |t: &Option<String>| t.as_ref().map(|_| "***");
+        f.debug_struct("Settings")
+            .field("app_id", &self.app_id)
+            .field("app_port", &self.app_port)
+            .field("app_channel_address", &self.app_channel_address)
+            .field("app_max_concurrency", &self.app_max_concurrency)
+            .field("api_token", &hidden(&self.api_token))
+            .field("app_api_token", &hidden(&self.app_api_token))
+            .field("max_body_size", &self.max_body_size)
+            .field("graceful_shutdown", &self.graceful_shutdown)
+            .field("app_health", &self.app_health)
+            .finish()
+    }
 }
 
 /// How the app's health is probed (`--app-health-*` flags).

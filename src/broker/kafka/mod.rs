@@ -240,7 +240,35 @@ fn spawn_health_probe(name: &str, producer: FutureProducer, healthy: Weak<Atomic
     });
 }
 
+/// Kafka's rule for topic names: 1 to 249 characters of ASCII letters,
+/// digits, `.`, `_` and `-`, and not `.` or `..`.
+pub fn topic_name(topic: &str) -> Result<(), String> {
+    if topic.is_empty() || topic.len() > 249 {
+        return Err(format!(
+            "topic is {} characters; a Kafka topic name has 1 to 249",
+            topic.len()
+        ));
+    }
+    if topic == "." || topic == ".." {
+        return Err(format!("topic {topic:?} is not a legal Kafka topic name"));
+    }
+    if let Some(c) = topic
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "topic {topic:?}: {c:?} is not allowed; a Kafka topic name has only ASCII letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
 impl Broker for KafkaBroker {
+    fn validate(&self, msg: &Message) -> Result<(), String> {
+        topic_name(&msg.topic)?;
+        crate::broker::validate_metadata(msg)
+    }
+
     fn publish(&self, msg: Message) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
             self.ensure_topic(&msg.topic).await?;
@@ -259,12 +287,24 @@ impl Broker for KafkaBroker {
                 }
             }
             // All queued first, then awaited: one round of delivery reports.
+            // A record that cannot be queued stops its topic's records
+            // after it (answered unavailable), so a retry keeps their order.
             let mut queued = Vec::with_capacity(msgs.len());
             for m in &msgs {
-                queued.push(match refused.get(m.topic.as_str()) {
+                let q = match refused.get(m.topic.as_str()) {
                     Some(e) => Err(e.clone()),
                     None => self.enqueue(m).await,
-                });
+                };
+                if let Err(BrokerError::Unavailable(_)) = &q {
+                    refused.insert(
+                        m.topic.as_str(),
+                        BrokerError::Unavailable(format!(
+                            "kafka pubsub {}: not sent: an earlier message of the batch failed",
+                            self.name
+                        )),
+                    );
+                }
+                queued.push(q);
             }
             let mut out = Vec::with_capacity(queued.len());
             for q in queued {

@@ -168,10 +168,23 @@ impl Broker for RabbitBroker {
     fn publish_batch(&self, msgs: Vec<Message>) -> BoxFuture<'_, Vec<Result<(), BrokerError>>> {
         Box::pin(async move {
             let inner = &self.inner;
-            // All sent first, then the confirms awaited: pipelined.
+            // All sent first, then the confirms awaited: pipelined. A send
+            // that fails stops the batch: the messages after it are not
+            // sent (and answered unavailable), so a retry of the batch
+            // keeps their order instead of publishing them ahead of it.
             let mut pending = Vec::with_capacity(msgs.len());
+            let mut failed = false;
             for m in &msgs {
-                pending.push(inner.send(m).await);
+                if failed {
+                    pending.push(Err(BrokerError::Unavailable(format!(
+                        "rabbitmq pubsub {}: not sent: an earlier message of the batch failed",
+                        inner.name
+                    ))));
+                    continue;
+                }
+                let sent = inner.send(m).await;
+                failed = sent.is_err();
+                pending.push(sent);
             }
             let mut out = Vec::with_capacity(pending.len());
             for p in pending {
@@ -191,6 +204,10 @@ impl Broker for RabbitBroker {
         })
     }
 
+    fn validate(&self, msg: &Message) -> Result<(), String> {
+        self.inner.validate(msg)
+    }
+
     fn subscribe(
         &self,
         req: SubscribeRequest,
@@ -202,6 +219,14 @@ impl Broker for RabbitBroker {
                 .get("queueName")
                 .cloned()
                 .unwrap_or_else(|| format!("{}-{}", req.group, req.topic));
+            publisher::exchange_name(&req.topic).map_err(BrokerError::Rejected)?;
+            if queue.len() > publisher::SHORT_MAX {
+                return Err(BrokerError::Rejected(format!(
+                    "queue name {}... is {} bytes; a RabbitMQ queue name is at most 255 bytes (set a shorter queueName)",
+                    queue.chars().take(32).collect::<String>(),
+                    queue.len()
+                )));
+            }
             inner
                 .queues
                 .lock()

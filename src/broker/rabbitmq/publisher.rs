@@ -12,6 +12,31 @@ use super::{Inner, Live};
 use crate::broker::{BrokerError, Message};
 use crate::message::DEAD_LETTER_FROM;
 
+/// AMQP's short-string limit, for names and most properties.
+pub(super) const SHORT_MAX: usize = 255;
+
+/// `s` as an AMQP short string, if it fits.
+pub(super) fn short(s: &str) -> Option<ShortString> {
+    (s.len() <= SHORT_MAX).then(|| ShortString::from(s))
+}
+
+/// A topic is an exchange name: at most 255 bytes, and not in the
+/// `amq.` namespace RabbitMQ reserves.
+pub(super) fn exchange_name(topic: &str) -> Result<(), String> {
+    if topic.len() > SHORT_MAX {
+        return Err(format!(
+            "topic is {} bytes; a RabbitMQ exchange name is at most {SHORT_MAX} bytes",
+            topic.len()
+        ));
+    }
+    if topic.starts_with("amq.") {
+        return Err(format!(
+            "topic {topic:?}: exchange names starting with \"amq.\" are reserved by RabbitMQ"
+        ));
+    }
+    Ok(())
+}
+
 impl Inner {
     pub(super) fn exchange_options(&self) -> ExchangeDeclareOptions {
         ExchangeDeclareOptions {
@@ -85,16 +110,23 @@ impl Inner {
         Ok(())
     }
 
+    /// The AMQP properties and headers of `msg`. Never panics: a header
+    /// name or property value over AMQP's 255-byte short-string limit
+    /// (which [`validate`] refuses at the publish API, but a consumed
+    /// message being dead-lettered may carry) is left out.
     fn properties(&self, msg: &Message) -> BasicProperties {
         let md = &msg.metadata;
         let mut headers = FieldTable::default();
         for (k, v) in crate::broker::carried_metadata(md) {
-            headers.insert(k.as_str().into(), AMQPValue::LongString(v.as_str().into()));
+            if let Some(k) = short(k) {
+                headers.insert(k, AMQPValue::LongString(v.as_str().into()));
+            }
         }
         let content_type = md
             .get("contentType")
             .cloned()
             .or_else(|| msg.content_type.clone())
+            .filter(|c| c.len() <= SHORT_MAX)
             .unwrap_or_else(|| "text/plain".into());
         let mut props = BasicProperties::default()
             .with_content_type(ShortString::from(content_type.as_str()))
@@ -115,20 +147,68 @@ impl Inner {
         if let Some(p) = md.get("priority").and_then(|p| p.parse::<u8>().ok()) {
             props = props.with_priority(p);
         }
-        if let Some(id) = md.get("messageID") {
-            props = props.with_message_id(id.as_str().into());
+        if let Some(id) = md.get("messageID").and_then(|v| short(v)) {
+            props = props.with_message_id(id);
         }
-        if let Some(id) = md.get("correlationID") {
-            props = props.with_correlation_id(id.as_str().into());
+        if let Some(id) = md.get("correlationID").and_then(|v| short(v)) {
+            props = props.with_correlation_id(id);
         }
-        if let Some(t) = md.get("type") {
-            props = props.with_type(t.as_str().into());
+        if let Some(t) = md.get("type").and_then(|v| short(v)) {
+            props = props.with_type(t);
         }
         props
     }
 
+    /// What this broker cannot carry, with the rule it breaks (see
+    /// [`crate::broker::Broker::validate`]).
+    pub(super) fn validate(&self, msg: &Message) -> Result<(), String> {
+        exchange_name(&msg.topic)?;
+        let md = &msg.metadata;
+        for (k, _) in crate::broker::carried_metadata(md) {
+            if k.len() > SHORT_MAX {
+                return Err(format!(
+                    "metadata key {:?}... is {} bytes; an AMQP header name is at most {SHORT_MAX} bytes",
+                    k.chars().take(32).collect::<String>(),
+                    k.len()
+                ));
+            }
+        }
+        for key in [
+            "messageID",
+            "correlationID",
+            "type",
+            "contentType",
+            "routingKey",
+        ] {
+            if let Some(v) = md.get(key).filter(|v| v.len() > SHORT_MAX) {
+                return Err(format!(
+                    "metadata {key} is {} bytes; RabbitMQ carries it as an AMQP short string of at most {SHORT_MAX} bytes",
+                    v.len()
+                ));
+            }
+        }
+        if let Some(ct) = msg.content_type.as_ref().filter(|c| c.len() > SHORT_MAX) {
+            return Err(format!(
+                "the content type is {} bytes; an AMQP content type is at most {SHORT_MAX} bytes",
+                ct.len()
+            ));
+        }
+        crate::broker::validate_metadata(msg)
+    }
+
     /// Publishes one message; returns the pending confirm.
     pub(super) async fn send(&self, msg: &Message) -> Result<lapin::PublisherConfirm, BrokerError> {
+        // Names over AMQP's limits would panic in the client library.
+        exchange_name(&msg.topic).map_err(BrokerError::Rejected)?;
+        if msg
+            .metadata
+            .get("routingKey")
+            .is_some_and(|k| k.len() > SHORT_MAX)
+        {
+            return Err(BrokerError::Rejected(
+                "routingKey is longer than 255 bytes".into(),
+            ));
+        }
         let live = self.connected().await?;
         let ch = self.publish_channel(&live).await?;
         self.declare_exchange(&live, &ch, &msg.topic).await?;
