@@ -277,17 +277,7 @@ fn resources_for(b: &Bench, store: &PgStore) -> tempfile::TempDir {
         Backend::Rabbit => md.extend([("deliveryOrder", "key"), ("reconnectWaitSeconds", "1")]),
         Backend::Memory => {}
     }
-    let sub = format!(
-        "apiVersion: dapr.io/v2alpha1
-kind: Subscription
-metadata: {{name: s}}
-spec:
-  pubsubname: pubsub
-  topic: {orders}
-  routes: {{default: /orders}}
-  deadLetterTopic: {dead}
-"
-    );
+    let sub = subscription_with_dead_letter("s", &orders, "/orders", &dead);
     resources(&[
         ("pubsub.yaml", &b.pubsub(&md)),
         ("store.yaml", &store.yaml("store")),

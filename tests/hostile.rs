@@ -204,10 +204,7 @@ async fn an_app_answering_100_mib_does_not_grow_the_sidecar() -> TestResult {
         }),
     )
     .await;
-    let sub = format!(
-        "{}  deadLetterTopic: dead\n",
-        subscription("s", "orders", "/orders")
-    );
+    let sub = subscription_with_dead_letter("s", "orders", "/orders", "dead");
     let dir = resources(&[
         ("pubsub.yaml", &component("pubsub", &[])),
         ("r.yaml", &constant_retries("10ms", 1)),

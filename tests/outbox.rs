@@ -50,6 +50,18 @@ impl Proxy {
     }
 }
 
+/// The store, and resources with RabbitMQ through `proxy`, the outbox
+/// in the store, and a subscription to `orders`.
+fn outbox_setup(b: &Bench, proxy: &Proxy) -> (PgStore, tempfile::TempDir) {
+    let store = PgStore::new();
+    let dir = resources(&[
+        ("pubsub.yaml", &rabbit_outbox(b, proxy)),
+        ("store.yaml", &store.yaml("store")),
+        ("s.yaml", &b.subscription("s", "orders", "/orders")),
+    ]);
+    (store, dir)
+}
+
 /// RabbitMQ through `proxy`, with the outbox in PostgreSQL.
 fn rabbit_outbox(b: &Bench, proxy: &Proxy) -> String {
     let uri = format!("amqp://guest:guest@127.0.0.1:{}", proxy.port);
@@ -115,13 +127,7 @@ async fn wait_metadata(sc: &Sidecar, what: &str, f: impl Fn(&serde_json::Value) 
 async fn publishes_during_a_broker_outage_are_kept_and_delivered_in_order() -> TestResult {
     let b = Bench::new(Backend::Rabbit);
     let mut proxy = Proxy::up(free_port()).await;
-    let pubsub = rabbit_outbox(&b, &proxy);
-    let store = PgStore::new();
-    let dir = resources(&[
-        ("pubsub.yaml", &pubsub),
-        ("store.yaml", &store.yaml("store")),
-        ("s.yaml", &b.subscription("s", "orders", "/orders")),
-    ]);
+    let (_store, dir) = outbox_setup(&b, &proxy);
     let mut app = TestApp::ok(None).await;
     let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
     let topic = b.topic("orders");
@@ -214,12 +220,7 @@ async fn predeclare_direct(exchange: &str) {
 async fn a_publish_refused_for_good_is_an_error_and_is_not_kept() -> TestResult {
     let b = Bench::new(Backend::Rabbit);
     let proxy = Proxy::up(free_port()).await;
-    let store = PgStore::new();
-    let dir = resources(&[
-        ("pubsub.yaml", &rabbit_outbox(&b, &proxy)),
-        ("store.yaml", &store.yaml("store")),
-        ("s.yaml", &b.subscription("s", "orders", "/orders")),
-    ]);
+    let (_store, dir) = outbox_setup(&b, &proxy);
     let mut app = TestApp::ok(None).await;
     let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
     let bad = b.topic("direct");
@@ -260,12 +261,7 @@ async fn a_publish_refused_for_good_is_an_error_and_is_not_kept() -> TestResult 
 async fn a_kept_message_refused_later_is_parked_and_the_rest_flow() -> TestResult {
     let b = Bench::new(Backend::Rabbit);
     let mut proxy = Proxy::up(free_port()).await;
-    let store = PgStore::new();
-    let dir = resources(&[
-        ("pubsub.yaml", &rabbit_outbox(&b, &proxy)),
-        ("store.yaml", &store.yaml("store")),
-        ("s.yaml", &b.subscription("s", "orders", "/orders")),
-    ]);
+    let (store, dir) = outbox_setup(&b, &proxy);
     let mut app = TestApp::ok(None).await;
     let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
     let orders = b.topic("orders");
@@ -322,12 +318,7 @@ async fn a_kept_message_refused_later_is_parked_and_the_rest_flow() -> TestResul
 async fn the_outbox_drains_while_publishes_keep_coming() -> TestResult {
     let b = Bench::new(Backend::Rabbit);
     let mut proxy = Proxy::up(free_port()).await;
-    let store = PgStore::new();
-    let dir = resources(&[
-        ("pubsub.yaml", &rabbit_outbox(&b, &proxy)),
-        ("store.yaml", &store.yaml("store")),
-        ("s.yaml", &b.subscription("s", "orders", "/orders")),
-    ]);
+    let (_store, dir) = outbox_setup(&b, &proxy);
     let mut app = TestApp::ok(None).await;
     let sc = std::sync::Arc::new(Sidecar::start(dir.path(), Some(app.port), &[], &[]).await);
     let orders = b.topic("orders");

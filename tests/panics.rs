@@ -27,17 +27,7 @@ async fn a_panicking_delivery_releases_its_claim_and_ends_in_the_dead_letter_top
         ("r.yaml", &constant_retries("10ms", 1)),
         (
             "s.yaml",
-            &format!(
-                "apiVersion: dapr.io/v2alpha1
-kind: Subscription
-metadata: {{name: s}}
-spec:
-  pubsubname: pubsub
-  topic: {orders}
-  routes: {{default: /orders}}
-  deadLetterTopic: {dlq}
-"
-            ),
+            &subscription_with_dead_letter("s", &orders, "/orders", &dlq),
         ),
     ]);
     let mut app = TestApp::ok(None).await;

@@ -420,6 +420,14 @@ spec:
     )
 }
 
+/// A subscription with a `deadLetterTopic`.
+pub fn subscription_with_dead_letter(name: &str, topic: &str, route: &str, dead: &str) -> String {
+    format!(
+        "{}  deadLetterTopic: {dead}\n",
+        subscription(name, topic, route)
+    )
+}
+
 /// A Resiliency document that retries deliveries from the component named
 /// `pubsub` every `duration`, at most `max_retries` times.
 pub fn constant_retries(duration: &str, max_retries: u32) -> String {
