@@ -97,8 +97,8 @@ pub fn envelope_for_publish(input: &PublishInput<'_>) -> Result<Envelope, Envelo
         Some(ct) if is_cloudevent_json(ct) => from_cloud_event(input)?,
         _ => wrap(input),
     };
-    if let Some(ttl) = ttl_from_metadata(input.metadata) {
-        ev.insert("expiration".into(), Value::String(expiration_after(ttl)));
+    if let Some(at) = ttl_from_metadata(input.metadata).and_then(expiration_after) {
+        ev.insert("expiration".into(), Value::String(at));
     }
     Ok(ev)
 }
@@ -233,9 +233,37 @@ pub fn ttl_from_metadata(md: &BTreeMap<String, String>) -> Option<Duration> {
     (!ttl.is_zero()).then_some(ttl)
 }
 
-fn expiration_after(ttl: Duration) -> String {
-    let at = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+/// The RFC 3339 time `ttl` from now; `None` when that is past the last
+/// representable date (a TTL of billions of years never expires; found by
+/// the `publish_envelope` fuzz target, it used to panic on the overflow).
+fn expiration_after(ttl: Duration) -> Option<String> {
+    let ttl = chrono::Duration::from_std(ttl).ok()?;
+    let at = Utc::now().checked_add_signed(ttl)?;
+    Some(at.to_rfc3339_opts(SecondsFormat::Secs, true))
+}
+
+#[cfg(test)]
+mod ttl_tests {
+    use super::*;
+
+    #[test]
+    fn a_ttl_past_the_last_representable_date_sets_no_expiration() {
+        assert!(expiration_after(Duration::from_secs(5_444_444_444_444_444_444)).is_none());
+        assert!(expiration_after(Duration::from_secs(60)).is_some());
+        let md = BTreeMap::from([("ttlInSeconds".to_owned(), "5444444444444444444".to_owned())]);
+        let ev = envelope_for_publish(&PublishInput {
+            app_id: "a",
+            pubsub: "p",
+            topic: "t",
+            content_type: Some("application/json"),
+            body: b"{}",
+            metadata: &md,
+            trace: crate::telemetry::trace::TraceParent::child_of(None),
+            tracestate: None,
+        })
+        .unwrap();
+        assert!(!ev.contains_key("expiration"));
+    }
 }
 
 /// True when the event has an `expiration` in the past (Dapr's `HasExpired`).

@@ -190,6 +190,18 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiErr
     }
 }
 
+/// A publish request's target and metadata from what follows
+/// `/v1.0/publish/` (or the bulk prefix) and the query string: pubsub,
+/// topic, `metadata.*`. Public for the fuzz targets (`fuzz/`).
+pub fn publish_target(
+    rest: &str,
+    query: Option<&str>,
+) -> Result<(String, String, std::collections::BTreeMap<String, String>), ApiError> {
+    let metadata = query_metadata(query)?;
+    let (pubsub, topic) = split_target(rest)?;
+    Ok((pubsub, topic, metadata))
+}
+
 /// Splits `{pubsub}/{topic...}`; the topic may contain `/`.
 fn split_target(rest: &str) -> Result<(String, String), ApiError> {
     let decode = |s: &str| percent_decode(s, false).map_err(|e| malformed("path", &e));

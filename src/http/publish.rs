@@ -9,9 +9,7 @@ use hyper::{Request, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{
-    empty, error, json as json_resp, query_metadata, read_body, split_target, ApiState, Resp,
-};
+use super::{empty, error, json as json_resp, publish_target, read_body, ApiState, Resp};
 use crate::errors::ApiError;
 use crate::publish;
 use crate::util::to_go_json;
@@ -37,8 +35,7 @@ async fn single_inner(
     rest: String,
     api: &ApiState,
 ) -> Result<(), ApiError> {
-    let metadata = query_metadata(req.uri().query())?;
-    let (pubsub, topic) = split_target(&rest)?;
+    let (pubsub, topic, metadata) = publish_target(&rest, req.uri().query())?;
     let t = publish::target(&api.registry, &pubsub, topic, &metadata)?;
     let content_type = header(&req, "content-type").map(str::to_owned);
     let traceparent = header(&req, "traceparent").map(str::to_owned);
@@ -80,8 +77,7 @@ async fn bulk_inner(
     rest: String,
     api: &ApiState,
 ) -> Result<Resp, ApiError> {
-    let metadata = query_metadata(req.uri().query())?;
-    let (pubsub, topic) = split_target(&rest)?;
+    let (pubsub, topic, metadata) = publish_target(&rest, req.uri().query())?;
     let t = publish::target(&api.registry, &pubsub, topic, &metadata)?;
     let traceparent = header(&req, "traceparent").map(str::to_owned);
     let body = read_body(req, api.settings.max_body_size).await?;
