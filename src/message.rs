@@ -17,6 +17,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// never expiring).
 pub const DEAD_LETTER_FROM: &str = "perch-dead-letter-from";
 
+/// Header carrying the idempotency key to the app; set only by Perch
+/// (message metadata of that name is never forwarded).
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 /// Broker metadata that addresses or limits the original message and must
 /// not follow it into the dead-letter topic: a routing key the dead-letter
 /// queue is not bound with, a TTL that would expire the dead letter, a

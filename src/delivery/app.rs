@@ -30,7 +30,7 @@ const SKIPPED: &[&str] = &[
     "authorization",
     "proxy-authorization",
     "cookie",
-    super::idempotency::IDEMPOTENCY_KEY,
+    crate::message::IDEMPOTENCY_KEY,
 ];
 
 /// A forwarded metadata value longer than this is left out (an app's HTTP
@@ -85,7 +85,7 @@ impl AppClient {
         idempotency_key: Option<&str>,
     ) -> AppAnswer {
         let mut own: Vec<(&str, &str)> = idempotency_key
-            .map(|k| (super::idempotency::IDEMPOTENCY_KEY, k))
+            .map(|k| (crate::message::IDEMPOTENCY_KEY, k))
             .into_iter()
             .collect();
         // A dead letter's origin, which only Perch writes (the publish API

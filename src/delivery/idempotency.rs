@@ -28,8 +28,7 @@ fn observe_store(ctx: &SubCtx, op: &str, started: std::time::Instant) {
         .observe(started.elapsed().as_secs_f64());
 }
 
-/// Header (and metadata key) carrying the idempotency key to the app.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+pub use crate::message::IDEMPOTENCY_KEY;
 
 /// The idempotency key of a delivery: the CloudEvent's `source` and `id`;
 /// for a raw payload (whose envelope id is random) the Kafka record's
