@@ -264,7 +264,12 @@ impl Report {
 fn resources_for(b: &Bench, store: &PgStore) -> tempfile::TempDir {
     let orders = b.topic("orders");
     let dead = b.topic("orders-dead");
-    let mut md = vec![("idempotencyStore", "store"), ("maxInFlight", "16")];
+    // PERCH_FAULTS_MAX_IN_FLIGHT narrows the window while investigating.
+    let window = std::env::var("PERCH_FAULTS_MAX_IN_FLIGHT").unwrap_or_else(|_| "16".into());
+    let mut md = vec![
+        ("idempotencyStore", "store"),
+        ("maxInFlight", window.as_str()),
+    ];
     if std::env::var("PERCH_FAULTS_NO_OUTBOX").is_err() {
         md.push(("outboxStore", "store"));
     }
@@ -288,7 +293,8 @@ fn resources_for(b: &Bench, store: &PgStore) -> tempfile::TempDir {
 }
 
 async fn start_sidecar(dir: &Path, app_port: u16) -> Sidecar {
-    Sidecar::start(dir, Some(app_port), &[("RUST_LOG", "warn")], &[]).await
+    let log = std::env::var("PERCH_FAULTS_LOG").unwrap_or_else(|_| "warn".into());
+    Sidecar::start(dir, Some(app_port), &[("RUST_LOG", &log)], &[]).await
 }
 
 async fn run(backend: Backend, plan: Plan) -> Report {
@@ -455,7 +461,17 @@ async fn run(backend: Backend, plan: Plan) -> Report {
         .filter(|s| !is_poison(*s) && !committed.contains(s))
         .take(20)
         .collect();
-    assert_eq!(report.lost, 0, "lost (first few: {missing:?})");
+    let seen: Vec<(u64, Option<u32>, Option<u32>)> = missing
+        .iter()
+        .map(|s| {
+            let id = format!("e-{s}");
+            (*s, l.deliveries.get(&id).copied(), l.dead.get(&id).copied())
+        })
+        .collect();
+    assert_eq!(
+        report.lost, 0,
+        "lost (first few, with the deliveries the app saw of each and dead letters: {seen:?})"
+    );
     assert_eq!(report.duplicate_effects, 0, "an effect applied twice");
     // Two sidecars consuming one RabbitMQ queue are competing consumers:
     // the broker hands each its share, and order per key holds within each
