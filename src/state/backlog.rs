@@ -155,8 +155,14 @@ impl Backlog {
             let mut gone = vec![];
             for (name, t) in i.topics.iter_mut() {
                 if let Some(n) = waiting.get(name) {
-                    let unchanged = snap.0.get(name).is_some_and(|(g, _)| *g == t.generation);
-                    t.waiting = if unchanged { *n } else { t.waiting.max(*n) };
+                    // Believed only when no keep of the topic was in flight
+                    // at the snapshot and none started since: a row being
+                    // written may be missing from the count.
+                    let settled = snap
+                        .0
+                        .get(name)
+                        .is_some_and(|(g, idle)| *idle && *g == t.generation);
+                    t.waiting = if settled { *n } else { t.waiting.max(*n) };
                     continue;
                 }
                 match snap.0.get(name) {
@@ -168,8 +174,13 @@ impl Backlog {
             for name in gone {
                 settled |= i.topics.remove(&name).is_some_and(|t| t.draining);
             }
+            // Topics this sidecar did not know of (kept by a replica, or
+            // before a restart).
             for (name, n) in waiting {
-                i.topics.entry(name).or_default().waiting = n;
+                i.topics.entry(name).or_insert_with(|| Topic {
+                    waiting: n,
+                    ..Topic::default()
+                });
             }
         }
         if settled {
@@ -267,6 +278,19 @@ mod tests {
         b.relayed("b", 2);
         assert_eq!(b.waiting(), 0);
         assert!(b.any_waiting(), "b stays until the store says it is empty");
+    }
+
+    #[test]
+    fn a_count_missing_an_in_flight_row_does_not_lower_the_depth() {
+        let b = Backlog::default();
+        b.keep_started(["a"]);
+        b.keep_finished(["a"]);
+        b.keep_started(["a"]);
+        let snap = b.snapshot();
+        // The store has the first row; the second is being written.
+        b.counted(&snap, counts(&[("a", 1)]), 0);
+        b.keep_finished(["a"]);
+        assert_eq!(b.waiting(), 2);
     }
 
     #[tokio::test]
