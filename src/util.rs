@@ -146,16 +146,22 @@ where
     tokio::spawn(async move {
         if let Err(e) = task.await {
             if e.is_panic() {
-                let p = e.into_panic();
-                let text = p
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                tracing::error!(task = what, panic = %text, "a background task panicked; Perch is degraded and should be restarted");
+                tracing::error!(task = what, panic = %panic_text(e), "a background task panicked; Perch is degraded and should be restarted");
             }
         }
     });
+}
+
+/// The message of a task's panic (or why it ended otherwise).
+pub fn panic_text(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into()),
+        Err(e) => e.to_string(),
+    }
 }
 
 /// A fault hook for the tests that need a panic Perch's own code never

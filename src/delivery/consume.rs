@@ -125,20 +125,8 @@ fn reap(ctx: &SubCtx, r: Result<(), tokio::task::JoinError>) {
     if let Err(e) = r {
         if e.is_panic() {
             tracing::error!(pubsub = %ctx.sub.pubsubname, topic = %ctx.sub.topic,
-                panic = %panic_text(e), "a delivery panicked; its message is left for redelivery");
+                panic = %crate::util::panic_text(e), "a delivery panicked; its message is left for redelivery");
             ctx.count(&crate::telemetry::metrics::metrics().panics);
         }
-    }
-}
-
-/// The message of a task's panic.
-pub(super) fn panic_text(e: tokio::task::JoinError) -> String {
-    match e.try_into_panic() {
-        Ok(p) => p
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "(no message)".into()),
-        Err(e) => e.to_string(),
     }
 }

@@ -258,7 +258,7 @@ async fn supervise(
         Ok(()) => "its broker stream ended".to_owned(),
         Err(e) if e.is_panic() => {
             panics.inc();
-            format!("its consume loop panicked: {}", consume::panic_text(e))
+            format!("its consume loop panicked: {}", crate::util::panic_text(e))
         }
         Err(e) => format!("its consume loop ended: {e}"),
     };

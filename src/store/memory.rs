@@ -56,6 +56,22 @@ impl MemoryStore {
         }
     }
 
+    /// Applies `f` to each of `keys` that is in progress.
+    fn each_in_progress(&self, keys: &[Key], mut f: impl FnMut(&mut Entry)) {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for k in keys {
+            if let Some(e) = entries
+                .get_mut(k)
+                .filter(|e| matches!(e.state, State::InProgress { .. }))
+            {
+                f(e);
+            }
+        }
+    }
+
     /// Makes room by forgetting the oldest finished keys (a tenth at once).
     fn evict(&self, entries: &mut HashMap<Key, Entry>) {
         if entries.len() < self.max_entries {
@@ -157,33 +173,13 @@ impl Store for MemoryStore {
     }
 
     fn started(&self, keys: Vec<Key>) -> BoxFuture<'_, Result<(), StoreError>> {
-        let mut entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for k in &keys {
-            if let Some(e) = entries.get_mut(k) {
-                if matches!(e.state, State::InProgress { .. }) {
-                    e.attempts += 1;
-                }
-            }
-        }
+        self.each_in_progress(&keys, |e| e.attempts += 1);
         Box::pin(async { Ok(()) })
     }
 
     fn release(&self, keys: Vec<Key>) -> BoxFuture<'_, Result<(), StoreError>> {
         let now = Instant::now();
-        let mut entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for k in &keys {
-            if let Some(e) = entries.get_mut(k) {
-                if matches!(e.state, State::InProgress { .. }) {
-                    e.state = State::InProgress { lease_until: now };
-                }
-            }
-        }
+        self.each_in_progress(&keys, |e| e.state = State::InProgress { lease_until: now });
         Box::pin(async { Ok(()) })
     }
 

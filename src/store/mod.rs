@@ -85,9 +85,10 @@ pub trait Store: Send + Sync {
     /// (taken over by another sidecar: a possible duplicate).
     fn finish(&self, keys: Vec<Key>, how: Finish) -> BoxFuture<'_, Result<Vec<bool>, StoreError>>;
     /// The deliveries of these claimed keys reach the app now: one more
-    /// attempt each (fenced by owner). The engine does not make the app
-    /// call wait for it, so a crash within milliseconds of the call may
-    /// leave it uncounted. Claims alone never count, so claims that ran
+    /// attempt each (fenced by owner). The write is queued when this is
+    /// called; the future only waits for it, and the engine drops it
+    /// unawaited (the app call does not wait), so a crash within
+    /// milliseconds of the call may leave it uncounted. Claims alone never count, so claims that ran
     /// ahead and were cut off (a crash, a shutdown) do not push a message
     /// toward the over-claim dead letter.
     fn started(&self, keys: Vec<Key>) -> BoxFuture<'_, Result<(), StoreError>>;

@@ -150,11 +150,11 @@ impl Store for PostgresStore {
     }
 
     fn started(&self, keys: Vec<Key>) -> BoxFuture<'_, Result<(), StoreError>> {
+        // Queued now, so a caller that does not wait can drop the future.
+        let (tx, rx) = oneshot::channel();
+        let sent = self.finishes.send((keys, batcher::Mark::Started, tx));
         Box::pin(async move {
-            let (tx, rx) = oneshot::channel();
-            self.finishes
-                .send((keys, batcher::Mark::Started, tx))
-                .map_err(|_| StoreError("store closed".into()))?;
+            sent.map_err(|_| StoreError("store closed".into()))?;
             rx.await.map_err(|_| StoreError("store closed".into()))??;
             Ok(())
         })
