@@ -283,3 +283,60 @@ async fn a_failing_dapr_subscribe_is_asked_again() -> TestResult {
     assert_eq!(r.path, "/orders");
     Ok(())
 }
+
+/// Review C1: a Spring Boot app's `/dapr/subscribe` (the exact bytes the
+/// Java SDK writes, `pubsubName` and all) subscribes it, and its rules
+/// route as daprd routes them. Before, such an app got no subscription.
+#[tokio::test]
+async fn a_java_spring_boot_app_is_subscribed_from_its_own_answer() -> TestResult {
+    let dir = resources(&[(
+        "pubsub.yaml",
+        &PUBSUB.replace("name: pubsub", "name: messagebus"),
+    )]);
+    let body = include_str!("fixtures/subscribe/java-springboot.json").to_owned();
+    let discovery: Discovery = Arc::new(move || (200, body.clone()));
+    let mut app = TestApp::start_discovering(
+        discovery,
+        std::time::Duration::ZERO,
+        Arc::new(|_| (200, String::new())),
+    )
+    .await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let ce = |ty: &str| {
+        serde_json::json!({"specversion": "1.0", "id": ty, "source": "s", "type": ty, "data": {}})
+            .to_string()
+    };
+    for (topic, ty) in [
+        ("testingtopic", "v1"),
+        ("testingtopicV2", "v2"),
+        ("testingtopicV2", "v1"),
+    ] {
+        let (status, _, body) = sc
+            .call(
+                "POST",
+                &format!("/v1.0/publish/messagebus/{topic}"),
+                &[("content-type", "application/cloudevents+json")],
+                &ce(ty),
+            )
+            .await?;
+        assert_eq!(status, 204, "{body:?}");
+    }
+    let mut got = vec![];
+    for _ in 0..3 {
+        let r = app.next(10).await?;
+        got.push((
+            r.json()["topic"].as_str().unwrap_or_default().to_owned(),
+            r.path,
+        ));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("testingtopic".to_owned(), "/testingtopic".to_owned()),
+            ("testingtopicV2".to_owned(), "/testingtopic".to_owned()),
+            ("testingtopicV2".to_owned(), "/testingtopicV2".to_owned()),
+        ]
+    );
+    Ok(())
+}

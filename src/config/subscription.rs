@@ -64,13 +64,16 @@ pub struct SubscriptionSpec {
     pub source: SubscriptionSource,
 }
 
-/// One item of the app's `GET /dapr/subscribe` answer (JSON keys as Dapr's).
+/// One item of the app's `GET /dapr/subscribe` answer, after its keys were
+/// matched as Go's `encoding/json` matches them (see [`programmatic`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProgrammaticSubscription {
     /// Pub/sub component.
+    #[serde(default)]
     pub pubsubname: String,
     /// Topic.
+    #[serde(default)]
     pub topic: String,
     /// v1 single route.
     #[serde(default)]
@@ -100,10 +103,136 @@ pub struct ProgrammaticRoutes {
     pub default: String,
 }
 
+/// The JSON names of Dapr's `SubscriptionJSON` and of its nested structs
+/// (`dapr/pkg/runtime/pubsub/subscriptions.go`).
+const ITEM_FIELDS: &[&str] = &[
+    "pubsubname",
+    "topic",
+    "route",
+    "routes",
+    "deadLetterTopic",
+    "metadata",
+    "bulkSubscribe",
+];
+const ROUTES_FIELDS: &[&str] = &["rules", "default"];
+const RULE_FIELDS: &[&str] = &["match", "path"];
+const BULK_FIELDS: &[&str] = &["enabled", "maxMessagesCount", "maxAwaitDurationMs"];
+
+/// Renames the keys of a JSON object to the struct's field names as Go's
+/// `encoding/json` matches them: an exact match first, else a match that
+/// ignores case (so the Java and .NET SDKs' `pubsubName` is
+/// `pubsubname`); unknown keys are dropped, and a `null` leaves the field
+/// at its zero value. Anything but an object is returned as it is (the
+/// typed decode then says what is wrong).
+fn go_keys(value: serde_json::Value, fields: &[&str]) -> serde_json::Value {
+    let serde_json::Value::Object(map) = value else {
+        return value;
+    };
+    let mut out = serde_json::Map::new();
+    let exact: Vec<&str> = map
+        .keys()
+        .filter(|k| fields.contains(&k.as_str()))
+        .map(String::as_str)
+        .collect();
+    for (key, v) in &map {
+        if v.is_null() {
+            continue;
+        }
+        let Some(field) = fields.iter().find(|f| f.eq_ignore_ascii_case(key)) else {
+            continue;
+        };
+        // `pubsubname` beats `PubsubName` when an app sends both.
+        if key != field && exact.contains(field) {
+            continue;
+        }
+        out.insert((*field).to_owned(), v.clone());
+    }
+    serde_json::Value::Object(out)
+}
+
+/// Go decodes a `null` map value as the empty string.
+fn go_string_map(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => serde_json::Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, if v.is_null() { "".into() } else { v }))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// One item of `GET /dapr/subscribe`, keys matched as Go matches them.
+fn programmatic_item(item: serde_json::Value) -> Result<SubscriptionSpec, String> {
+    use serde_json::Value as J;
+    let J::Object(_) = item else {
+        return Err("not a JSON object".into());
+    };
+    let J::Object(mut m) = go_keys(item, ITEM_FIELDS) else {
+        unreachable!("go_keys keeps an object an object");
+    };
+    if let Some(routes) = m.remove("routes") {
+        let routes = match go_keys(routes, ROUTES_FIELDS) {
+            J::Object(mut r) => {
+                if let Some(J::Array(rules)) = r.remove("rules") {
+                    let rules = rules.into_iter().map(|x| go_keys(x, RULE_FIELDS));
+                    r.insert("rules".into(), J::Array(rules.collect()));
+                }
+                J::Object(r)
+            }
+            other => other,
+        };
+        m.insert("routes".into(), routes);
+    }
+    if let Some(bulk) = m.remove("bulkSubscribe") {
+        m.insert("bulkSubscribe".into(), go_keys(bulk, BULK_FIELDS));
+    }
+    if let Some(md) = m.remove("metadata") {
+        m.insert("metadata".into(), go_string_map(md));
+    }
+    let item: ProgrammaticSubscription =
+        serde_json::from_value(J::Object(m)).map_err(|e| e.to_string())?;
+    item.into_spec()
+}
+
+/// The app's `GET /dapr/subscribe` answer, decoded as daprd decodes it
+/// (Go's `encoding/json`: keys matched ignoring case, unknown keys
+/// ignored). `Err` when the body is not a JSON list. An item that cannot
+/// be used (a wrong type, no `pubsubname`, `topic` or route) is left out
+/// and described in the second list, `item N (pubsub/topic): why`, instead
+/// of failing the whole answer as Go's decoder would.
+pub fn programmatic(body: &[u8]) -> Result<(Vec<SubscriptionSpec>, Vec<String>), String> {
+    let items: Vec<serde_json::Value> = serde_json::from_slice(body)
+        .map_err(|e| format!("not a JSON list of subscriptions: {e}"))?;
+    let mut specs = vec![];
+    let mut skipped = vec![];
+    for (i, item) in items.into_iter().enumerate() {
+        let name = |key: &str| {
+            item.as_object()
+                .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)))
+                .and_then(|(_, v)| v.as_str())
+                .unwrap_or("?")
+                .to_owned()
+        };
+        let what = format!("item {i} ({}/{})", name("pubsubname"), name("topic"));
+        match programmatic_item(item) {
+            Ok(spec) => specs.push(spec),
+            Err(why) => skipped.push(format!("{what}: {why}")),
+        }
+    }
+    Ok((specs, skipped))
+}
+
 impl ProgrammaticSubscription {
     /// Dapr's rule building: rules in order, then `routes.default` else
-    /// `route`. `None` when no rule results (Dapr drops such an item).
-    pub fn into_spec(self) -> Option<SubscriptionSpec> {
+    /// `route`. An error when the item names no pub/sub, topic or route.
+    pub fn into_spec(self) -> Result<SubscriptionSpec, String> {
+        if self.pubsubname.is_empty() {
+            return Err("no pubsubname".into());
+        }
+        if self.topic.is_empty() {
+            return Err("no topic".into());
+        }
         let routes = self.routes.unwrap_or_default();
         let default = if routes.default.is_empty() {
             self.route
@@ -111,7 +240,10 @@ impl ProgrammaticSubscription {
             routes.default
         };
         let rules = build_rules(routes.rules, default);
-        (!rules.is_empty()).then(|| SubscriptionSpec {
+        if rules.is_empty() {
+            return Err("no route (route, routes.default or routes.rules)".into());
+        }
+        Ok(SubscriptionSpec {
             name: String::new(),
             pubsubname: self.pubsubname,
             topic: self.topic,
@@ -259,4 +391,126 @@ pub fn read(ctx: &mut DocCtx<'_>, name: &str, doc: &Mapping, v2: bool) -> Option
         metadata,
         source: SubscriptionSource::Declarative,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(s: &SubscriptionSpec) -> Vec<(&str, &str)> {
+        s.rules
+            .iter()
+            .map(|r| (r.match_expr.as_str(), r.path.as_str()))
+            .collect()
+    }
+
+    /// Review C1: Spring Boot's `@Topic` serialises `pubsubName`; daprd
+    /// (Go, keys matched ignoring case) takes it, and so must Perch.
+    #[test]
+    fn the_java_spring_boot_answer_is_read_as_daprd_reads_it() {
+        let body = include_bytes!("../../tests/fixtures/subscribe/java-springboot.json");
+        let (specs, skipped) = programmatic(body).unwrap();
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(specs.len(), 3);
+        assert_eq!(specs[0].pubsubname, "messagebus");
+        assert_eq!(specs[0].topic, "testingtopic");
+        assert_eq!(paths(&specs[0]), [("", "/testingtopic")]);
+        assert_eq!(
+            specs[0].dead_letter_topic, None,
+            "an empty deadLetterTopic is none"
+        );
+        assert_eq!(
+            paths(&specs[1]),
+            [
+                ("event.type == 'v2'", "/testingtopicV2"),
+                ("", "/testingtopic")
+            ]
+        );
+        assert_eq!(specs[2].dead_letter_topic.as_deref(), Some("deadletters"));
+        assert_eq!(specs[2].metadata["rawPayload"], "false");
+        assert!(specs[2].bulk.enabled);
+        assert_eq!(specs[2].bulk.max_messages_count, Some(100));
+        assert_eq!(specs[2].bulk.max_await_duration_ms, Some(1000));
+    }
+
+    #[test]
+    fn the_dotnet_aspnetcore_answer_is_read_as_daprd_reads_it() {
+        let body = include_bytes!("../../tests/fixtures/subscribe/dotnet-aspnetcore.json");
+        let (specs, skipped) = programmatic(body).unwrap();
+        assert!(skipped.is_empty(), "{skipped:?}");
+        let topics: Vec<&str> = specs.iter().map(|s| s.topic.as_str()).collect();
+        assert_eq!(topics, ["deposit", "withdraw", "rawDeposit", "bulk"]);
+        assert!(specs.iter().all(|s| s.pubsubname == "pubsub"));
+        assert_eq!(paths(&specs[0]), [("", "/deposit")]);
+        assert_eq!(
+            specs[0].dead_letter_topic.as_deref(),
+            Some("amountDeadLetterTopic")
+        );
+        assert_eq!(
+            paths(&specs[1]),
+            [
+                ("event.type == \"withdraw.v2\"", "/withdraw.v2"),
+                ("", "/withdraw")
+            ]
+        );
+        assert_eq!(specs[2].metadata["rawPayload"], "true");
+        assert_eq!(specs[3].bulk.max_await_duration_ms, Some(40));
+    }
+
+    #[test]
+    fn keys_match_ignoring_case_and_unknown_keys_are_ignored() {
+        let body = br#"[{"PUBSUBNAME":"p","Topic":"t","ROUTE":"x","DeadLetterTopic":"d",
+            "BulkSubscribe":{"ENABLED":true},"Routes":{"Rules":[{"MATCH":"true","Path":"/y"}]},
+            "Metadata":{"rawPayload":"true"},"somethingNew":{"a":1},"routeS":null}]"#;
+        let (specs, skipped) = programmatic(body).unwrap();
+        assert!(skipped.is_empty(), "{skipped:?}");
+        let s = &specs[0];
+        assert_eq!((s.pubsubname.as_str(), s.topic.as_str()), ("p", "t"));
+        assert_eq!(paths(s), [("true", "/y"), ("", "/x")]);
+        assert_eq!(s.dead_letter_topic.as_deref(), Some("d"));
+        assert!(s.bulk.enabled);
+        assert_eq!(
+            s.metadata["rawPayload"], "true",
+            "metadata keys kept as written"
+        );
+        // An exact name wins over another spelling of it.
+        let (specs, _) =
+            programmatic(br#"[{"PubsubName":"other","pubsubname":"p","topic":"t","route":"/r"}]"#)
+                .unwrap();
+        assert_eq!(specs[0].pubsubname, "p");
+    }
+
+    #[test]
+    fn a_bad_item_is_skipped_with_its_reason_and_the_rest_kept() {
+        let body = br#"[{"pubsubname":"p","topic":"good","route":"/a"},
+            {"pubsubname":"p","topic":"typed","route":"/b","metadata":{"n":5}},
+            {"topic":"orphan","route":"/c"},
+            {"pubsubname":"p","topic":"nowhere"},
+            "not an object",
+            {"pubsubname":"p","topic":"nulls","route":"/d","metadata":{"k":null},"routes":null,"bulkSubscribe":null}]"#;
+        let (specs, skipped) = programmatic(body).unwrap();
+        let topics: Vec<&str> = specs.iter().map(|s| s.topic.as_str()).collect();
+        assert_eq!(topics, ["good", "nulls"]);
+        assert_eq!(
+            specs[1].metadata["k"], "",
+            "Go decodes a null map value as empty"
+        );
+        assert_eq!(skipped.len(), 4, "{skipped:?}");
+        assert!(
+            skipped[0].starts_with("item 1 (p/typed): "),
+            "{}",
+            skipped[0]
+        );
+        assert!(skipped[1].contains("no pubsubname"), "{}", skipped[1]);
+        assert!(skipped[2].contains("no route"), "{}", skipped[2]);
+        assert!(
+            skipped[3].contains("item 4 (?/?): not a JSON object"),
+            "{}",
+            skipped[3]
+        );
+        assert!(
+            programmatic(b"{\"pubsubname\":\"p\"}").is_err(),
+            "not a list"
+        );
+    }
 }

@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 use super::app::AppClient;
 use super::retry::Backoff;
-use crate::config::subscription::ProgrammaticSubscription;
+use crate::config::subscription::programmatic;
 use crate::config::SubscriptionSpec;
 use crate::state::Settings;
 
@@ -27,24 +27,17 @@ pub async fn discover(
     let mut failures = 0u32;
     loop {
         let failure = match client.get_subscriptions().await {
-            Some((200, body)) => {
-                match serde_json::from_slice::<Vec<ProgrammaticSubscription>>(&body) {
-                    Ok(items) => {
-                        return items
-                            .into_iter()
-                            .filter_map(|i| {
-                                let (p, t) = (i.pubsubname.clone(), i.topic.clone());
-                                let spec = i.into_spec();
-                                if spec.is_none() {
-                                    tracing::warn!(pubsub = %p, topic = %t, "programmatic subscription has no route; ignored");
-                                }
-                                spec
-                            })
-                            .collect()
+            Some((200, body)) => match programmatic(&body) {
+                Ok((specs, skipped)) => {
+                    for why in &skipped {
+                        tracing::warn!(
+                            "the app's /dapr/subscribe: {why}; that subscription is ignored"
+                        );
                     }
-                    Err(e) => Some(format!("the answer is not a list of subscriptions: {e}")),
+                    return specs;
                 }
-            }
+                Err(e) => Some(format!("the answer is {e}")),
+            },
             Some((404, _)) => return vec![],
             // A failing endpoint is not "no subscriptions": asked again
             // (the sidecar is not ready meanwhile, which shows).
