@@ -176,6 +176,9 @@ pub fn main() -> ExitCode {
             let opts = LoadOptions::from_env(&a.app_id, a.secrets_path);
             match config::load(&a.paths, &opts) {
                 Ok(r) => {
+                    for w in &r.warnings {
+                        eprintln!("warning: {w}");
+                    }
                     println!(
                         "ok: {} pubsub component(s), {} subscription(s), {} resiliency polic(ies)",
                         r.pubsubs.len(),
@@ -217,6 +220,9 @@ async fn run(a: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for w in &resources.warnings {
+        tracing::warn!(file = %w.file.display(), field = %w.field, "{}", w.message);
+    }
     let mut listeners = Vec::new();
     for addr in a
         .dapr_listen_addresses

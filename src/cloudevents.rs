@@ -12,7 +12,6 @@ use chrono::{SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
 use crate::telemetry::trace::TraceParent;
-use crate::util::parse_go_duration;
 
 /// A CloudEvent as a JSON object; keys serialise sorted, as Go's maps do.
 pub type Envelope = Map<String, Value>;
@@ -220,17 +219,19 @@ impl<'a> Overrides<'a> {
     }
 }
 
-/// The message TTL from publish metadata `ttlInSeconds` (alias `ttl`):
-/// integer seconds or a Go duration, greater than zero. An invalid value is
-/// ignored, as daprd ignores it.
+/// The message TTL from publish metadata, read as Dapr's `TryGetTTL`
+/// reads it: `ttl`, else `ttlInSeconds`, keys matched ignoring case;
+/// integer seconds or a Go duration. An invalid value is ignored, as daprd
+/// ignores it; zero or negative is no TTL (daprd expires such a message at
+/// once).
 pub fn ttl_from_metadata(md: &BTreeMap<String, String>) -> Option<Duration> {
-    let raw = md.get("ttlInSeconds").or_else(|| md.get("ttl"))?;
-    let ttl = match raw.trim().parse::<i64>() {
-        Ok(secs) if secs > 0 => Duration::from_secs(secs as u64),
-        Ok(_) => return None,
-        Err(_) => parse_go_duration(raw).ok()?,
+    let get = |key: &str| {
+        md.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_str())
     };
-    (!ttl.is_zero()).then_some(ttl)
+    let raw = get("ttl").or_else(|| get("ttlInSeconds"))?;
+    crate::util::parse_ttl(raw).ok()
 }
 
 /// The RFC 3339 time `ttl` from now; `None` when that is past the last

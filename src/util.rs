@@ -52,6 +52,21 @@ pub fn parse_go_duration(input: &str) -> Result<Duration, String> {
     Ok(Duration::from_nanos(total.round() as u64))
 }
 
+/// A TTL as Dapr writes one: whole seconds or a Go duration, above zero.
+pub fn parse_ttl(input: &str) -> Result<Duration, String> {
+    let ttl = match input.trim().parse::<i64>() {
+        Ok(secs) if secs > 0 => Duration::from_secs(secs as u64),
+        Ok(_) => Duration::ZERO,
+        Err(_) => parse_go_duration(input)?,
+    };
+    if ttl.is_zero() {
+        return Err(format!(
+            "must be above zero (whole seconds or a duration such as 30s), got {input:?}"
+        ));
+    }
+    Ok(ttl)
+}
+
 /// Parses a boolean the way Go's `strconv.ParseBool` does.
 pub fn parse_go_bool(s: &str) -> Option<bool> {
     match s {

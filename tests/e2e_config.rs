@@ -139,3 +139,55 @@ fn shipped_component_folders_are_valid() {
         );
     }
 }
+
+/// Issue 18: the component files of Dapr's docs, quickstarts and
+/// conformance tests load; every Dapr key Perch ignores is named once in a
+/// warning, and nothing is an error.
+#[test]
+fn daprs_own_component_files_load_with_one_warning_per_ignored_key() {
+    let out = std::process::Command::new(perch_bin())
+        .args([
+            "validate",
+            "--app-id",
+            "checkout",
+            "tests/fixtures/dapr-yaml",
+        ])
+        .env("KAFKA_SECRETS_SASLPASSWORDSECRET", "s3cret")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok: 5 pubsub component(s), 0 subscription(s), 0 resiliency polic(ies)"
+    );
+    let warned: Vec<(&str, &str)> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("warning: tests/fixtures/dapr-yaml/"))
+        .filter_map(|l| {
+            let file = l.split(' ').next()?;
+            let key = l.split("spec.metadata.").nth(1)?.split(':').next()?;
+            Some((file, key))
+        })
+        .collect();
+    assert_eq!(
+        warned.len(),
+        stderr.lines().count(),
+        "only warnings: {stderr}"
+    );
+    for (file, key) in [
+        ("kafka-conformance.yaml", "consumeRetryEnabled"),
+        ("kafka-docs.yaml", "version"),
+        ("kafka-docs.yaml", "schemaRegistryURL"),
+        ("kafka-docs.yaml", "useAvroJSON"),
+        ("rabbitmq-docs.yaml", "enableDeadLetter"),
+        ("rabbitmq-docs.yaml", "reconnectWait"),
+        ("rabbitmq-docs.yaml", "backOffMaxRetries"),
+        ("rabbitmq-quickstart.yaml", "concurrency"),
+    ] {
+        assert!(warned.contains(&(file, key)), "{file} {key}: {stderr}");
+    }
+    let mut once = warned.clone();
+    once.dedup();
+    assert_eq!(once.len(), warned.len(), "each key once per document");
+}

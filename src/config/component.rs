@@ -126,20 +126,24 @@ pub fn read(ctx: &mut DocCtx<'_>, name: &str, doc: &Mapping, opts: &LoadOptions)
         tracing::warn!(component = name, r#type = %type_name, "skipping component: Perch serves pub/sub only");
         return None;
     }
-    match ctx.string(spec, "spec", "version").as_deref() {
-        Some("v1") => {}
+    // Dapr's IsInitialVersion: empty, v0 and v1 are the first version.
+    match ctx
+        .string(spec, "spec", "version")
+        .map(|v| v.to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("" | "v0" | "v1") => {}
         Some(v) => ctx.problem("spec.version", format!("unsupported version {v:?}; use v1")),
-        None => ctx.problem("spec.version", "missing required field (use v1)"),
     }
     let kafka_keys: Vec<&str> = kafka::KEYS
         .iter()
         .copied()
-        .chain(kafka::UNSUPPORTED.iter().map(|(k, _)| *k))
+        .chain(kafka::DAPR_ONLY.iter().map(|(k, _)| *k))
         .collect();
     let rabbit_keys: Vec<&str> = rabbitmq::KEYS
         .iter()
         .copied()
-        .chain(rabbitmq::UNSUPPORTED.iter().map(|(k, _)| *k))
+        .chain(rabbitmq::DAPR_ONLY.iter().map(|(k, _)| *k))
         .collect();
     let (own_keys, passthrough): (&[&str], Option<&str>) = match type_name.as_str() {
         "pubsub.in-memory" => (&["maxMessages"], None),
@@ -243,7 +247,7 @@ pub fn read(ctx: &mut DocCtx<'_>, name: &str, doc: &Mapping, opts: &LoadOptions)
     let uses_namespace = matches!(spec.get("metadata"), Some(Value::Sequence(items))
         if items.iter().any(|i| i.get("value").and_then(Value::as_str).is_some_and(|v| v.contains("{namespace}"))));
     let topic_prefix = if uses_namespace {
-        opts.namespace.clone().unwrap_or_default()
+        opts.template_namespace().to_owned()
     } else {
         String::new()
     };
@@ -292,10 +296,14 @@ fn read_metadata(
         };
         let passed = passthrough.is_some_and(|p| key.starts_with(p) && key.len() > p.len());
         if !passed && !valid.iter().any(|k| k.eq_ignore_ascii_case(&key)) {
+            let hint = match crate::report::meta::did_you_mean(&key, &valid) {
+                Some(k) => format!("did you mean {k:?}? "),
+                None => String::new(),
+            };
             ctx.problem(
                 format!("{path}.name"),
                 format!(
-                    "unknown metadata key {key:?}; valid keys are: {}",
+                    "unknown metadata key {key:?} (not a Dapr or Perch key); {hint}valid keys are: {}",
                     valid.join(", ")
                 ),
             );
@@ -321,12 +329,23 @@ mod tests {
     use crate::report::DocCtx;
 
     fn load(yaml: &str, ns: Option<&str>) -> (Option<PubsubComponent>, Vec<String>) {
+        let (c, problems, _) = load_warned(yaml, ns);
+        (c, problems)
+    }
+
+    /// Like `load`, with the warnings too.
+    fn load_warned(
+        yaml: &str,
+        ns: Option<&str>,
+    ) -> (Option<PubsubComponent>, Vec<String>, Vec<String>) {
         let doc: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
         let mut problems = vec![];
+        let mut warnings = vec![];
         let mut ctx = DocCtx {
             file: std::path::Path::new("c.yaml"),
             doc: 1,
             problems: &mut problems,
+            warnings: &mut warnings,
         };
         let opts = LoadOptions {
             app_id: "app".into(),
@@ -338,13 +357,12 @@ mod tests {
             Some(Loaded::Pubsub(p)) => Some(*p),
             _ => None,
         };
-        (
-            c,
-            problems
-                .iter()
+        let text = |ps: &[crate::report::Problem]| -> Vec<String> {
+            ps.iter()
                 .map(|p| format!("{}: {}", p.field, p.message))
-                .collect(),
-        )
+                .collect()
+        };
+        (c, text(&problems), text(&warnings))
     }
 
     #[test]
@@ -423,29 +441,122 @@ mod tests {
             None,
         );
         assert!(c.is_none());
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(
+            problems.len(),
+            2,
+            "caCert without amqps, autoAck: {problems:?}"
+        );
     }
 
+    /// Issue 18: Dapr's keys load (ignored ones with one warning each), an
+    /// ask Perch cannot honour is an error saying what, and a key that is
+    /// no Dapr key stays an error, with a suggestion.
     #[test]
-    fn kafka_reports_unsupported_dapr_keys_and_bad_values() {
+    fn kafka_dapr_keys_load_with_warnings_and_only_real_asks_fail() {
+        let (c, problems, warnings) = load_warned(
+            "spec: {type: pubsub.kafka, version: '', metadata: [{name: brokers, value: 'a:9092'},
+             {name: consumeRetryEnabled, value: 'false'}, {name: version, value: 2.0.0.0},
+             {name: authRequired, value: 'false'}, {name: useAvroJSON, value: 'true'},
+             {name: initialOffset, value: Oldest}, {name: backOffMaxRetries, value: '3'}]}",
+            None,
+        );
+        let c = c.unwrap_or_else(|| panic!("{problems:?}"));
+        assert_eq!(warnings.len(), 4, "{warnings:?}");
+        assert!(warnings
+            .iter()
+            .any(|w| w.starts_with("spec.metadata.consumeRetryEnabled")
+                && w.contains("ignored by Perch: the sidecar owns retries")));
+        let PubsubKind::Kafka(k) = c.kind else {
+            panic!("not kafka")
+        };
+        assert_eq!(
+            k.initial_offset,
+            kafka::InitialOffset::Oldest,
+            "case-insensitive"
+        );
+        assert_eq!(
+            k.common["security.protocol"], "plaintext",
+            "authRequired false = none"
+        );
+
         let (c, problems) = kafka(
-            "{name: brokers, value: 'a:9092'}, {name: consumeRetryEnabled, value: 'true'},
-             {name: authType, value: oidc}, {name: compresion, value: gzip}",
+            "{name: brokers, value: 'a:9092'}, {name: authType, value: oidc},
+             {name: compresion, value: gzip}",
         );
         assert!(c.is_none());
-        assert!(problems.iter().any(|p| p.contains("consumeRetryEnabled")
-            && p.contains("not supported by Perch: the sidecar owns retries")));
+        assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems
             .iter()
             .any(|p| p.starts_with("spec.metadata.authType") && p.contains("oidc")));
         assert!(problems
             .iter()
-            .any(|p| p.contains("unknown metadata key \"compresion\"")));
+            .any(|p| p.contains("unknown metadata key \"compresion\"")
+                && p.contains("did you mean \"compression\"?")));
         let (c, problems) = kafka("{name: initialOffset, value: oldest}");
         assert!(c.is_none());
         assert!(problems
             .iter()
             .any(|p| p.starts_with("spec.metadata.brokers: required")));
+    }
+
+    /// Dapr's legacy `authRequired` becomes password auth with a password,
+    /// else mTLS (Dapr's upgradeMetadata).
+    #[test]
+    fn kafka_auth_required_maps_as_dapr_maps_it() {
+        let (c, problems) = kafka(
+            "{name: brokers, value: 'a:9092'}, {name: authRequired, value: 'true'},
+             {name: saslUsername, value: u}, {name: saslPassword, value: p}",
+        );
+        let c = c.unwrap_or_else(|| panic!("{problems:?}"));
+        let PubsubKind::Kafka(k) = c.kind else {
+            panic!("not kafka")
+        };
+        assert_eq!(k.common["security.protocol"], "sasl_ssl");
+        let (_, problems) =
+            kafka("{name: brokers, value: 'a:9092'}, {name: authRequired, value: 'true'}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("clientCert: required with authType mtls")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn rabbitmq_dapr_keys_off_load_on_fail_and_ttl_reads_durations() {
+        let (c, problems, warnings) = load_warned(
+            "spec: {type: pubsub.rabbitmq, metadata: [{name: host, value: 'amqp://h'},
+             {name: enableDeadLetter, value: 'true'}, {name: saslExternal, value: 'false'},
+             {name: reconnectWait, value: '0'}, {name: concurrency, value: parallel},
+             {name: ttlInSeconds, value: 10s}]}",
+            None,
+        );
+        let c = c.unwrap_or_else(|| panic!("{problems:?}"));
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        let PubsubKind::Rabbit(r) = c.kind else {
+            panic!("not rabbitmq")
+        };
+        assert_eq!(r.ttl, Some(std::time::Duration::from_secs(10)));
+        let (c, problems) = load(
+            "spec: {type: pubsub.rabbitmq, version: v1, metadata: [{name: host, value: 'amqp://h'},
+             {name: saslExternal, value: 'true'}, {name: deleteWhenUnused, value: 'false'}]}",
+            None,
+        );
+        assert!(c.is_none());
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems.iter().any(
+                |p| p.starts_with("spec.metadata.saslExternal: \"true\" asks for")
+                    && p.contains("SASL EXTERNAL is not supported")
+            ),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("did you mean \"deletedWhenUnused\"?")),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -25,11 +25,15 @@ pub struct Resources {
     pub resiliency: Vec<super::resiliency::Resiliency>,
     /// Store components (`store.*`).
     pub stores: Vec<crate::store::config::StoreComponent>,
+    /// What was accepted with a warning (Dapr keys Perch ignores): logged
+    /// once at start-up.
+    pub warnings: Vec<Problem>,
 }
 
 /// Loads and validates every resource under `paths`.
 pub fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<Resources, ConfigReport> {
     let mut problems = Vec::new();
+    let mut warnings = Vec::new();
     let mut res = Resources::default();
     let mut pending_subs: Vec<(PathBuf, usize, SubscriptionSpec)> = Vec::new();
     let mut store_refs: Vec<(PathBuf, usize, &str, String)> = Vec::new();
@@ -64,6 +68,7 @@ pub fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<Resources, ConfigRe
                 file: &file,
                 doc: doc_no,
                 problems: &mut problems,
+                warnings: &mut warnings,
             };
             let Some(head) = Header::read(&mut ctx, &value) else {
                 continue;
@@ -180,6 +185,7 @@ pub fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<Resources, ConfigRe
     // Stable: document order within a file is kept.
     problems.sort_by(|a, b| (&a.file, a.doc).cmp(&(&b.file, b.doc)));
     if problems.is_empty() {
+        res.warnings = warnings;
         Ok(res)
     } else {
         Err(ConfigReport { problems })

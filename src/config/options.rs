@@ -18,6 +18,12 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
+    /// The namespace `{namespace}` stands for: `NAMESPACE`, else
+    /// `default` (daprd's `CurrentNamespace` outside Kubernetes).
+    pub fn template_namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("default")
+    }
+
     /// Options for `app_id`, reading `NAMESPACE` and `POD_NAME` from the environment.
     pub fn from_env(app_id: &str, secrets_path: Option<PathBuf>) -> Self {
         Self {

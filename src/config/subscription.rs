@@ -243,6 +243,7 @@ impl ProgrammaticSubscription {
         if rules.is_empty() {
             return Err("no route (route, routes.default or routes.rules)".into());
         }
+        check_metadata(&self.metadata)?;
         Ok(SubscriptionSpec {
             name: String::new(),
             pubsubname: self.pubsubname,
@@ -254,6 +255,19 @@ impl ProgrammaticSubscription {
             source: SubscriptionSource::Programmatic,
         })
     }
+}
+
+/// Subscription metadata asking for what Perch does not do: Kafka's
+/// `valueSchemaType: Avro` (daprd decodes Avro through the schema
+/// registry; Perch would hand the app raw Avro bytes).
+fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), String> {
+    let avro = metadata.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("valueSchemaType") && v.trim().eq_ignore_ascii_case("avro")
+    });
+    if avro {
+        return Err("valueSchemaType Avro: Perch does not decode Avro through a schema registry (JSON and None are fine)".into());
+    }
+    Ok(())
 }
 
 fn build_rules(mut rules: Vec<Route>, default: String) -> Vec<Route> {
@@ -377,6 +391,9 @@ pub fn read(ctx: &mut DocCtx<'_>, name: &str, doc: &Mapping, v2: bool) -> Option
                 None => ctx.problem(format!("spec.metadata.{key}"), "must be a string"),
             }
         }
+    }
+    if let Err(e) = check_metadata(&metadata) {
+        ctx.problem("spec.metadata.valueSchemaType", e);
     }
     if ctx.problems.len() != before {
         return None;

@@ -100,13 +100,8 @@ fn template(ctx: &mut DocCtx<'_>, path: &str, raw: &str, opts: &LoadOptions) -> 
         }
     }
     if out.contains("{namespace}") {
-        match &opts.namespace {
-            Some(ns) => out = out.replace("{namespace}", &format!("{ns}.{}", opts.app_id)),
-            None => {
-                ctx.problem(path, "uses {namespace} but NAMESPACE is not set");
-                return None;
-            }
-        }
+        let ns = opts.template_namespace();
+        out = out.replace("{namespace}", &format!("{ns}.{}", opts.app_id));
     }
     Some(out)
 }

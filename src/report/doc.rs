@@ -15,12 +15,24 @@ pub struct DocCtx<'a> {
     pub doc: usize,
     /// Collected problems.
     pub problems: &'a mut Vec<Problem>,
+    /// Collected warnings: accepted, logged once at start-up.
+    pub warnings: &'a mut Vec<Problem>,
 }
 
 impl DocCtx<'_> {
     /// Records a problem at `field`.
     pub fn problem(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem {
+            file: self.file.to_path_buf(),
+            doc: Some(self.doc),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Records a warning at `field`: accepted, and logged at start-up.
+    pub fn warn(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(Problem {
             file: self.file.to_path_buf(),
             doc: Some(self.doc),
             field: field.into(),

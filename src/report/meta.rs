@@ -19,21 +19,77 @@ pub fn field(key: &str) -> String {
     format!("spec.metadata.{key}")
 }
 
-/// Reports each key of `unsupported` that is set, with its reason.
-pub fn reject_unsupported(
+/// How Perch treats a Dapr metadata key it does not implement (issue 18:
+/// Dapr's documented YAML loads).
+#[derive(Debug, Clone, Copy)]
+pub enum DaprKey {
+    /// Accepted whatever its value, with one warning at start-up saying
+    /// what Perch does instead.
+    Ignored(&'static str),
+    /// Accepted without a word when off (`false`, `0` or empty: Dapr's
+    /// default); on, it asks for something Perch does not do, which is an
+    /// error giving this reason.
+    OffOnly(&'static str),
+}
+
+/// Applies `table` to the keys set in `metadata`: warnings for ignored
+/// keys, problems for features asked for that Perch does not have.
+pub fn dapr_keys(
     ctx: &mut DocCtx<'_>,
     metadata: &BTreeMap<String, String>,
-    unsupported: &[(&str, &str)],
+    table: &[(&str, DaprKey)],
     broker: &str,
 ) {
-    for (key, why) in unsupported {
-        if lookup(metadata, key).is_some() {
-            ctx.problem(
+    for (key, how) in table {
+        let Some(v) = lookup(metadata, key) else {
+            continue;
+        };
+        match how {
+            DaprKey::Ignored(instead) => ctx.warn(
                 field(key),
-                format!("Dapr's {broker} key {key} is not supported by Perch: {why}"),
-            );
+                format!("Dapr's {broker} key {key} is ignored by Perch: {instead}"),
+            ),
+            DaprKey::OffOnly(why) => {
+                let off = v.is_empty() || v == "0" || parse_go_bool(&v) == Some(false);
+                if !off {
+                    ctx.problem(
+                        field(key),
+                        format!("{v:?} asks for something Perch does not do: {why}"),
+                    );
+                }
+            }
         }
     }
+}
+
+/// The valid key closest to `key` (edit distance at most a third of its
+/// length, and at least 1 off), for "did you mean" in unknown-key errors.
+pub fn did_you_mean<'k>(key: &str, valid: &[&'k str]) -> Option<&'k str> {
+    let key = key.to_ascii_lowercase();
+    valid
+        .iter()
+        .map(|v| (edit_distance(&key, &v.to_ascii_lowercase()), *v))
+        .filter(|(d, _)| *d <= (key.len() / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, v)| v)
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diag + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 /// A boolean key (Go's spellings), `default` when unset.
@@ -49,5 +105,32 @@ pub fn flag(
             ctx.problem(field(key), format!("must be true or false, got {v:?}"));
             default
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions_name_the_key_a_typo_meant() {
+        let valid = [
+            "deletedWhenUnused",
+            "durable",
+            "reconnectWaitSeconds",
+            "maxLen",
+        ];
+        assert_eq!(
+            did_you_mean("deleteWhenUnused", &valid),
+            Some("deletedWhenUnused")
+        );
+        assert_eq!(did_you_mean("DURABEL", &valid), Some("durable"));
+        assert_eq!(
+            did_you_mean("reconectWaitSeconds", &valid),
+            Some("reconnectWaitSeconds")
+        );
+        assert_eq!(did_you_mean("somethingElse", &valid), None);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 }

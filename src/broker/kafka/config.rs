@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::report::meta::{field, flag, lookup, reject_unsupported};
+use crate::report::meta::{dapr_keys, field, flag, lookup, DaprKey, DaprKey::Ignored};
 use crate::report::DocCtx;
 use crate::util::parse_go_duration;
 
@@ -41,107 +41,79 @@ pub const KEYS: &[&str] = &[
     "topicPartitions",
     "topicReplicationFactor",
     "publishTimeout",
+    "authRequired",
 ];
 
-/// Dapr keys Perch recognises but does not support; each is an error.
-pub const UNSUPPORTED: &[(&str, &str)] = &[
-    ("authRequired", "use authType"),
-    ("version", "librdkafka negotiates the protocol version"),
-    ("channelBufferSize", "the in-flight window is maxInFlight"),
-    ("consumerFetchMin", "use rdkafka.fetch.min.bytes"),
-    ("consumerFetchDefault", "use rdkafka.fetch.max.bytes"),
+const RETRIES: &str = "the sidecar owns retries: the Resiliency policy's inbound retry (default 5 retries), then the dead-letter topic";
+const OIDC: &str = "used only with authType oidc, which Perch does not support";
+const AWS: &str = "used only with authType awsiam, which Perch does not support";
+const AVRO: &str =
+    "Perch does not decode Avro (a subscription with valueSchemaType Avro is refused)";
+
+/// Dapr's `pubsub.kafka` keys Perch does not implement, and what it does
+/// with each (`authRequired` is mapped onto `authType` as Dapr does).
+pub const DAPR_ONLY: &[(&str, DaprKey)] = &[
+    (
+        "version",
+        Ignored("librdkafka negotiates the protocol version with the broker"),
+    ),
+    (
+        "channelBufferSize",
+        Ignored("the in-flight window is maxInFlight"),
+    ),
+    ("consumerFetchMin", Ignored("set rdkafka.fetch.min.bytes")),
+    (
+        "consumerFetchDefault",
+        Ignored("set rdkafka.fetch.max.bytes"),
+    ),
     (
         "clientConnectionKeepAliveInterval",
-        "use rdkafka.socket.keepalive.enable",
+        Ignored("set rdkafka.socket.keepalive.enable"),
     ),
-    ("readTimeout", "use rdkafka.socket.timeout.ms"),
-    ("writeTimeout", "use rdkafka.socket.timeout.ms"),
-    ("metadataTimeout", "use rdkafka.metadata.max.age.ms"),
+    ("readTimeout", Ignored("set rdkafka.socket.timeout.ms")),
+    ("writeTimeout", Ignored("set rdkafka.socket.timeout.ms")),
     (
-        "consumeRetryEnabled",
-        "the sidecar owns retries: use a Resiliency policy",
+        "metadataTimeout",
+        Ignored("set rdkafka.metadata.max.age.ms"),
     ),
-    (
-        "consumeRetryInterval",
-        "the sidecar owns retries: use a Resiliency policy",
-    ),
-    (
-        "backOffPolicy",
-        "the sidecar owns retries: use a Resiliency policy",
-    ),
-    (
-        "backOffDuration",
-        "the sidecar owns retries: use a Resiliency policy",
-    ),
-    (
-        "backOffMaxRetries",
-        "the sidecar owns retries: use a Resiliency policy",
-    ),
-    (
-        "backOffInitialInterval",
-        "the sidecar owns retries: use a Resiliency policy",
-    ),
-    (
-        "backOffMaxInterval",
-        "the sidecar owns retries: use a Resiliency policy",
-    ),
-    (
-        "backOffMultiplier",
-        "the sidecar owns retries: use a Resiliency policy",
-    ),
-    (
-        "backOffRandomizationFactor",
-        "the sidecar owns retries: use a Resiliency policy",
-    ),
-    (
-        "backOffMaxElapsedTime",
-        "the sidecar owns retries: use a Resiliency policy",
-    ),
-    ("oidcTokenEndpoint", "OIDC is not supported yet"),
-    ("oidcClientID", "OIDC is not supported yet"),
-    ("oidcClientSecret", "OIDC is not supported yet"),
-    ("oidcScopes", "OIDC is not supported yet"),
-    ("oidcExtensions", "OIDC is not supported yet"),
-    ("oidcClientAssertionCert", "OIDC is not supported yet"),
-    ("oidcClientAssertionKey", "OIDC is not supported yet"),
-    ("oidcResource", "OIDC is not supported yet"),
-    ("oidcAudience", "OIDC is not supported yet"),
-    ("oidcKid", "OIDC is not supported yet"),
-    ("awsRegion", "AWS IAM is not supported yet"),
-    ("awsAccessKey", "AWS IAM is not supported yet"),
-    ("accessKey", "AWS IAM is not supported yet"),
-    ("awsSecretKey", "AWS IAM is not supported yet"),
-    ("secretKey", "AWS IAM is not supported yet"),
-    ("awsSessionToken", "AWS IAM is not supported yet"),
-    ("sessionToken", "AWS IAM is not supported yet"),
-    ("awsIamRoleArn", "AWS IAM is not supported yet"),
-    ("assumeRoleArn", "AWS IAM is not supported yet"),
-    ("awsStsSessionName", "AWS IAM is not supported yet"),
-    ("sessionName", "AWS IAM is not supported yet"),
-    (
-        "schemaRegistryURL",
-        "Avro and the schema registry are not supported yet",
-    ),
-    (
-        "schemaRegistryAPIKey",
-        "Avro and the schema registry are not supported yet",
-    ),
-    (
-        "schemaRegistryAPISecret",
-        "Avro and the schema registry are not supported yet",
-    ),
-    (
-        "schemaCachingEnabled",
-        "Avro and the schema registry are not supported yet",
-    ),
-    (
-        "schemaLatestVersionCacheTTL",
-        "Avro and the schema registry are not supported yet",
-    ),
-    (
-        "useAvroJSON",
-        "Avro and the schema registry are not supported yet",
-    ),
+    ("consumeRetryEnabled", Ignored(RETRIES)),
+    ("consumeRetryInterval", Ignored(RETRIES)),
+    ("backOffPolicy", Ignored(RETRIES)),
+    ("backOffDuration", Ignored(RETRIES)),
+    ("backOffMaxRetries", Ignored(RETRIES)),
+    ("backOffInitialInterval", Ignored(RETRIES)),
+    ("backOffMaxInterval", Ignored(RETRIES)),
+    ("backOffMultiplier", Ignored(RETRIES)),
+    ("backOffRandomizationFactor", Ignored(RETRIES)),
+    ("backOffMaxElapsedTime", Ignored(RETRIES)),
+    ("oidcTokenEndpoint", Ignored(OIDC)),
+    ("oidcClientID", Ignored(OIDC)),
+    ("oidcClientSecret", Ignored(OIDC)),
+    ("oidcScopes", Ignored(OIDC)),
+    ("oidcExtensions", Ignored(OIDC)),
+    ("oidcClientAssertionCert", Ignored(OIDC)),
+    ("oidcClientAssertionKey", Ignored(OIDC)),
+    ("oidcResource", Ignored(OIDC)),
+    ("oidcAudience", Ignored(OIDC)),
+    ("oidcKid", Ignored(OIDC)),
+    ("awsRegion", Ignored(AWS)),
+    ("region", Ignored(AWS)),
+    ("awsAccessKey", Ignored(AWS)),
+    ("accessKey", Ignored(AWS)),
+    ("awsSecretKey", Ignored(AWS)),
+    ("secretKey", Ignored(AWS)),
+    ("awsSessionToken", Ignored(AWS)),
+    ("sessionToken", Ignored(AWS)),
+    ("awsIamRoleArn", Ignored(AWS)),
+    ("assumeRoleArn", Ignored(AWS)),
+    ("awsStsSessionName", Ignored(AWS)),
+    ("sessionName", Ignored(AWS)),
+    ("schemaRegistryURL", Ignored(AVRO)),
+    ("schemaRegistryAPIKey", Ignored(AVRO)),
+    ("schemaRegistryAPISecret", Ignored(AVRO)),
+    ("schemaCachingEnabled", Ignored(AVRO)),
+    ("schemaLatestVersionCacheTTL", Ignored(AVRO)),
+    ("useAvroJSON", Ignored(AVRO)),
 ];
 
 /// Prefix of raw librdkafka properties.
@@ -191,7 +163,7 @@ pub struct KafkaConfig {
 pub fn read(ctx: &mut DocCtx<'_>, metadata: &BTreeMap<String, String>) -> Option<KafkaConfig> {
     let before = ctx.problems.len();
     let get = |k: &str| lookup(metadata, k);
-    reject_unsupported(ctx, metadata, UNSUPPORTED, "Kafka");
+    dapr_keys(ctx, metadata, DAPR_ONLY, "Kafka");
     let mut common = BTreeMap::new();
     let mut producer = BTreeMap::new();
     let mut consumer: BTreeMap<String, String> = BTreeMap::new();
@@ -221,7 +193,27 @@ pub fn read(ctx: &mut DocCtx<'_>, metadata: &BTreeMap<String, String>) -> Option
             "clientCert and clientKey go together: set both or neither",
         );
     }
-    let auth = get("authType").unwrap_or_else(|| "none".into());
+    let auth = match (
+        get("authType").filter(|a| !a.is_empty()),
+        get("authRequired"),
+    ) {
+        (Some(a), _) => a,
+        // Dapr's upgrade of the legacy key: required means password auth
+        // when a password is set, else mTLS.
+        (None, Some(r)) if !r.is_empty() => match crate::util::parse_go_bool(&r) {
+            Some(true) if get("saslPassword").is_some_and(|p| !p.is_empty()) => "password".into(),
+            Some(true) => "mtls".into(),
+            Some(false) => "none".into(),
+            None => {
+                ctx.problem(
+                    field("authRequired"),
+                    format!("must be true or false, got {r:?}"),
+                );
+                "none".into()
+            }
+        },
+        (None, _) => "none".into(),
+    };
     let protocol = match auth.as_str() {
         "none" if ca.is_some() && !disable_tls => "ssl",
         "none" => "plaintext",
@@ -285,7 +277,11 @@ pub fn read(ctx: &mut DocCtx<'_>, metadata: &BTreeMap<String, String>) -> Option
             common.insert("enable.ssl.certificate.verification".into(), "false".into());
         }
     }
-    let initial_offset = match get("initialOffset").as_deref() {
+    // Case-insensitive, as Dapr's.
+    let initial_offset = match get("initialOffset")
+        .map(|o| o.to_ascii_lowercase())
+        .as_deref()
+    {
         None | Some("newest") => InitialOffset::Newest,
         Some("oldest") => InitialOffset::Oldest,
         Some(other) => {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::report::meta::{field, flag, lookup, reject_unsupported};
+use crate::report::meta::{dapr_keys, field, flag, lookup, DaprKey, DaprKey::*};
 use crate::report::DocCtx;
 use crate::util::parse_go_duration;
 
@@ -29,6 +29,7 @@ pub const KEYS: &[&str] = &[
     "maxLen",
     "maxLenBytes",
     "ttlInSeconds",
+    "ttl",
     "exchangeKind",
     "reconnectWaitSeconds",
     "clientName",
@@ -39,16 +40,29 @@ pub const KEYS: &[&str] = &[
     "clientKey",
 ];
 
-/// Dapr keys Perch recognises but does not support; each is an error.
-pub const UNSUPPORTED: &[(&str, &str)] = &[
+const RETRIES: &str = "the sidecar owns retries: the Resiliency policy's inbound retry (default 5 retries), then the dead-letter topic";
+
+/// Dapr's `pubsub.rabbitmq` keys Perch does not implement, and what it
+/// does with each.
+pub const DAPR_ONLY: &[(&str, DaprKey)] = &[
     (
         "enableDeadLetter",
-        "Perch dead-letters to the subscription's deadLetterTopic (default {topic}.dlq), which can be subscribed",
+        Ignored("Perch dead-letters every message it gives up on, to the subscription's deadLetterTopic (default {topic}.dlq, a topic that can be subscribed and replayed), not to RabbitMQ's dlx-/dlq- objects"),
     ),
     (
         "saslExternal",
-        "SASL EXTERNAL is not supported yet; use username and password over TLS",
+        OffOnly("SASL EXTERNAL is not supported yet; use username and password over TLS"),
     ),
+    ("reconnectWait", Ignored("daprd ignores it too; Perch reads reconnectWaitSeconds")),
+    ("concurrency", Ignored("daprd reads concurrencyMode, and so does Perch")),
+    ("backOffPolicy", Ignored(RETRIES)),
+    ("backOffDuration", Ignored(RETRIES)),
+    ("backOffMaxRetries", Ignored(RETRIES)),
+    ("backOffInitialInterval", Ignored(RETRIES)),
+    ("backOffMaxInterval", Ignored(RETRIES)),
+    ("backOffMultiplier", Ignored(RETRIES)),
+    ("backOffRandomizationFactor", Ignored(RETRIES)),
+    ("backOffMaxElapsedTime", Ignored(RETRIES)),
 ];
 
 /// TLS settings (PEM text).
@@ -104,7 +118,7 @@ pub struct RabbitConfig {
 pub fn read(ctx: &mut DocCtx<'_>, metadata: &BTreeMap<String, String>) -> Option<RabbitConfig> {
     let before = ctx.problems.len();
     let get = |k: &str| lookup(metadata, k);
-    reject_unsupported(ctx, metadata, UNSUPPORTED, "RabbitMQ");
+    dapr_keys(ctx, metadata, DAPR_ONLY, "RabbitMQ");
     let parts = ["protocol", "hostname", "username", "password"];
     let uri = match get("connectionString").or_else(|| get("host")) {
         Some(uri) => {
@@ -187,8 +201,18 @@ pub fn read(ctx: &mut DocCtx<'_>, metadata: &BTreeMap<String, String>) -> Option
         .map(|n| n as u16);
     let max_len = number(ctx, "maxLen", 1, i64::MAX);
     let max_len_bytes = number(ctx, "maxLenBytes", 1, i64::MAX);
-    let ttl =
-        number(ctx, "ttlInSeconds", 1, i64::from(u32::MAX)).map(|s| Duration::from_secs(s as u64));
+    // Dapr's TryGetTTL: `ttl` before `ttlInSeconds`, each a Go duration or
+    // whole seconds.
+    let ttl = ["ttl", "ttlInSeconds"].iter().find_map(|k| {
+        let v = get(k)?;
+        match crate::util::parse_ttl(&v) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                ctx.problem(field(k), e);
+                None
+            }
+        }
+    });
     let reconnect_wait = number(ctx, "reconnectWaitSeconds", 0, 3600)
         .map(|s| Duration::from_secs(s as u64))
         .unwrap_or(Duration::from_millis(500))

@@ -2,8 +2,6 @@
 //! declared once per channel, metadata mapped onto AMQP properties and
 //! headers, and publisher confirms awaited (a negative confirm is an error).
 
-use std::time::Duration;
-
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, ExchangeKind};
@@ -134,11 +132,7 @@ impl Inner {
             .with_headers(headers);
         // A dead letter never expires: the component's `ttlInSeconds` is
         // for what is published, not for what is kept for inspection.
-        let ttl = md
-            .get("ttlInSeconds")
-            .or_else(|| md.get("ttl"))
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_secs)
+        let ttl = crate::cloudevents::ttl_from_metadata(md)
             .or(self.cfg.ttl)
             .filter(|_| !md.contains_key(DEAD_LETTER_FROM));
         if let Some(ttl) = ttl {
