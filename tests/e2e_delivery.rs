@@ -70,6 +70,10 @@ async fn not_ready_until_the_app_answers_but_outbound_is() -> TestResult {
     assert_eq!(status, 500);
     let v: serde_json::Value = serde_json::from_slice(&body)?;
     assert_eq!(v["errorCode"], "ERR_HEALTH_NOT_READY");
+    // daprd checks readiness before the app id.
+    let (_, _, body) = request("GET", &url("/v1.0/healthz?appid=other"), &[], "").await?;
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    assert_eq!(v["errorCode"], "ERR_HEALTH_NOT_READY", "{v}");
     // Publishing works before the app is up.
     let (s, _, _) = request("POST", &url("/v1.0/publish/pubsub/t"), &[], "x").await?;
     assert_eq!(s, 204);

@@ -327,6 +327,10 @@ async fn api_token_guards_everything_but_health() -> TestResult {
 async fn metadata_lists_components_and_both_kinds_of_subscription() -> TestResult {
     let dir = resources(&[
         ("pubsub.yaml", PUBSUB),
+        (
+            "store.yaml",
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: inbox}\nspec: {type: store.in-memory, version: v1}\n",
+        ),
         ("a.yaml", &subscription("decl", "declared", "/declared")),
         ("b.yaml", &subscription("replaced", "both", "/from-yaml")),
     ]);
@@ -339,7 +343,11 @@ async fn metadata_lists_components_and_both_kinds_of_subscription() -> TestResul
     assert_eq!(v["id"], "test-app");
     assert_eq!(
         v["components"],
-        json!([{"name": "pubsub", "type": "pubsub.in-memory", "version": "v1", "capabilities": []}])
+        json!([
+            {"name": "pubsub", "type": "pubsub.in-memory", "version": "v1", "capabilities": [], "healthy": true},
+            {"name": "inbox", "type": "store.in-memory", "version": "v1", "capabilities": [], "healthy": true},
+        ]),
+        "every component, stores too, with its health"
     );
     let subs = v["subscriptions"].as_array().unwrap();
     assert_eq!(subs.len(), 2, "{subs:?}");

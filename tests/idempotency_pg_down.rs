@@ -1,6 +1,6 @@
 //! PostgreSQL stopped under load (`pg_ctlcluster ... stop` / `start`) with
 //! the inbox on: deliveries pause (nothing acked, nothing delivered without
-//! a claim), `/v1.0/healthz/outbound` reports it, and when Postgres returns
+//! a claim), `/v1.0/metadata` reports it, and when Postgres returns
 //! delivery resumes by itself: nothing lost, nothing duplicated. In its own
 //! test binary: it stops the server other tests use.
 
@@ -89,15 +89,10 @@ async fn run(backend: Backend) -> TestResult {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut reported = false;
-    for _ in 0..30 {
-        if sc.call("GET", "/v1.0/healthz/outbound", &[], "").await?.0 == 500 {
-            reported = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(reported, "/v1.0/healthz/outbound reports the store outage");
+    assert!(
+        sc.wait_component("inbox", false, 6).await,
+        "/v1.0/metadata reports the store outage"
+    );
     let during = seen.lock().unwrap().len();
     assert!(during < 60, "deliveries paused while the store was down");
     assert!(pg_ctl("start"), "pg_ctlcluster start");

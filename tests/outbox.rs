@@ -97,17 +97,8 @@ async fn publish_json(sc: &Sidecar, topic: &str, body: &serde_json::Value) -> (u
 
 /// Waits until the sidecar reports the broker down.
 async fn wait_outage(sc: &Sidecar) {
-    for _ in 0..50 {
-        if sc
-            .call("GET", "/v1.0/healthz/outbound", &[], "")
-            .await
-            .unwrap()
-            .0
-            == 500
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if sc.wait_component("pubsub", false, 5).await {
+        return;
     }
     panic!("the outage is not seen");
 }
@@ -153,15 +144,10 @@ async fn publishes_during_a_broker_outage_are_kept_and_delivered_in_order() -> T
     assert_eq!(app.next(20).await?.json()["data"]["seq"], 0);
 
     proxy.cut();
-    let mut down = false;
-    for _ in 0..50 {
-        if sc.call("GET", "/v1.0/healthz/outbound", &[], "").await?.0 == 500 {
-            down = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(down, "the outage is seen");
+    assert!(
+        sc.wait_component("pubsub", false, 5).await,
+        "the outage is seen"
+    );
     for seq in 1..=20 {
         assert_eq!(publish(seq).await, 204, "kept in the outbox, answered 204");
     }

@@ -181,8 +181,8 @@ async fn mutual_tls_with_the_configured_ca_and_client_certificate() -> TestResul
     let mut app = TestApp::ok(None).await;
     let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
     assert_eq!(
-        sc.call("GET", "/v1.0/healthz/outbound", &[], "").await?.0,
-        204,
+        sc.component_healthy("pubsub").await,
+        Some(true),
         "connected over TLS"
     );
     assert_eq!(
@@ -213,8 +213,8 @@ async fn an_unknown_server_certificate_or_missing_client_certificate_does_not_co
         let sc = Sidecar::start(dir.path(), None, &[], &[]).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(
-            sc.call("GET", "/v1.0/healthz/outbound", &[], "").await?.0,
-            500,
+            sc.component_healthy("pubsub").await,
+            Some(false),
             "no connection with {:?}",
             pems.iter().map(|(k, _)| *k).collect::<Vec<_>>()
         );

@@ -11,10 +11,42 @@ use crate::config::SubscriptionSource;
 use crate::errors::ApiError;
 use crate::util::format_duration;
 
-/// `GET /v1.0/healthz`: 204 once components are loaded and the app's
-/// subscriptions are running (or there is no app); 500 again if a
-/// subscription's consume loop died.
+/// `GET /v1.0/healthz`, as daprd: readiness first (components loaded and
+/// the app's subscriptions running, or no app; 500 again if a
+/// subscription's consume loop died), then the `appid` check. A broker or
+/// store that is down does not make the sidecar unready (daprd's rule:
+/// the kubelet would otherwise restart or unroute a pod that can still
+/// keep publishes in the outbox); it is listed in the details of an
+/// unready answer, in `/v1.0/metadata` and in `perch_broker_connected` /
+/// `perch_store_connected`, and logged when it changes.
 pub fn healthz(req: &Request<Incoming>, api: &ApiState) -> Resp {
+    let failed: Vec<String> = api
+        .status
+        .failed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(|(sub, why)| format!("subscription {sub}: {why}"))
+        .collect();
+    let not_ready = if !failed.is_empty() {
+        Some(failed.join("; "))
+    } else if !*api.status.ready.borrow() {
+        Some("app channel".to_owned())
+    } else {
+        None
+    };
+    if let Some(why) = not_ready {
+        let mut e = ApiError::not_ready(
+            "ERR_HEALTH_NOT_READY",
+            format!("dapr is not ready: [{why}]"),
+        );
+        for (name, state) in component_health(api) {
+            if let Err(down) = state {
+                e.metadata.insert(format!("component.{name}"), down);
+            }
+        }
+        return error(&e);
+    }
     let wanted = req
         .uri()
         .query()
@@ -29,70 +61,66 @@ pub fn healthz(req: &Request<Incoming>, api: &ApiState) -> Resp {
             ));
         }
     }
-    let failed: Vec<String> = api
-        .status
-        .failed
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .iter()
-        .map(|(sub, why)| format!("subscription {sub}: {why}"))
-        .collect();
-    if !failed.is_empty() {
-        return error(&ApiError::not_ready(
-            "ERR_HEALTH_NOT_READY",
-            format!("dapr is not ready: [{}]", failed.join("; ")),
-        ));
-    }
-    if *api.status.ready.borrow() {
-        empty(StatusCode::NO_CONTENT)
-    } else {
-        error(&ApiError::not_ready(
-            "ERR_HEALTH_NOT_READY",
-            "dapr is not ready: [app channel]".into(),
-        ))
-    }
+    empty(StatusCode::NO_CONTENT)
 }
 
-/// `GET /v1.0/healthz/outbound`: 204 when every broker and store is reachable.
-pub fn outbound(api: &ApiState) -> Resp {
-    let down: Vec<String> = api
-        .registry
-        .pubsubs
-        .values()
-        .filter_map(|p| {
-            p.broker
-                .health()
-                .err()
-                .map(|e| format!("{}: {e}", p.component.name))
-        })
-        .chain(
-            api.registry
-                .stores
-                .iter()
-                .filter_map(|(name, s)| s.health().err().map(|e| format!("{name}: {e}"))),
+/// Every broker and store by component name, with its reachability.
+fn component_health(api: &ApiState) -> Vec<(String, Result<(), String>)> {
+    let pubsubs = api.registry.pubsubs.values().map(|p| {
+        (
+            p.component.name.clone(),
+            p.broker.health().map_err(|e| e.to_string()),
         )
-        .collect();
-    if down.is_empty() {
-        empty(StatusCode::NO_CONTENT)
-    } else {
-        error(&ApiError::not_ready(
-            "ERR_OUTBOUND_HEALTH_NOT_READY",
-            format!("dapr outbound is not ready: {}", down.join("; ")),
-        ))
-    }
+    });
+    let stores = api
+        .registry
+        .stores
+        .iter()
+        .map(|(name, s)| (name.clone(), s.health().map_err(|e| e.to_string())));
+    pubsubs.chain(stores).collect()
+}
+
+/// `GET /v1.0/healthz/outbound`: 204 once the components are loaded
+/// (daprd's rule, which the SDKs' `wait_for_sidecar` polls; they are
+/// loaded before the API listens). A broker that is down does not make it
+/// unready; see [`healthz`] for where that is reported.
+pub fn outbound(_api: &ApiState) -> Resp {
+    empty(StatusCode::NO_CONTENT)
 }
 
 /// `GET /v1.0/metadata`.
 pub fn metadata(api: &ApiState) -> Resp {
     let s = &api.settings;
+    // Every component, as daprd lists them, with Perch's `healthy` (and
+    // `healthError`) beside Dapr's fields.
+    let health: BTreeMap<String, Result<(), String>> = component_health(api).into_iter().collect();
+    let with_health = |mut c: Value, name: &str| {
+        match health.get(name) {
+            Some(Ok(())) => c["healthy"] = json!(true),
+            Some(Err(e)) => {
+                c["healthy"] = json!(false);
+                c["healthError"] = json!(e);
+            }
+            None => {}
+        }
+        c
+    };
     let components: Vec<Value> = api
         .registry
         .pubsubs
         .values()
         .map(|p| {
-            json!({"name": p.component.name, "type": p.component.type_name, "version": "v1",
-                   "capabilities": p.broker.capabilities()})
+            let c = json!({"name": p.component.name, "type": p.component.type_name, "version": "v1",
+                   "capabilities": p.broker.capabilities()});
+            with_health(c, &p.component.name)
         })
+        .chain(api.registry.stores.keys().map(|name| {
+            with_health(
+                json!({"name": name, "type": api.registry.store_types.get(name).copied().unwrap_or("store"),
+                       "version": "v1", "capabilities": []}),
+                name,
+            )
+        }))
         .collect();
     let subscriptions: Vec<Value> = api.status
         .subscriptions

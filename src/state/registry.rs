@@ -30,6 +30,8 @@ pub struct Registry {
     pub pubsubs: BTreeMap<String, Arc<Pubsub>>,
     /// Store components by name.
     pub stores: BTreeMap<String, Arc<dyn Store>>,
+    /// Each store component's `spec.type`, by name.
+    pub store_types: BTreeMap<String, &'static str>,
     /// `Resiliency` documents (policies applied to deliveries).
     pub resiliency: Vec<Resiliency>,
 }
@@ -62,9 +64,21 @@ impl Registry {
                 Ok((c.name.clone(), Arc::new(pubsub)))
             })
             .collect::<Result<_, String>>()?;
+        let store_types = resources
+            .stores
+            .iter()
+            .map(|c| {
+                let t = match c.kind {
+                    crate::store::config::StoreKind::Postgres { .. } => "store.postgresql",
+                    _ => "store.in-memory",
+                };
+                (c.name.clone(), t)
+            })
+            .collect();
         Ok(Self {
             pubsubs,
             stores,
+            store_types,
             resiliency: resources.resiliency.clone(),
         })
     }

@@ -324,6 +324,34 @@ impl Sidecar {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
 
+    /// Whether `/v1.0/metadata` reports the component `name` reachable
+    /// (`None` when the sidecar does not answer or lists no health).
+    pub async fn component_healthy(&self, name: &str) -> Option<bool> {
+        let (status, _, body) = self.call("GET", "/v1.0/metadata", &[], "").await.ok()?;
+        if status != 200 {
+            return None;
+        }
+        let md: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        md["components"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == name)?["healthy"]
+            .as_bool()
+    }
+
+    /// Waits up to `secs` until the component `name` is reported as
+    /// `healthy`; whether it was.
+    pub async fn wait_component(&self, name: &str, healthy: bool, secs: u64) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        while std::time::Instant::now() < deadline {
+            if self.component_healthy(name).await == Some(healthy) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
     /// One request; returns status, headers and body.
     pub async fn call(
         &self,
