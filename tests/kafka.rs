@@ -92,6 +92,47 @@ async fn one_key_arrives_in_order_and_random_keys_all_arrive() -> TestResult {
     Ok(())
 }
 
+/// The partition daprd's producer (sarama's `NewHashPartitioner`) picks
+/// for `key` among `n`: FNV-1a 32, as a signed int, modulo `n`, absolute.
+fn sarama_partition(key: &str, n: i32) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in key.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    ((h as i32) % n).abs()
+}
+
+/// Issue 18: a key published through Perch lands on the partition daprd
+/// would put it on, so a fleet mixing the two during a migration keeps
+/// every key on one partition (and in order).
+#[tokio::test]
+async fn keys_land_on_the_partitions_daprd_puts_them_on() -> TestResult {
+    let b = Bench::new(Backend::Kafka);
+    let dir = resources(&[
+        ("pubsub.yaml", &b.pubsub(&[("topicPartitions", "7")])),
+        ("s.yaml", &b.subscription("s", "orders", "/orders")),
+    ]);
+    let mut app = TestApp::ok(None).await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let topic = b.topic("orders");
+    let keys: Vec<(u64, String)> = (0..60)
+        .map(|s| (s, format!("customer-{}", s * 7919)))
+        .collect();
+    publish_seqs(&sc, &topic, &keys).await?;
+    let got = collect(&mut app, keys.len()).await?;
+    let mut used = BTreeSet::new();
+    for (seq, headers) in &got {
+        let key = &keys[*seq as usize].1;
+        assert_eq!(headers["__key"], *key);
+        let want = sarama_partition(key, 7).to_string();
+        assert_eq!(headers["__partition"], want, "key {key}");
+        used.insert(want);
+    }
+    assert!(used.len() > 3, "the keys spread: {used:?}");
+    Ok(())
+}
+
 /// Runs 200 messages over 20 keys on one partition through an app taking
 /// 5 ms each; returns the per-key arrival order and the elapsed time.
 async fn drain_with(

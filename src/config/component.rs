@@ -414,6 +414,17 @@ mod tests {
         assert_eq!(k.producer["enable.idempotence"], "true");
         assert_eq!(k.producer["compression.type"], "zstd");
         assert_eq!(k.initial_offset, kafka::InitialOffset::Oldest);
+        assert_eq!(k.producer["partitioner"], "fnv1a_random", "sarama's hash");
+        let (c, _) =
+            kafka("{name: brokers, value: 'a:9092'}, {name: rdkafka.partitioner, value: murmur2}");
+        let PubsubKind::Kafka(k) = c.unwrap().kind else {
+            panic!("not kafka")
+        };
+        assert_eq!(k.common["partitioner"], "murmur2");
+        assert!(
+            !k.producer.contains_key("partitioner"),
+            "the passthrough wins"
+        );
     }
 
     #[test]

@@ -391,6 +391,14 @@ pub fn read(ctx: &mut DocCtx<'_>, metadata: &BTreeMap<String, String>) -> Option
             common.insert(prop.to_owned(), v.clone());
         }
     }
+    // A key lands on the partition daprd's sarama producer picks (its hash
+    // partitioner is FNV-1a; librdkafka's `fnv1a_random` is the same hash
+    // and, without a key, random as sarama), so daprd and Perch replicas
+    // publishing during a migration keep each key on one partition.
+    // `rdkafka.partitioner` overrides it.
+    if !common.contains_key("partitioner") {
+        producer.insert("partitioner".into(), "fnv1a_random".into());
+    }
     (ctx.problems.len() == before).then(|| KafkaConfig {
         common,
         producer,
