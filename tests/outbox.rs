@@ -176,19 +176,20 @@ async fn publishes_during_a_broker_outage_are_kept_and_delivered_in_order() -> T
     Ok(())
 }
 
-/// Declares `exchange` as a `direct` exchange on the RabbitMQ server, so
-/// Perch's own declaration (fanout) of it is refused for good
-/// (PRECONDITION_FAILED: inequivalent type).
-async fn predeclare_direct(exchange: &str) {
+/// Declares `exchange` as an internal exchange on the RabbitMQ server:
+/// Perch uses an existing exchange as it is, and RabbitMQ refuses every
+/// publish to an internal one for good (ACCESS_REFUSED).
+async fn predeclare_internal(exchange: &str) {
     let conn = lapin::Connection::connect(RABBIT_URI, lapin::ConnectionProperties::default())
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
     ch.exchange_declare(
         exchange.into(),
-        lapin::ExchangeKind::Direct,
+        lapin::ExchangeKind::Fanout,
         lapin::options::ExchangeDeclareOptions {
             durable: true,
+            internal: true,
             ..Default::default()
         },
         lapin::types::FieldTable::default(),
@@ -199,8 +200,7 @@ async fn predeclare_direct(exchange: &str) {
 }
 
 /// Review F3: every lapin error was "unavailable", so a message the broker
-/// refuses (here PRECONDITION_FAILED: the exchange exists with another
-/// type) was kept and answered 204, and the relay retried it at the head
+/// refuses (here ACCESS_REFUSED: the exchange is internal) was kept and answered 204, and the relay retried it at the head
 /// of the outbox for ever while every later publish queued behind it.
 #[tokio::test]
 async fn a_publish_refused_for_good_is_an_error_and_is_not_kept() -> TestResult {
@@ -209,8 +209,8 @@ async fn a_publish_refused_for_good_is_an_error_and_is_not_kept() -> TestResult 
     let (_store, dir) = outbox_setup(&b, &proxy);
     let mut app = TestApp::ok(None).await;
     let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
-    let bad = b.topic("direct");
-    predeclare_direct(&bad).await;
+    let bad = b.topic("internal");
+    predeclare_internal(&bad).await;
     let (status, body) = publish_json(&sc, &bad, &json!({"n": 0})).await;
     assert_eq!(status, 500, "{}", String::from_utf8_lossy(&body));
     let err: serde_json::Value = serde_json::from_slice(&body)?;
@@ -219,7 +219,7 @@ async fn a_publish_refused_for_good_is_an_error_and_is_not_kept() -> TestResult 
         err["message"]
             .as_str()
             .unwrap()
-            .contains("PRECONDITION_FAILED"),
+            .contains("ACCESS_REFUSED"),
         "{err}"
     );
     assert_eq!(
@@ -255,7 +255,7 @@ async fn a_kept_message_refused_later_is_parked_and_the_rest_flow() -> TestResul
     assert_eq!(app.next(10).await?.json()["data"]["n"], 0);
     proxy.cut();
     wait_outage(&sc).await;
-    let bad = b.topic("direct");
+    let bad = b.topic("internal");
     assert_eq!(
         publish_json(&sc, &bad, &json!({"n": -1})).await.0,
         204,
@@ -263,7 +263,7 @@ async fn a_kept_message_refused_later_is_parked_and_the_rest_flow() -> TestResul
     );
     // Meanwhile the exchange is declared with another type: the relay's
     // publish of the kept message is refused for good.
-    predeclare_direct(&bad).await;
+    predeclare_internal(&bad).await;
     for n in 1..=5 {
         assert_eq!(publish_json(&sc, &orders, &json!({"n": n})).await.0, 204);
     }
@@ -290,7 +290,7 @@ async fn a_kept_message_refused_later_is_parked_and_the_rest_flow() -> TestResul
         .output()?;
     let reason = String::from_utf8_lossy(&reason.stdout);
     assert!(
-        reason.contains(&bad) && reason.contains("PRECONDITION_FAILED"),
+        reason.contains(&bad) && reason.contains("ACCESS_REFUSED"),
         "{reason}"
     );
     Ok(())

@@ -396,3 +396,83 @@ async fn lag_is_the_queue_depth() -> TestResult {
     broker.close().await;
     Ok(())
 }
+
+/// Issue 18: topology daprd declared first (its defaults: a durable,
+/// auto-deleted fanout exchange and a durable, auto-deleted classic queue
+/// `{consumerID}-{topic}` with `x-queue-type`), then Perch on the same
+/// names: it uses them as they are, where redeclaring with its own flags
+/// failed with PRECONDITION_FAILED, and the messages flow, also to a queue
+/// declared as quorum.
+#[tokio::test]
+async fn exchanges_and_queues_daprd_declared_are_used_as_they_are() -> TestResult {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+    let consumer = format!("daprd-{id}");
+    let conn =
+        lapin::Connection::connect(RABBIT_URI, lapin::ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    let mut topics = vec![];
+    let mut queues = vec![];
+    for queue_type in ["classic", "quorum"] {
+        let topic = format!("orders-{queue_type}-{id}");
+        let queue = format!("{consumer}-{topic}");
+        // Quorum queues cannot be auto-deleted; daprd declares them durable.
+        let auto_delete = queue_type == "classic";
+        ch.exchange_declare(
+            topic.as_str().into(),
+            lapin::ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(queue_type.into()),
+        );
+        ch.queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                auto_delete,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+        ch.queue_bind(
+            queue.as_str().into(),
+            topic.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        topics.push(topic);
+        queues.push(queue);
+    }
+    let dir = resources(&[
+        (
+            "pubsub.yaml",
+            &rabbit(&consumer, RABBIT_URI, &[("deadLetterDefault", "none")]),
+        ),
+        ("a.yaml", &subscription("a", &topics[0], "/classic")),
+        ("b.yaml", &subscription("b", &topics[1], "/quorum")),
+    ]);
+    let mut app = TestApp::ok(None).await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    for topic in &topics {
+        assert_eq!(publish(&sc, topic, "", json!({"t": topic})).await, 204);
+    }
+    let mut paths: Vec<String> = vec![app.next(20).await?.path, app.next(20).await?.path];
+    paths.sort();
+    assert_eq!(paths, ["/classic", "/quorum"]);
+    drop(sc);
+    delete(&queues, &topics).await;
+    Ok(())
+}

@@ -82,12 +82,13 @@ async fn consume_once(
     ch.basic_qos(prefetch, BasicQosOptions::default())
         .await
         .map_err(e)?;
-    topology::declare_queue(inner, &ch, &req.topic, queue, &req.metadata).await?;
+    topology::declare_queue(inner, &live.conn, &ch, &req.topic, queue, &req.metadata).await?;
     if let Some(dlq) = &req.dead_letter_topic {
         let dlq_queue = format!("{}-{dlq}", req.group);
         // Dead letters are kept: a durable queue whatever the settings.
         topology::declare_bound_queue(
             inner,
+            &live.conn,
             &ch,
             dlq,
             &dlq_queue,

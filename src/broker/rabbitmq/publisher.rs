@@ -93,14 +93,9 @@ impl Inner {
         {
             return Ok(());
         }
-        ch.exchange_declare(
-            topic.into(),
-            self.exchange_kind(),
-            self.exchange_options(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| self.error(e))?;
+        super::topology::ensure_exchange(self, &live.conn, ch, topic)
+            .await
+            .map_err(|e| self.error(e))?;
         live.declared
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -2,12 +2,20 @@
 //! app, bound with the subscription's routing keys; queue arguments from
 //! the component and the subscription (`queueType`, `maxLen`,
 //! `maxLenBytes`, `maxPriority`, `singleActiveConsumer`).
+//!
+//! An exchange or queue that exists already (declared by daprd, by an
+//! earlier Perch, or by an operator) is used as it is: a passive declare
+//! finds it, and it is not declared again, so RabbitMQ's equivalence rule
+//! never refuses Perch for flags or arguments another declarer chose
+//! (daprd declares `auto_delete` exchanges and queues and always sets
+//! `x-queue-type`). Perch's own safer settings (durable, kept, the quorum
+//! delivery limit) apply only to what Perch creates.
 
 use std::collections::BTreeMap;
 
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::Channel;
+use lapin::{Channel, Connection};
 
 use super::Inner;
 
@@ -16,9 +24,89 @@ use super::Inner;
 /// 4.x's `-1`).
 pub(super) const QUORUM_DELIVERY_LIMIT: i64 = 1_000_000_000;
 
+/// An exchange or a queue.
+#[derive(Clone, Copy)]
+pub(super) enum Object<'a> {
+    /// An exchange of this kind.
+    Exchange(&'a lapin::ExchangeKind),
+    /// A queue.
+    Queue,
+}
+
+/// Whether the exchange or queue `name` exists: a passive declare on a
+/// channel of its own (a missing object closes the channel it was asked
+/// on). `Err` when RabbitMQ could not be asked.
+pub(super) async fn exists(
+    conn: &Connection,
+    what: Object<'_>,
+    name: &str,
+) -> Result<bool, lapin::Error> {
+    let ch = conn.create_channel().await?;
+    let answer = match what {
+        Object::Exchange(kind) => ch
+            .exchange_declare(
+                name.into(),
+                kind.clone(),
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map(|_| ()),
+        Object::Queue => ch
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map(|_| ()),
+    };
+    match answer {
+        Ok(()) => {
+            let _ = ch.close(200, "passive declare".into()).await;
+            Ok(true)
+        }
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn is_not_found(e: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp)
+        if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
+}
+
+/// Declares `topic`'s exchange on `ch` unless it exists already.
+pub(super) async fn ensure_exchange(
+    inner: &Inner,
+    conn: &Connection,
+    ch: &Channel,
+    topic: &str,
+) -> Result<(), lapin::Error> {
+    let kind = inner.exchange_kind();
+    if exists(conn, Object::Exchange(&kind), topic).await? {
+        return Ok(());
+    }
+    ch.exchange_declare(
+        topic.into(),
+        kind,
+        inner.exchange_options(),
+        FieldTable::default(),
+    )
+    .await
+}
+
 /// Declares the subscription's queue with its arguments and bindings.
 pub(super) async fn declare_queue(
     inner: &Inner,
+    conn: &Connection,
     ch: &Channel,
     topic: &str,
     queue: &str,
@@ -65,12 +153,25 @@ pub(super) async fn declare_queue(
         Some(k) => k.split(',').map(|s| s.trim().to_owned()).collect(),
         None => vec![String::new()],
     };
-    declare_bound_queue(inner, ch, topic, queue, &keys, inner.cfg.durable, args).await
+    declare_bound_queue(
+        inner,
+        conn,
+        ch,
+        topic,
+        queue,
+        &keys,
+        inner.cfg.durable,
+        args,
+    )
+    .await
 }
 
-/// Declares `topic`'s exchange and `queue`, bound with `routing_keys`.
+/// Declares `topic`'s exchange and `queue` (each unless it exists), bound
+/// with `routing_keys`.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn declare_bound_queue(
     inner: &Inner,
+    conn: &Connection,
     ch: &Channel,
     topic: &str,
     queue: &str,
@@ -79,22 +180,19 @@ pub(super) async fn declare_bound_queue(
     args: FieldTable,
 ) -> Result<(), String> {
     let e = |e: lapin::Error| e.to_string();
-    ch.exchange_declare(
-        topic.into(),
-        inner.exchange_kind(),
-        inner.exchange_options(),
-        FieldTable::default(),
-    )
-    .await
-    .map_err(e)?;
-    let opts = QueueDeclareOptions {
-        durable,
-        auto_delete: inner.cfg.auto_delete && durable == inner.cfg.durable,
-        ..Default::default()
-    };
-    ch.queue_declare(queue.into(), opts, args)
-        .await
-        .map_err(e)?;
+    ensure_exchange(inner, conn, ch, topic).await.map_err(e)?;
+    if exists(conn, Object::Queue, queue).await.map_err(e)? {
+        tracing::debug!(pubsub = %inner.name, %queue, "queue exists; used as it was declared");
+    } else {
+        let opts = QueueDeclareOptions {
+            durable,
+            auto_delete: inner.cfg.auto_delete && durable == inner.cfg.durable,
+            ..Default::default()
+        };
+        ch.queue_declare(queue.into(), opts, args)
+            .await
+            .map_err(e)?;
+    }
     for key in routing_keys {
         ch.queue_bind(
             queue.into(),
