@@ -24,6 +24,14 @@ pub struct ApiError {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// daprd's `WithAppError` ErrorInfo metadata.
+fn app_error(app_id: &str, err: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("appID".into(), app_id.into()),
+        ("error".into(), err.into()),
+    ])
+}
+
 impl ApiError {
     fn new(status: u16, code: &'static str, reason: &'static str, message: String) -> Self {
         Self {
@@ -44,16 +52,6 @@ impl ApiError {
         self
     }
 
-    /// No pub/sub component is loaded at all.
-    pub fn not_configured(md: &BTreeMap<String, String>) -> Self {
-        Self::new(
-            400,
-            "ERR_PUBSUB_NOT_CONFIGURED",
-            "DAPR_PUBSUB_NOT_CONFIGURED",
-            "pubsub is not configured".into(),
-        )
-        .with(md.clone())
-    }
     /// The URL has no pubsub name.
     pub fn pubsub_empty(md: &BTreeMap<String, String>) -> Self {
         Self::new(
@@ -98,7 +96,7 @@ impl ApiError {
         .with(md.clone())
     }
     /// The body is declared a CloudEvent but is not one.
-    pub fn cloud_event_creation(name: &str, md: &BTreeMap<String, String>) -> Self {
+    pub fn cloud_event_creation(name: &str, app_id: &str, err: &str) -> Self {
         Self::new(
             500,
             "ERR_PUBSUB_CLOUD_EVENTS_SER",
@@ -106,7 +104,7 @@ impl ApiError {
             "cannot create cloudevent".into(),
         )
         .on(name)
-        .with(md.clone())
+        .with(app_error(app_id, err))
     }
     /// Scoping denies the topic.
     pub fn forbidden(name: &str, topic: &str, app_id: &str) -> Self {
@@ -138,17 +136,20 @@ impl ApiError {
         ]))
     }
     /// A bulk entry's `event` does not match its `contentType`.
-    pub fn marshal_envelope(name: &str, topic: &str) -> Self {
+    pub fn marshal_envelope(name: &str, topic: &str, app_id: &str, err: &str) -> Self {
         Self::new(
             400,
             "ERR_PUBSUB_EVENTS_SER",
             "DAPR_PUBSUB_MARSHAL_ENVELOPE",
-            format!("error when marshalling cloud event envelope for topic {topic} pubsub {name}"),
+            format!(
+                "error when marshalling cloud event envelope for topic {topic} pubsub {name}: {err}"
+            ),
         )
         .on(name)
+        .with(app_error(app_id, err))
     }
     /// A bulk entry id is missing or repeated.
-    pub fn marshal_events(name: &str, topic: &str, err: &str) -> Self {
+    pub fn marshal_events(name: &str, topic: &str, app_id: &str, err: &str) -> Self {
         Self::new(
             400,
             "ERR_PUBSUB_EVENTS_SER",
@@ -158,10 +159,10 @@ impl ApiError {
             ),
         )
         .on(name)
-        .with(BTreeMap::from([("error".into(), err.into())]))
+        .with(app_error(app_id, err))
     }
     /// A bulk body is not a JSON array of entries.
-    pub fn unmarshal_events(name: &str, topic: &str, err: &str) -> Self {
+    pub fn unmarshal_events(name: &str, topic: &str, app_id: &str, err: &str) -> Self {
         Self::new(
             400,
             "ERR_PUBSUB_EVENTS_SER",
@@ -169,6 +170,7 @@ impl ApiError {
             format!("error when unmarshaling the request for topic {topic} pubsub {name}: {err}"),
         )
         .on(name)
+        .with(app_error(app_id, err))
     }
     /// The body is larger than `--max-body-size`.
     pub fn body_too_large(limit: usize) -> Self {
@@ -196,9 +198,8 @@ impl ApiError {
             "domain": "dapr.io",
             "reason": self.reason,
         });
-        if !self.metadata.is_empty() {
-            error_info["metadata"] = json!(self.metadata);
-        }
+        // daprd always writes the map (`{}` when empty).
+        error_info["metadata"] = json!(self.metadata);
         let mut details = Vec::new();
         if let Some(name) = &self.resource {
             details.push(json!({

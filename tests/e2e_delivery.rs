@@ -344,3 +344,56 @@ async fn a_java_spring_boot_app_is_subscribed_from_its_own_answer() -> TestResul
     );
     Ok(())
 }
+
+/// Issue 18 item 6: deliveries take daprd's inbound policies. Without a
+/// `components.<pubsub>.inbound` target, Dapr's reserved default policy
+/// applies (here `DefaultComponentInboundRetryPolicy`: 2 retries), and
+/// `targets.apps.<own id>` (service invocation's) does not (it says 6).
+#[tokio::test]
+async fn deliveries_use_daprs_default_policies_and_never_the_apps_target() -> TestResult {
+    let resiliency = "apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata: {name: r}
+spec:
+  policies:
+    retries:
+      DefaultComponentInboundRetryPolicy: {policy: constant, duration: 10ms, maxRetries: 2}
+      DefaultAppRetryPolicy: {policy: constant, duration: 10ms, maxRetries: 9}
+      invocation: {policy: constant, duration: 10ms, maxRetries: 6}
+  targets:
+    apps:
+      test-app: {retry: invocation}
+";
+    let dir = resources(&[
+        ("pubsub.yaml", PUBSUB),
+        ("r.yaml", resiliency),
+        ("s.yaml", &subscription("s", "orders", "/orders")),
+        ("d.yaml", &subscription("d", "orders.dlq", "/dead")),
+    ]);
+    let mut app = TestApp::start(
+        None,
+        Arc::new(|r: &Received| {
+            if r.path == "/dead" {
+                (200, String::new())
+            } else {
+                (500, String::new())
+            }
+        }),
+    )
+    .await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    assert_eq!(sc.publish_json("pubsub/orders", r#"{"n":1}"#).await, 204);
+    let mut attempts = 0;
+    loop {
+        let r = app.next(20).await?;
+        if r.path == "/dead" {
+            break;
+        }
+        attempts += 1;
+    }
+    assert_eq!(
+        attempts, 3,
+        "one attempt and DefaultComponentInboundRetryPolicy's 2 retries"
+    );
+    Ok(())
+}

@@ -371,3 +371,119 @@ async fn metadata_lists_components_and_both_kinds_of_subscription() -> TestResul
     assert_eq!(v["extended"]["color"], "blue");
     Ok(())
 }
+
+/// Issue 18 item 6, audit section 3.1: the small differences from daprd.
+#[tokio::test]
+async fn publish_details_match_daprd() -> TestResult {
+    // P1: no pub/sub loaded is "not found" (daprd always has its adapter).
+    let empty = resources(&[]);
+    let sc = Sidecar::start(empty.path(), None, &[], &[]).await;
+    let (s, _, b) = sc.call("POST", "/v1.0/publish/pubsub/t", &[], "x").await?;
+    assert_eq!(
+        (s, error_code(&b).0.as_str()),
+        (404, "ERR_PUBSUB_NOT_FOUND")
+    );
+    // P10: ErrorInfo always carries its metadata map, `{}` when empty.
+    let info = error_code(&b).1["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["@type"] == "type.googleapis.com/google.rpc.ErrorInfo")
+        .cloned()
+        .unwrap();
+    assert_eq!(info["metadata"], json!({}), "{info}");
+    drop(sc);
+
+    let dir = resources(&[
+        ("pubsub.yaml", PUBSUB),
+        ("s.yaml", &subscription("s", "t", "/t")),
+    ]);
+    let mut app = TestApp::ok(None).await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    // P2: an empty rawPayload is false: the event is wrapped.
+    let (s, _, _) = sc
+        .call(
+            "POST",
+            "/v1.0/publish/pubsub/t?metadata.rawPayload=",
+            &[],
+            "x",
+        )
+        .await?;
+    assert_eq!(s, 204);
+    assert_eq!(
+        app.next(10).await?.json()["data"],
+        "x",
+        "wrapped in a CloudEvent"
+    );
+    // P3: `ttl` is read before `ttlInSeconds`, keys ignoring case.
+    let (s, _, _) = sc
+        .call(
+            "POST",
+            "/v1.0/publish/pubsub/t?metadata.TTL=1h&metadata.ttlInSeconds=5",
+            &[],
+            "x",
+        )
+        .await?;
+    assert_eq!(s, 204);
+    let ev = app.next(10).await?.json();
+    let expires = chrono::DateTime::parse_from_rfc3339(ev["expiration"].as_str().unwrap())?;
+    let left = expires
+        .signed_duration_since(chrono::Utc::now())
+        .num_seconds();
+    assert!((3500..=3600).contains(&left), "an hour, not 5 s: {left} s");
+    // P7: bulk entries carry the request's tracestate.
+    let (s, _, _) = sc
+        .call(
+            "POST",
+            "/v1.0-alpha1/publish/bulk/pubsub/t",
+            &[
+                ("content-type", "application/json"),
+                (
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
+                ("tracestate", "vendor=opaque"),
+            ],
+            r#"[{"entryId":"1","event":"a","contentType":"text/plain","metadata":{}}]"#,
+        )
+        .await?;
+    assert_eq!(s, 204);
+    let ev = app.next(10).await?.json();
+    assert_eq!(ev["tracestate"], "vendor=opaque", "{ev}");
+    assert!(ev["traceparent"]
+        .as_str()
+        .unwrap()
+        .starts_with("00-0af7651916cd43dd8448eb211c80319c-"));
+    // P10: a bad bulk entry names the app and the error, as daprd does.
+    let (s, _, b) = sc
+        .call(
+            "POST",
+            "/v1.0-alpha1/publish/bulk/pubsub/t",
+            &[("content-type", "application/json")],
+            r#"[{"entryId":"1","event":{"a":1},"contentType":"text/plain"}]"#,
+        )
+        .await?;
+    assert_eq!(s, 400);
+    let (code, v) = error_code(&b);
+    assert_eq!(code, "ERR_PUBSUB_EVENTS_SER");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .ends_with(": a text/plain event must be a JSON string"),
+        "{v}"
+    );
+    let info = v["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["@type"] == "type.googleapis.com/google.rpc.ErrorInfo")
+        .cloned()
+        .unwrap();
+    assert_eq!(info["metadata"]["appID"], "test-app", "{info}");
+    assert_eq!(
+        info["metadata"]["error"],
+        "a text/plain event must be a JSON string"
+    );
+    Ok(())
+}

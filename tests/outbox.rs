@@ -216,10 +216,7 @@ async fn a_publish_refused_for_good_is_an_error_and_is_not_kept() -> TestResult 
     let err: serde_json::Value = serde_json::from_slice(&body)?;
     assert_eq!(err["errorCode"], "ERR_PUBSUB_PUBLISH_MESSAGE");
     assert!(
-        err["message"]
-            .as_str()
-            .unwrap()
-            .contains("ACCESS_REFUSED"),
+        err["message"].as_str().unwrap().contains("ACCESS_REFUSED"),
         "{err}"
     );
     assert_eq!(

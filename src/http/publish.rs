@@ -80,9 +80,15 @@ async fn bulk_inner(
     let (pubsub, topic, metadata) = publish_target(&rest, req.uri().query())?;
     let t = publish::target(&api.registry, &pubsub, topic, &metadata)?;
     let traceparent = header(&req, "traceparent").map(str::to_owned);
+    let tracestate = header(&req, "tracestate").map(str::to_owned);
     let body = read_body(req, api.settings.max_body_size).await?;
     let entries: Vec<BulkEntry> = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::unmarshal_events(&t.pubsub.component.name, &t.topic, &e.to_string())
+        ApiError::unmarshal_events(
+            &t.pubsub.component.name,
+            &t.topic,
+            &api.settings.app_id,
+            &e.to_string(),
+        )
     })?;
     let bulk = publish::Bulk {
         entries: entries
@@ -96,6 +102,7 @@ async fn bulk_inner(
             .collect(),
         metadata,
         traceparent,
+        tracestate,
     };
     let results = publish::bulk(&t, &api.settings.app_id, bulk).await?;
     let failed: Vec<Value> = results

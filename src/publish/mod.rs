@@ -41,9 +41,8 @@ pub fn target<'a>(
     topic: String,
     md: &BTreeMap<String, String>,
 ) -> Result<Target<'a>, ApiError> {
-    if registry.pubsubs.is_empty() {
-        return Err(ApiError::not_configured(md));
-    }
+    // daprd always has its pub/sub adapter, so with no component loaded
+    // the answer is "not found", never ERR_PUBSUB_NOT_CONFIGURED.
     if pubsub.is_empty() {
         return Err(ApiError::pubsub_empty(md));
     }
@@ -112,7 +111,7 @@ pub async fn single(t: &Target<'_>, app_id: &str, req: Single) -> Result<(), Api
             trace: TraceParent::child_of(req.traceparent.as_deref()),
             tracestate: req.tracestate.as_deref(),
         })
-        .map_err(|_| ApiError::cloud_event_creation(name, &md))?;
+        .map_err(|e| ApiError::cloud_event_creation(name, app_id, &e.to_string()))?;
         (
             Bytes::from(to_go_json(&ev)),
             Some(CLOUDEVENT_CONTENT_TYPE.to_owned()),
@@ -151,6 +150,9 @@ pub struct Bulk {
     pub metadata: BTreeMap<String, String>,
     /// W3C `traceparent` of the request.
     pub traceparent: Option<String>,
+    /// W3C `tracestate` of the request: every entry's child span carries
+    /// it, as daprd's.
+    pub tracestate: Option<String>,
 }
 
 /// Publishes every entry as one batch; the result per entry id, in order.
@@ -167,6 +169,7 @@ pub async fn bulk(
             return Err(ApiError::marshal_events(
                 name,
                 &t.topic,
+                app_id,
                 "entryId is duplicated or not present for entry",
             ));
         }
@@ -174,9 +177,8 @@ pub async fn bulk(
     let raw = raw_payload(name, md)?;
     let mut msgs = Vec::with_capacity(req.entries.len());
     for e in &req.entries {
-        let Some(bytes) = event_bytes(&e.event, &e.content_type) else {
-            return Err(ApiError::marshal_envelope(name, &t.topic));
-        };
+        let bytes = event_bytes(&e.event, &e.content_type)
+            .map_err(|why| ApiError::marshal_envelope(name, &t.topic, app_id, &why))?;
         // Dapr quirk kept: an entry without its own metadata gets no
         // per-entry metadata, so no TTL or overrides from the query string.
         let entry_md: BTreeMap<String, String> = match &e.metadata {
@@ -198,9 +200,9 @@ pub async fn bulk(
                 body: &bytes,
                 metadata: &entry_md,
                 trace: TraceParent::child_of(req.traceparent.as_deref()),
-                tracestate: None,
+                tracestate: req.tracestate.as_deref(),
             })
-            .map_err(|_| ApiError::cloud_event_creation(name, md))?;
+            .map_err(|e| ApiError::cloud_event_creation(name, app_id, &e.to_string()))?;
             (
                 Bytes::from(to_go_json(&ev)),
                 Some(CLOUDEVENT_CONTENT_TYPE.to_owned()),
@@ -228,7 +230,8 @@ pub async fn bulk(
 }
 
 fn raw_payload(pubsub: &str, md: &BTreeMap<String, String>) -> Result<bool, ApiError> {
-    match md.get("rawPayload") {
+    // daprd's IsRawPayload: absent or empty is false.
+    match md.get("rawPayload").filter(|v| !v.is_empty()) {
         None => Ok(false),
         Some(v) => parse_go_bool(v).ok_or_else(|| ApiError::bad_metadata(pubsub, v, md)),
     }
@@ -244,16 +247,25 @@ fn check_scope(t: &Target<'_>, app_id: &str) -> Result<(), ApiError> {
 }
 
 /// A bulk entry's `event` as bytes, checked against its content type.
-fn event_bytes(event: &Value, content_type: &str) -> Option<Vec<u8>> {
+fn event_bytes(event: &Value, content_type: &str) -> Result<Vec<u8>, String> {
     let media = cloudevents::media_type(content_type);
     if media == "application/octet-stream" {
-        let s = event.as_str()?;
-        base64::engine::general_purpose::STANDARD.decode(s).ok()
+        let s = event
+            .as_str()
+            .ok_or("an application/octet-stream event must be a base64 string")?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(|e| format!("the event is not valid base64: {e}"))
     } else if cloudevents::is_string_type(content_type) {
-        event.as_str().map(|s| s.as_bytes().to_vec())
+        event
+            .as_str()
+            .map(|s| s.as_bytes().to_vec())
+            .ok_or_else(|| format!("a {content_type} event must be a JSON string"))
     } else if media == "application/json" || media == CLOUDEVENT_CONTENT_TYPE {
-        Some(to_go_json(event))
+        Ok(to_go_json(event))
     } else {
-        None
+        Err(format!(
+            "content type {content_type:?} is not supported for bulk entries"
+        ))
     }
 }
