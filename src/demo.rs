@@ -68,6 +68,7 @@ pub async fn run(a: DemoArgs) -> ExitCode {
         api_token: None,
         app_api_token: None,
         max_body_size: 4 << 20,
+        api_logging: false,
         graceful_shutdown: Duration::from_secs(5),
         app_health: None,
     };

@@ -132,7 +132,21 @@ pub async fn serve(listener: TcpListener, api: ApiState, shutdown: impl Future<O
     let _ = stop_tx.send(true);
 }
 
+/// Routes one request; with `--enable-api-logging`, logs it (method, path,
+/// status, duration; no query string, which may carry metadata) at INFO.
 async fn route(req: Request<Incoming>, api: ApiState) -> Resp {
+    if !api.settings.api_logging {
+        return route_inner(req, api).await;
+    }
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let started = std::time::Instant::now();
+    let resp = route_inner(req, api).await;
+    tracing::info!(target: "perch::api", %method, %path, status = resp.status().as_u16(),
+        duration_ms = started.elapsed().as_millis() as u64, "api call");
+    resp
+}
+
+async fn route_inner(req: Request<Incoming>, api: ApiState) -> Resp {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let is_health =

@@ -21,6 +21,8 @@ pub struct Settings {
     pub app_api_token: Option<String>,
     /// `--max-body-size` in bytes.
     pub max_body_size: usize,
+    /// `--enable-api-logging`: each API call logged at INFO.
+    pub api_logging: bool,
     /// `--dapr-graceful-shutdown-seconds`.
     pub graceful_shutdown: Duration,
     /// `--enable-app-health-check` and its settings; `None` when off.
@@ -38,6 +40,7 @@ impl std::fmt::Debug for Settings {
             .field("api_token", &hidden(&self.api_token))
             .field("app_api_token", &hidden(&self.app_api_token))
             .field("max_body_size", &self.max_body_size)
+            .field("api_logging", &self.api_logging)
             .field("graceful_shutdown", &self.graceful_shutdown)
             .field("app_health", &self.app_health)
             .finish()

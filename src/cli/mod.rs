@@ -1,5 +1,8 @@
 //! Command line: `perch run` (daprd's flag names and defaults, each with a
-//! `PERCH_*` env fallback), `perch validate` and `perch demo`.
+//! `PERCH_*` env fallback), `perch validate` and `perch demo`; invoked as
+//! daprd is, `perch` runs as `perch run` ([`daprd`]).
+
+pub mod daprd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +48,10 @@ pub struct RunArgs {
     /// Protocol to the app; only `http` is supported.
     #[arg(long, env = "PERCH_APP_PROTOCOL", default_value = "http", value_parser = ["http"])]
     pub app_protocol: String,
+    /// daprd's deprecated TLS-to-the-app switch; Perch calls the app over
+    /// plain HTTP, so `true` is refused.
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    pub app_ssl: bool,
     /// Most concurrent calls to the app; -1 is unlimited.
     #[arg(long, env = "PERCH_APP_MAX_CONCURRENCY", default_value_t = -1, allow_hyphen_values = true)]
     pub app_max_concurrency: i64,
@@ -67,9 +74,11 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub resources_path: Vec<PathBuf>,
-    /// A Dapr `Configuration` file.
-    #[arg(long, env = "PERCH_CONFIG")]
-    pub config: Option<PathBuf>,
+    /// Dapr `Configuration` files (repeatable): `spec.metrics.enabled` and
+    /// `spec.logging.apiLogging.enabled` apply; other sections are named in
+    /// a warning.
+    #[arg(long, env = "PERCH_CONFIG", value_delimiter = ',')]
+    pub config: Vec<PathBuf>,
     /// Folder of mounted secrets for `secretKeyRef` (`<dir>/<name>/<key>`).
     #[arg(long, env = "PERCH_SECRETS_PATH")]
     pub secrets_path: Option<PathBuf>,
@@ -77,11 +86,24 @@ pub struct RunArgs {
     #[arg(long, env = "PERCH_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     /// Log as JSON lines.
-    #[arg(long, env = "PERCH_LOG_AS_JSON")]
+    #[arg(long, env = "PERCH_LOG_AS_JSON", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
     pub log_as_json: bool,
-    /// Largest request body (`4Mi`, `512Ki`, or bytes).
-    #[arg(long, env = "PERCH_MAX_BODY_SIZE", default_value = "4Mi", value_parser = parse_size)]
-    pub max_body_size: usize,
+    /// Log every API call (method, path, status) at INFO.
+    #[arg(long, env = "PERCH_ENABLE_API_LOGGING", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub enable_api_logging: Option<bool>,
+    /// Largest request body, a Kubernetes quantity (`4Mi`, `512Ki`, `1M`,
+    /// bytes; `-1` is no limit). Default 4Mi.
+    #[arg(long, env = "PERCH_MAX_BODY_SIZE", value_parser = parse_size, allow_hyphen_values = true)]
+    pub max_body_size: Option<usize>,
+    /// daprd's deprecated body limit in MB (`--max-body-size` wins).
+    #[arg(long, hide = true, allow_hyphen_values = true)]
+    pub dapr_http_max_request_size: Option<i64>,
+    /// daprd's Unix-socket API; Perch listens on TCP only, so it is refused.
+    #[arg(long, hide = true)]
+    pub unix_domain_socket: Option<String>,
+    /// Print the build information and exit (daprd's flag).
+    #[arg(long, hide = true)]
+    pub build_info: bool,
     /// Seconds to let in-flight deliveries finish at shutdown.
     #[arg(
         long,
@@ -90,7 +112,7 @@ pub struct RunArgs {
     )]
     pub dapr_graceful_shutdown_seconds: u64,
     /// Probe the app's health path and deliver only while it is healthy.
-    #[arg(long, env = "PERCH_ENABLE_APP_HEALTH_CHECK")]
+    #[arg(long, env = "PERCH_ENABLE_APP_HEALTH_CHECK", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
     pub enable_app_health_check: bool,
     /// Path probed with GET (2xx is healthy).
     #[arg(long, env = "PERCH_APP_HEALTH_CHECK_PATH", default_value = "/healthz")]
@@ -114,6 +136,22 @@ pub struct RunArgs {
     /// addresses; daprd's is 0.0.0.0).
     #[arg(long, env = "PERCH_METRICS_LISTEN_ADDRESS")]
     pub metrics_listen_address: Option<String>,
+    /// daprd's flags that Perch accepts and does not act on.
+    #[command(flatten)]
+    pub daprd: daprd::DaprdOnly,
+}
+
+impl RunArgs {
+    /// The body limit: `--max-body-size`, else daprd's deprecated
+    /// `--dapr-http-max-request-size` (MB), else 4 MiB.
+    pub fn body_limit(&self) -> usize {
+        match (self.max_body_size, self.dapr_http_max_request_size) {
+            (Some(n), _) => n,
+            (None, Some(mb)) if mb > 0 => (mb as usize) << 20,
+            (None, Some(_)) => usize::MAX,
+            (None, None) => 4 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -143,30 +181,49 @@ fn listen_is_loopback(addresses: &str) -> bool {
         })
 }
 
-/// Parses `4Mi`, `512Ki`, `1M`, `100` (bytes).
+/// Parses a size as daprd does, a Kubernetes quantity: `4Mi`, `512Ki`,
+/// `1.5Gi`, `1M`, `500k`, `100` (bytes); a negative value is no limit.
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    if let Some(n) = s.strip_prefix('-') {
+        return n
+            .parse::<u64>()
+            .map(|_| usize::MAX)
+            .map_err(|_| format!("invalid size {s:?}: use e.g. 4Mi"));
+    }
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: usize = num
+    let n: f64 = num
         .parse()
         .map_err(|_| format!("invalid size {s:?}: use e.g. 4Mi"))?;
-    let mult = match unit {
-        "" | "B" => 1,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "K" | "KB" => 1_000,
-        "M" | "MB" => 1_000_000,
-        "G" | "GB" => 1_000_000_000,
-        _ => return Err(format!("invalid size unit {unit:?}: use Ki, Mi or Gi")),
+    let mult: f64 = match unit {
+        "" | "B" => 1.0,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "k" | "K" | "KB" => 1e3,
+        "M" | "MB" => 1e6,
+        "G" | "GB" => 1e9,
+        "T" => 1e12,
+        _ => {
+            return Err(format!(
+                "invalid size unit {unit:?}: use Ki, Mi, Gi, k, M or G"
+            ))
+        }
     };
-    Ok(n * mult)
+    let bytes = (n * mult).ceil();
+    if bytes > usize::MAX as f64 {
+        return Ok(usize::MAX);
+    }
+    Ok(bytes as usize)
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(daprd::rewrite(std::env::args_os()));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -205,11 +262,53 @@ pub fn main() -> ExitCode {
 }
 
 /// Loads configuration, binds the listeners and runs until a signal.
-async fn run(a: RunArgs) -> ExitCode {
-    if let Some(path) = &a.config {
-        if let Err(e) = check_configuration_file(path) {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
+async fn run(mut a: RunArgs) -> ExitCode {
+    if a.build_info {
+        println!(
+            "perch {} (a Dapr-compatible pub/sub sidecar)",
+            env!("CARGO_PKG_VERSION")
+        );
+        return ExitCode::SUCCESS;
+    }
+    if a.app_ssl {
+        eprintln!("--app-ssl: Perch calls the app over plain HTTP only (--app-protocol http)");
+        return ExitCode::FAILURE;
+    }
+    if a.unix_domain_socket
+        .as_deref()
+        .is_some_and(|s| !s.is_empty())
+    {
+        eprintln!("--unix-domain-socket: Perch serves its API on TCP only (--dapr-http-port)");
+        return ExitCode::FAILURE;
+    }
+    let given = a.daprd.given();
+    if !given.is_empty() {
+        let list: Vec<String> = given
+            .iter()
+            .map(|(f, why)| format!("--{f} ({why})"))
+            .collect();
+        tracing::warn!(
+            "daprd flags Perch accepts and does not act on: {}",
+            list.join("; ")
+        );
+    }
+    for path in a.config.clone() {
+        match daprd::read_configuration(&path) {
+            Ok(c) => {
+                if c.metrics_enabled == Some(false) {
+                    a.enable_metrics = false;
+                }
+                if a.enable_api_logging.is_none() {
+                    a.enable_api_logging = c.api_logging;
+                }
+                if !c.ignored.is_empty() {
+                    tracing::warn!(config = %path.display(), "Configuration sections Perch does not use: {}", c.ignored.join(", "));
+                }
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
         }
     }
     let opts = LoadOptions::from_env(&a.app_id, a.secrets_path.clone());
@@ -314,7 +413,8 @@ fn bracket(host: &str) -> String {
 pub fn settings_from(a: &RunArgs) -> Settings {
     Settings {
         app_id: a.app_id.clone(),
-        app_port: a.app_port,
+        // daprd (and `dapr run` without an app) pass `--app-port 0`: no app.
+        app_port: a.app_port.filter(|p| *p != 0),
         app_channel_address: a.app_channel_address.clone(),
         app_max_concurrency: usize::try_from(a.app_max_concurrency)
             .ok()
@@ -325,7 +425,8 @@ pub fn settings_from(a: &RunArgs) -> Settings {
         app_api_token: std::env::var("APP_API_TOKEN")
             .ok()
             .filter(|s| !s.is_empty()),
-        max_body_size: a.max_body_size,
+        max_body_size: a.body_limit(),
+        api_logging: a.enable_api_logging.unwrap_or(false),
         graceful_shutdown: Duration::from_secs(a.dapr_graceful_shutdown_seconds),
         app_health: a.enable_app_health_check.then(|| AppHealthCheck {
             path: a.app_health_check_path.clone(),
@@ -333,20 +434,6 @@ pub fn settings_from(a: &RunArgs) -> Settings {
             timeout: Duration::from_millis(a.app_health_probe_timeout.max(1)),
             threshold: a.app_health_threshold.max(1),
         }),
-    }
-}
-
-fn check_configuration_file(path: &std::path::Path) -> Result<(), String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("--config {}: cannot read: {e}", path.display()))?;
-    let v: serde_yaml::Value = serde_yaml::from_str(&text)
-        .map_err(|e| format!("--config {}: not valid YAML: {e}", path.display()))?;
-    match v.get("kind").and_then(|k| k.as_str()) {
-        Some("Configuration") => Ok(()),
-        other => Err(format!(
-            "--config {}: kind must be Configuration, got {other:?}",
-            path.display()
-        )),
     }
 }
 
@@ -370,9 +457,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes() {
+    fn sizes_are_kubernetes_quantities() {
         assert_eq!(parse_size("4Mi"), Ok(4 << 20));
         assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size("1.5Ki"), Ok(1536));
+        assert_eq!(parse_size("2k"), Ok(2000));
+        assert_eq!(parse_size("-1"), Ok(usize::MAX), "daprd's no limit");
         assert!(parse_size("4 parsecs").is_err());
     }
 }
