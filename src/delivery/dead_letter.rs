@@ -35,8 +35,21 @@ pub(super) async fn finish_dropped(
     mark: Option<(&dyn Store, &Key, Finish)>,
 ) {
     let entry = ctx.entry();
+    // The claim goes back whenever this sidecar stops owning the message
+    // without finishing it: held, its lease would be renewed for the life
+    // of the process and the next owner's claim would be Busy for good.
+    let give_back = || async {
+        if let Some((store, key, _)) = mark {
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                store.release(vec![key.clone()]),
+            )
+            .await;
+        }
+    };
     // Revoked (or its channel died) while it failed: the next owner decides.
     if !d.is_owned() {
+        give_back().await;
         return;
     }
     let marked = |stop: watch::Receiver<bool>| async move {
@@ -70,9 +83,19 @@ pub(super) async fn finish_dropped(
             }
             Err(e) => {
                 tracing::error!(to = %topic, error = %e, "dead-letter publish failed; message kept unacked and retried");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                let stopped = tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => false,
+                    _ = stop.wait_for(|s| *s) => true,
+                };
+                if stopped {
+                    give_back().await;
+                    return;
+                }
+                // Revoked while the dead-letter topic was unreachable: the
+                // next owner dead-letters it (one copy, not two).
+                if !d.is_owned() {
+                    give_back().await;
+                    return;
                 }
             }
         }
