@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: checks the toolchain,
 # installs (when missing) and starts PostgreSQL, RabbitMQ and Apache Kafka
-# (scripts/services.sh), runs fmt, clippy and every test, and stops at the
+# (scripts/services.sh), installs the pinned Dapr SDK clients the gRPC tests
+# drive (scripts/sdk.sh), runs fmt, clippy and every test, and stops at the
 # end what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,7 @@ if [ -n "$missing" ]; then
   echo "missing from this machine:$missing"
   echo "  cargo, rustfmt, cargo-clippy: rustup (rustup component add rustfmt clippy)"
   echo "  java (17 or later), mvn: Debian openjdk-17-jre-headless, maven"
-  echo "  python3: Debian python3 (runs scripts/module-dag.py)"
+  echo "  python3: Debian python3 and python3-venv (scripts/module-dag.py, the Dapr Python SDK tests)"
   exit 1
 fi
 
@@ -31,6 +32,11 @@ start_services
 for tool in psql openssl pg_ctlcluster rabbitmqctl; do
   command -v "$tool" >/dev/null || { echo "$tool is required by the tests"; exit 1; }
 done
+
+# The real SDK clients the compatibility tests drive, pinned, cached
+# outside the repository (scripts/sdk.sh).
+. "$(dirname "$0")/sdk.sh"
+sdk_python
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings

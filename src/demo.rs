@@ -83,7 +83,10 @@ pub async fn run(a: DemoArgs) -> ExitCode {
     let status = sc.status.clone();
     let sidecar = tokio::spawn(sidecar::run(
         sc,
-        vec![listener],
+        sidecar::Listeners {
+            http: vec![listener],
+            grpc: vec![],
+        },
         resources.subscriptions.clone(),
         async {
             let _ = stop_rx.await;

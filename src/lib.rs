@@ -43,6 +43,7 @@ pub mod delivery;
 pub mod demo;
 pub mod errors;
 pub mod expr;
+pub mod grpc;
 pub mod http;
 pub mod message;
 pub mod publish;

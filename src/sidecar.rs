@@ -37,11 +37,20 @@ impl Sidecar {
     }
 }
 
+/// The sockets the sidecar serves its APIs on.
+#[derive(Default)]
+pub struct Listeners {
+    /// The HTTP API (`--dapr-http-port` on each listen address).
+    pub http: Vec<TcpListener>,
+    /// The gRPC API (`--dapr-grpc-port`).
+    pub grpc: Vec<TcpListener>,
+}
+
 /// Runs the sidecar on the given listeners until `signal` resolves or the
 /// API asks to stop, then drains deliveries within the grace period.
 pub async fn run(
     sidecar: Sidecar,
-    listeners: Vec<TcpListener>,
+    listeners: Listeners,
     declared: Vec<SubscriptionSpec>,
     signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
@@ -59,9 +68,19 @@ pub async fn run(
         shutdown: shutdown.clone(),
     };
     let mut servers = Vec::new();
-    for l in listeners {
+    for l in listeners.http {
         let mut rx = stop_rx.clone();
         servers.push(tokio::spawn(crate::http::serve(
+            l,
+            api.clone(),
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        )));
+    }
+    for l in listeners.grpc {
+        let mut rx = stop_rx.clone();
+        servers.push(tokio::spawn(crate::grpc::serve(
             l,
             api.clone(),
             async move {

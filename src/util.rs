@@ -142,7 +142,7 @@ impl serde_json::ser::Formatter for GoFormatter {
 /// Formats a duration for humans and for the metadata API (`5s`, `500ms`).
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")

@@ -188,6 +188,7 @@ async fn go_style_flags_and_no_app() -> TestResult {
         "-app-id".to_owned(),
         "go-style".into(),
         format!("-dapr-http-port={port}"),
+        format!("-dapr-grpc-port={}", free_port()),
         "-metrics-port".into(),
         free_port().to_string(),
         "-app-port".into(),
@@ -235,6 +236,8 @@ async fn body_limits_and_api_logging_as_daprd() -> TestResult {
         let mut args = s(&["--app-id", "a", "--enable-api-logging", "--dapr-http-port"]);
         args.push(port.to_string());
         args.extend(s(&[
+            "--dapr-grpc-port",
+            &free_port().to_string(),
             "--metrics-port",
             &free_port().to_string(),
             "--resources-path",

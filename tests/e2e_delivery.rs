@@ -44,6 +44,7 @@ async fn not_ready_until_the_app_answers_but_outbound_is() -> TestResult {
             "--dapr-http-port",
             &port.to_string(),
         ])
+        .args(["--dapr-grpc-port", &free_port().to_string()])
         .args([
             "--app-port",
             &closed_app_port.to_string(),

@@ -117,7 +117,7 @@ fn unlucky(id: &str, attempt: u32) -> bool {
 
 /// The app fails attempt `n` (from 1) of event `seq`.
 fn fails(seq: u64, id: &str, n: u32) -> bool {
-    is_poison(seq) || (seq % 100 == 0 && n <= 2) || unlucky(id, n)
+    is_poison(seq) || (seq.is_multiple_of(100) && n <= 2) || unlucky(id, n)
 }
 
 /// What the app saw.

@@ -230,7 +230,7 @@ fn outbox_msg(topic: &str, n: u32) -> perch::broker::Message {
     perch::broker::Message {
         topic: topic.into(),
         data: format!("m{n}").into(),
-        content_type: (n % 2 == 0).then(|| "text/plain".to_owned()),
+        content_type: n.is_multiple_of(2).then(|| "text/plain".to_owned()),
         metadata: [("partitionKey".to_owned(), format!("k{n}"))].into(),
     }
 }

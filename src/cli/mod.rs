@@ -63,6 +63,10 @@ pub struct RunArgs {
         default_value_t = 3500
     )]
     pub dapr_http_port: u16,
+    /// Port of the gRPC API (`dapr.proto.runtime.v1.Dapr`), on the same
+    /// listen addresses.
+    #[arg(long, env = "PERCH_DAPR_GRPC_PORT", default_value_t = 50001)]
+    pub dapr_grpc_port: u16,
     /// Comma-separated addresses the API listens on.
     #[arg(long, env = "PERCH_DAPR_LISTEN_ADDRESSES", default_value = "127.0.0.1")]
     pub dapr_listen_addresses: String,
@@ -322,7 +326,7 @@ async fn run(mut a: RunArgs) -> ExitCode {
     for w in &resources.warnings {
         tracing::warn!(file = %w.file.display(), field = %w.field, "{}", w.message);
     }
-    let mut listeners = Vec::new();
+    let mut listeners = sidecar::Listeners::default();
     for addr in a
         .dapr_listen_addresses
         .split(',')
@@ -330,20 +334,23 @@ async fn run(mut a: RunArgs) -> ExitCode {
         .filter(|s| !s.is_empty())
     {
         let host = addr.trim_start_matches('[').trim_end_matches(']');
-        let sock: SocketAddr = match format!("{}:{}", bracket(host), a.dapr_http_port).parse() {
-            Ok(s) => s,
-            Err(_) => {
-                eprintln!("--dapr-listen-addresses: {addr:?} is not an IP address");
-                return ExitCode::FAILURE;
-            }
-        };
-        match tokio::net::TcpListener::bind(sock).await {
-            Ok(l) => listeners.push(l),
-            Err(e) => {
-                eprintln!(
-                    "cannot listen on {sock} (--dapr-http-port / --dapr-listen-addresses): {e}"
-                );
-                return ExitCode::FAILURE;
+        for (port, flag, into) in [
+            (a.dapr_http_port, "--dapr-http-port", &mut listeners.http),
+            (a.dapr_grpc_port, "--dapr-grpc-port", &mut listeners.grpc),
+        ] {
+            let sock: SocketAddr = match format!("{}:{port}", bracket(host)).parse() {
+                Ok(s) => s,
+                Err(_) => {
+                    eprintln!("--dapr-listen-addresses: {addr:?} is not an IP address");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match tokio::net::TcpListener::bind(sock).await {
+                Ok(l) => into.push(l),
+                Err(e) => {
+                    eprintln!("cannot listen on {sock} ({flag} / --dapr-listen-addresses): {e}");
+                    return ExitCode::FAILURE;
+                }
             }
         }
     }
@@ -374,7 +381,7 @@ async fn run(mut a: RunArgs) -> ExitCode {
             "the API listens beyond loopback without DAPR_API_TOKEN: any host that reaches it can publish and shut the sidecar down; set DAPR_API_TOKEN or listen on 127.0.0.1");
     }
     let settings = settings_from(&a);
-    tracing::info!(app_id = %a.app_id, port = a.dapr_http_port, pubsubs = resources.pubsubs.len(), "starting perch");
+    tracing::info!(app_id = %a.app_id, port = a.dapr_http_port, grpc_port = a.dapr_grpc_port, pubsubs = resources.pubsubs.len(), "starting perch");
     let loaded = &crate::telemetry::metrics::metrics().component_loaded;
     for p in &resources.pubsubs {
         tracing::info!(component = %p.name, r#type = %p.type_name, "component loaded");

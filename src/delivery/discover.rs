@@ -46,7 +46,7 @@ pub async fn discover(
         };
         if let Some(why) = failure {
             failures += 1;
-            if failures == 1 || failures % 30 == 0 {
+            if failures == 1 || failures.is_multiple_of(30) {
                 tracing::error!(
                     failures,
                     "the app's /dapr/subscribe failed ({why}); asking again"

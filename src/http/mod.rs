@@ -3,7 +3,7 @@
 //! shutdown future, so tests run it on port 0.
 
 mod publish;
-mod runtime_api;
+pub(crate) mod runtime_api;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -58,7 +58,7 @@ fn http1() -> hyper::server::conn::http1::Builder {
 /// served at once; an accept error (out of file descriptors, say) backs
 /// off instead of spinning. Each connection gets a permit and the stop
 /// signal.
-async fn accept_loop<F, Fut>(
+pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     what: &'static str,
     shutdown: impl Future<Output = ()>,

@@ -95,7 +95,7 @@ async fn bulk_inner(
             .into_iter()
             .map(|e| publish::BulkEntry {
                 entry_id: e.entry_id,
-                event: e.event,
+                event: publish::EntryEvent::Json(e.event),
                 content_type: e.content_type,
                 metadata: e.metadata,
             })

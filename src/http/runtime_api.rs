@@ -90,6 +90,12 @@ pub fn outbound(_api: &ApiState) -> Resp {
 
 /// `GET /v1.0/metadata`.
 pub fn metadata(api: &ApiState) -> Resp {
+    json(StatusCode::OK, &metadata_view(api))
+}
+
+/// The metadata both APIs answer with (`GET /v1.0/metadata`, gRPC
+/// `GetMetadata`), as the HTTP API's JSON.
+pub(crate) fn metadata_view(api: &ApiState) -> Value {
     let s = &api.settings;
     // Every component, as daprd lists them, with Perch's `healthy` (and
     // `healthError`) beside Dapr's fields.
@@ -179,7 +185,7 @@ pub fn metadata(api: &ApiState) -> Resp {
         .filter(|(_, e)| e.outbox.is_some())
         .map(|(n, e)| (n.clone(), json!(e.backlog.parked())))
         .collect();
-    let body = json!({
+    json!({
         "id": s.app_id,
         "runtimeVersion": concat!("perch-", env!("CARGO_PKG_VERSION")),
         "enabledFeatures": [],
@@ -191,8 +197,7 @@ pub fn metadata(api: &ApiState) -> Resp {
         "deniedSubscriptions": denied,
         "outboxPending": outbox,
         "outboxParked": parked,
-    });
-    json(StatusCode::OK, &body)
+    })
 }
 
 /// `PUT /v1.0/metadata/{key}`: the body becomes an `extended` attribute.

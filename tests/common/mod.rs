@@ -173,6 +173,7 @@ impl TestApp {
 /// The real `perch` binary.
 pub struct Sidecar {
     pub port: u16,
+    pub grpc_port: u16,
     pub metrics_port: u16,
     pub child: Child,
 }
@@ -227,6 +228,7 @@ impl Sidecar {
         ready_path: &str,
     ) -> Option<Self> {
         let port = free_port();
+        let grpc_port = free_port();
         let metrics_port = free_port();
         let mut cmd = Command::new(perch_bin());
         cmd.args([
@@ -237,6 +239,7 @@ impl Sidecar {
             &port.to_string(),
         ])
         .args(["--metrics-port", &metrics_port.to_string()])
+        .args(["--dapr-grpc-port", &grpc_port.to_string()])
         .arg("--resources-path")
         .arg(resources)
         .args(extra)
@@ -252,6 +255,7 @@ impl Sidecar {
         let child = cmd.spawn().expect("spawn perch");
         let mut sc = Self {
             port,
+            grpc_port,
             metrics_port,
             child,
         };

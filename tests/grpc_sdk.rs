@@ -1,0 +1,233 @@
+//! Dapr's gRPC API driven by the real Dapr Python SDK (`dapr[grpc]`, pinned
+//! in tests/sdk/python/requirements.txt, installed by scripts/sdk.sh), an
+//! unchanged SDK publisher as an app would run it: `DaprClient()` finds the
+//! sidecar through DAPR_HTTP_PORT and DAPR_GRPC_PORT.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// The SDK's Python: PERCH_SDK_PYTHON (scripts/test.sh exports it), else
+/// the venv scripts/sdk.sh makes.
+fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("PERCH_SDK_PYTHON") {
+        return p.into();
+    }
+    use sha2::Digest as _;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let req = std::fs::read(root.join("tests/sdk/python/requirements.txt")).unwrap();
+    let key: String = sha2::Sha256::digest(&req)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let cache = std::env::var("PERCH_SDK_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/perch-sdk"));
+    let py = cache
+        .join(format!("python-{}", &key[..12]))
+        .join("bin/python");
+    assert!(
+        py.exists(),
+        "the Dapr Python SDK is not installed: run scripts/sdk.sh (scripts/test.sh does)"
+    );
+    py
+}
+
+/// Runs tests/sdk/python/client.py `args` against `sc`; its JSON answer.
+async fn sdk(sc: &Sidecar, env: &[(&str, &str)], args: &[&str]) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/python/client.py");
+    let out = tokio::process::Command::new(python())
+        .arg(script)
+        .args(args)
+        .env("DAPR_HTTP_PORT", sc.port.to_string())
+        .env("DAPR_GRPC_PORT", sc.grpc_port.to_string())
+        .env("DAPR_HEALTH_TIMEOUT", "10")
+        .env_remove("DAPR_API_TOKEN")
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("run the Python SDK");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_else(|| {
+        panic!(
+            "no answer from the SDK: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+#[tokio::test]
+async fn the_python_sdk_publishes_over_grpc_as_over_http() -> TestResult {
+    let raw_sub = format!(
+        "{}  metadata:\n    rawPayload: \"true\"\n",
+        subscription("raw", "raw", "/raw")
+    );
+    let dir = resources(&[
+        ("pubsub.yaml", PUBSUB),
+        ("s.yaml", &subscription("s", "orders", "/orders")),
+        ("raw.yaml", &raw_sub),
+    ]);
+    let mut app = TestApp::ok(None).await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let r = sdk(
+        &sc,
+        &[],
+        &[
+            "publish",
+            "pubsub",
+            "orders",
+            r#"{"n":1}"#,
+            "application/json",
+            r#"{"cloudevent.type":"com.example.order"}"#,
+        ],
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let ev = app.next(10).await?.json();
+    assert_eq!(ev["data"], json!({"n": 1}));
+    assert_eq!(ev["datacontenttype"], "application/json");
+    assert_eq!(ev["source"], "test-app");
+    assert_eq!(ev["type"], "com.example.order", "cloudevent.* overrides");
+    assert_eq!(ev["topic"], "orders");
+    assert_eq!(ev["pubsubname"], "pubsub");
+    assert!(ev["traceparent"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("00-")));
+
+    // rawPayload: the bytes as they are.
+    let r = sdk(
+        &sc,
+        &[],
+        &[
+            "publish",
+            "pubsub",
+            "raw",
+            "plain bytes",
+            "text/plain",
+            r#"{"rawPayload":"true"}"#,
+        ],
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    // A rawPayload subscriber gets daprd's wrapper: the bytes in data_base64.
+    let ev = app.next(10).await?.json();
+    use base64::Engine as _;
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(ev["data_base64"].as_str().unwrap())?;
+    assert_eq!(bytes, b"plain bytes", "{ev}");
+
+    // Bulk (BulkPublishEvent): every entry delivered, none failed.
+    let r = sdk(
+        &sc,
+        &[],
+        &[
+            "bulk",
+            "pubsub",
+            "orders",
+            r#"["{\"b\":1}","{\"b\":2}","{\"b\":3}"]"#,
+        ],
+    )
+    .await;
+    assert_eq!(r, json!({"ok": true, "failed": []}));
+    let mut got = vec![];
+    for _ in 0..3 {
+        got.push(app.next(10).await?.json()["data"]["b"].as_i64().unwrap());
+    }
+    got.sort();
+    assert_eq!(got, [1, 2, 3]);
+
+    // Metadata, as GET /v1.0/metadata.
+    assert_eq!(
+        sdk(&sc, &[], &["set_metadata", "team", "orders"]).await["ok"],
+        true
+    );
+    let m = sdk(&sc, &[], &["metadata"]).await;
+    assert_eq!(m["id"], "test-app", "{m}");
+    assert_eq!(m["components"], json!(["pubsub"]));
+    assert_eq!(m["types"], json!(["pubsub.in-memory"]));
+    assert_eq!(m["extended"]["team"], "orders");
+    Ok(())
+}
+
+/// daprd's gRPC codes and ErrorInfo reasons, as the SDK reports them.
+#[tokio::test]
+async fn errors_reach_the_sdk_with_daprds_codes() -> TestResult {
+    let scoped = component("scoped", &[("publishingScopes", "test-app=allowed")]);
+    // A broker nothing listens on, and no outbox: the publish fails.
+    let down = component(
+        "down",
+        &[("connectionString", "amqp://guest:guest@127.0.0.1:1")],
+    )
+    .replace("pubsub.in-memory", "pubsub.rabbitmq");
+    let dir = resources(&[
+        ("pubsub.yaml", PUBSUB),
+        ("scoped.yaml", &scoped),
+        ("down.yaml", &down),
+    ]);
+    let sc = Sidecar::start(dir.path(), None, &[], &["--max-body-size", "1Ki"]).await;
+    let publish = |pubsub: &'static str, topic: &'static str, data: String| {
+        let sc = &sc;
+        async move { sdk(sc, &[], &["publish", pubsub, topic, &data, "text/plain"]).await }
+    };
+    let cases = [
+        (
+            publish("nope", "t", "x".into()).await,
+            "INVALID_ARGUMENT",
+            "DAPR_PUBSUB_NOT_FOUND",
+        ),
+        (
+            publish("scoped", "other", "x".into()).await,
+            "PERMISSION_DENIED",
+            "DAPR_PUBSUB_FORBIDDEN",
+        ),
+        (
+            publish("down", "t", "x".into()).await,
+            "INTERNAL",
+            "DAPR_PUBSUB_PUBLISH_MESSAGE",
+        ),
+        (
+            publish("pubsub", "t", "x".repeat(2048)).await,
+            "RESOURCE_EXHAUSTED",
+            "UNKNOWN",
+        ),
+    ];
+    for (got, code, reason) in cases {
+        assert_eq!(got["error"], code, "{got}");
+        assert_eq!(got["reason"], reason, "{got}");
+    }
+    // Not a pub/sub RPC: UNIMPLEMENTED, the signal SDK fallbacks key on.
+    let state = sdk(&sc, &[], &["state"]).await;
+    assert_eq!(state["error"], "UNIMPLEMENTED", "{state}");
+    Ok(())
+}
+
+/// DAPR_API_TOKEN guards every RPC; the SDK sends it from its env.
+#[tokio::test]
+async fn the_api_token_guards_grpc() -> TestResult {
+    let dir = resources(&[("pubsub.yaml", PUBSUB)]);
+    let sc = Sidecar::start(dir.path(), None, &[("DAPR_API_TOKEN", "s3cret")], &[]).await;
+    let args = ["publish", "pubsub", "t", "x", "text/plain"];
+    let r = sdk(&sc, &[], &args).await;
+    assert_eq!(r["error"], "UNAUTHENTICATED", "{r}");
+    let r = sdk(&sc, &[("DAPR_API_TOKEN", "wrong")], &args).await;
+    assert_eq!(r["error"], "UNAUTHENTICATED", "{r}");
+    let r = sdk(&sc, &[("DAPR_API_TOKEN", "s3cret")], &args).await;
+    assert_eq!(r["ok"], true, "{r}");
+    Ok(())
+}
+
+/// `Shutdown` stops the sidecar as `POST /v1.0/shutdown` does.
+#[tokio::test]
+async fn shutdown_over_grpc_stops_the_sidecar() -> TestResult {
+    let dir = resources(&[("pubsub.yaml", PUBSUB)]);
+    let mut sc = Sidecar::start(dir.path(), None, &[], &[]).await;
+    assert_eq!(sdk(&sc, &[], &["shutdown"]).await["ok"], true);
+    let status =
+        tokio::time::timeout(std::time::Duration::from_secs(10), sc.child.wait()).await??;
+    assert!(status.success(), "{status}");
+    Ok(())
+}
