@@ -10,30 +10,49 @@ use std::path::PathBuf;
 use common::*;
 use serde_json::{json, Value};
 
-/// The SDK's Python: PERCH_SDK_PYTHON (scripts/test.sh exports it), else
-/// the venv scripts/sdk.sh makes.
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("PERCH_SDK_PYTHON") {
-        return p.into();
-    }
+/// Where scripts/sdk.sh keeps the SDK installed from `files` (the same
+/// key: the first 12 hex digits of the SHA-256 of their contents, in order).
+fn sdk_dir(prefix: &str, files: &[&str]) -> PathBuf {
     use sha2::Digest as _;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let req = std::fs::read(root.join("tests/sdk/python/requirements.txt")).unwrap();
-    let key: String = sha2::Sha256::digest(&req)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let mut h = sha2::Sha256::new();
+    for f in files {
+        h.update(std::fs::read(root.join(f)).unwrap());
+    }
+    let key: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     let cache = std::env::var("PERCH_SDK_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/perch-sdk"));
-    let py = cache
-        .join(format!("python-{}", &key[..12]))
-        .join("bin/python");
+    let dir = cache.join(format!("{prefix}-{}", &key[..12]));
     assert!(
-        py.exists(),
-        "the Dapr Python SDK is not installed: run scripts/sdk.sh (scripts/test.sh does)"
+        dir.exists(),
+        "{} is missing: run scripts/sdk.sh (scripts/test.sh does)",
+        dir.display()
     );
-    py
+    dir
+}
+
+/// The SDK's Python: PERCH_SDK_PYTHON (scripts/test.sh exports it), else
+/// the venv scripts/sdk.sh makes.
+fn python() -> PathBuf {
+    match std::env::var("PERCH_SDK_PYTHON") {
+        Ok(p) => p.into(),
+        Err(_) => sdk_dir("python", &["tests/sdk/python/requirements.txt"]).join("bin/python"),
+    }
+}
+
+/// The folder whose node_modules holds the JS SDK.
+fn js_dir() -> PathBuf {
+    match std::env::var("PERCH_SDK_NODE_MODULES") {
+        Ok(p) => PathBuf::from(p).parent().unwrap().to_path_buf(),
+        Err(_) => sdk_dir(
+            "js",
+            &[
+                "tests/sdk/js/package.json",
+                "tests/sdk/js/package-lock.json",
+            ],
+        ),
+    }
 }
 
 /// Runs tests/sdk/python/client.py `args` against `sc`; its JSON answer.
@@ -229,5 +248,52 @@ async fn shutdown_over_grpc_stops_the_sidecar() -> TestResult {
     let status =
         tokio::time::timeout(std::time::Duration::from_secs(10), sc.child.wait()).await??;
     assert!(status.success(), "{status}");
+    Ok(())
+}
+
+/// The JS SDK in gRPC mode: `start()` polls GetMetadata, `publish` is
+/// PublishEvent, `publishBulk` BulkPublishEventAlpha1 (its only bulk RPC).
+#[tokio::test]
+async fn the_js_sdk_in_grpc_mode_publishes_and_bulk_publishes_through_alpha1() -> TestResult {
+    let dir = resources(&[
+        ("pubsub.yaml", PUBSUB),
+        ("s.yaml", &subscription("s", "orders", "/orders")),
+    ]);
+    let mut app = TestApp::ok(None).await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    // ESM resolves packages next to the script: run it beside node_modules.
+    let js = js_dir();
+    let script = js.join("client.mjs");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/js/client.mjs"),
+        &script,
+    )?;
+    let out = tokio::process::Command::new("node")
+        .arg(&script)
+        .env("DAPR_GRPC_PORT", sc.grpc_port.to_string())
+        .env("DAPR_HTTP_PORT", sc.port.to_string())
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rfind(|l| l.starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!(
+                "no answer from the JS SDK: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let r: Value = serde_json::from_str(line)?;
+    assert_eq!(r["id"], "test-app", "{r}");
+    assert_eq!(r["components"], json!(["pubsub"]));
+    assert_eq!(r["failed"], 0, "{r}");
+    let mut got = vec![];
+    for _ in 0..3 {
+        got.push(app.next(10).await?.json()["data"].clone());
+    }
+    for want in [json!({"js": 1}), json!({"js": 2}), json!("text three")] {
+        assert!(got.contains(&want), "{want} in {got:?}");
+    }
     Ok(())
 }
