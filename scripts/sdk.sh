@@ -2,10 +2,12 @@
 # Installs the real SDK clients the compatibility tests drive, pinned, into
 # a cache outside the repository (PERCH_SDK_CACHE, default
 # ~/.cache/perch-sdk), once per pinned set: a Python venv with the Dapr SDK
-# (tests/sdk/python/requirements.txt) and the JS SDK's node_modules
-# (tests/sdk/js/package-lock.json). Sourced by scripts/test.sh, which
-# exports PERCH_SDK_PYTHON and PERCH_SDK_NODE_MODULES for the tests; run it
-# alone to run those tests with plain `cargo test`.
+# (tests/sdk/python/requirements.txt), the JS SDK's node_modules
+# (tests/sdk/js/package-lock.json) and a publisher built with the Go SDK
+# (tests/sdk/go, go.sum committed; modules from the Go module proxy into
+# Go's own cache). Sourced by scripts/test.sh, which exports
+# PERCH_SDK_PYTHON, PERCH_SDK_NODE_MODULES and PERCH_SDK_GO_PUBLISHER for
+# the tests; run it alone to run those tests with plain `cargo test`.
 set -euo pipefail
 
 sdk_python() {
@@ -42,9 +44,26 @@ sdk_js() {
   export PERCH_SDK_NODE_MODULES="$dir/node_modules"
 }
 
+sdk_go() {
+  local here key dir
+  here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  key="$(cat "$here/tests/sdk/go/go.mod" "$here/tests/sdk/go/go.sum" "$here/tests/sdk/go/main.go" | sha256sum | cut -c1-12)"
+  dir="${PERCH_SDK_CACHE:-$HOME/.cache/perch-sdk}/go-$key"
+  if [ ! -x "$dir/publisher" ]; then
+    command -v go >/dev/null || { echo "sdk.sh: go is missing (the Go toolchain, 1.26 or later)"; return 1; }
+    mkdir -p "$dir"
+    (cd "$here/tests/sdk/go" && go build -mod=readonly -o "$dir/publisher" .) \
+      || { echo "sdk.sh: the Go SDK publisher did not build (modules from the Go module proxy)"; return 1; }
+    echo "sdk.sh: Dapr Go SDK publisher built in $dir"
+  fi
+  export PERCH_SDK_GO_PUBLISHER="$dir/publisher"
+}
+
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   sdk_python
   sdk_js
+  sdk_go
+  echo "PERCH_SDK_GO_PUBLISHER=$PERCH_SDK_GO_PUBLISHER"
   echo "PERCH_SDK_PYTHON=$PERCH_SDK_PYTHON"
   echo "PERCH_SDK_NODE_MODULES=$PERCH_SDK_NODE_MODULES"
 fi

@@ -14,7 +14,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/perch-target}"
 # The toolchain the scripts call. Rust's parts come with rustup; java and
 # mvn run the Kafka broker. A missing one is named, with where it comes from.
 missing=""
-for tool in cargo rustfmt cargo-clippy java mvn python3 node npm; do
+for tool in cargo rustfmt cargo-clippy java mvn python3 node npm go; do
   command -v "$tool" >/dev/null || missing="$missing $tool"
 done
 if [ -n "$missing" ]; then
@@ -23,6 +23,7 @@ if [ -n "$missing" ]; then
   echo "  java (17 or later), mvn: Debian openjdk-17-jre-headless, maven"
   echo "  python3: Debian python3 and python3-venv (scripts/module-dag.py, the Dapr Python SDK tests)"
   echo "  node, npm: Debian nodejs, npm (the Dapr JS SDK tests)"
+  echo "  go: the Go toolchain, 1.26 or later (the Dapr Go SDK tests)"
   exit 1
 fi
 
@@ -39,6 +40,7 @@ done
 . "$(dirname "$0")/sdk.sh"
 sdk_python
 sdk_js
+sdk_go
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings

@@ -297,3 +297,57 @@ async fn the_js_sdk_in_grpc_mode_publishes_and_bulk_publishes_through_alpha1() -
     }
     Ok(())
 }
+
+/// The Go SDK: `NewClient()` dials with `WithBlock` (5 s), then
+/// PublishEvent and PublishEvents (the stable bulk RPC); an unknown pubsub
+/// is an error with daprd's code.
+#[tokio::test]
+async fn the_go_sdk_publishes() -> TestResult {
+    let dir = resources(&[
+        ("pubsub.yaml", PUBSUB),
+        ("s.yaml", &subscription("s", "orders", "/orders")),
+    ]);
+    let mut app = TestApp::ok(None).await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let publisher = match std::env::var("PERCH_SDK_GO_PUBLISHER") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => sdk_dir(
+            "go",
+            &[
+                "tests/sdk/go/go.mod",
+                "tests/sdk/go/go.sum",
+                "tests/sdk/go/main.go",
+            ],
+        )
+        .join("publisher"),
+    };
+    let out = tokio::process::Command::new(publisher)
+        .env("DAPR_GRPC_PORT", sc.grpc_port.to_string())
+        .env("DAPR_HTTP_PORT", sc.port.to_string())
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rfind(|l| l.starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!(
+                "no answer from the Go SDK: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let r: Value = serde_json::from_str(line)?;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["failed"], 0, "{r}");
+    assert!(
+        r["unknown"].as_str().unwrap().contains("InvalidArgument"),
+        "{r}"
+    );
+    let mut got = vec![];
+    for _ in 0..3 {
+        got.push(app.next(10).await?.json()["data"]["go"].as_i64().unwrap());
+    }
+    got.sort();
+    assert_eq!(got, [1, 2, 3]);
+    Ok(())
+}
