@@ -5,9 +5,11 @@
 # (tests/sdk/python/requirements.txt), the JS SDK's node_modules
 # (tests/sdk/js/package-lock.json) and a publisher built with the Go SDK
 # (tests/sdk/go, go.sum committed; modules from the Go module proxy into
-# Go's own cache). Sourced by scripts/test.sh, which exports
-# PERCH_SDK_PYTHON, PERCH_SDK_NODE_MODULES and PERCH_SDK_GO_PUBLISHER for
-# the tests; run it alone to run those tests with plain `cargo test`.
+# Go's own cache) and one with the Java SDK (tests/sdk/java, from Maven
+# Central into Maven's cache). Sourced by scripts/test.sh, which exports
+# PERCH_SDK_PYTHON, PERCH_SDK_NODE_MODULES, PERCH_SDK_GO_PUBLISHER and
+# PERCH_SDK_JAVA_CP for the tests; run it alone to run those tests with
+# plain `cargo test`.
 set -euo pipefail
 
 sdk_python() {
@@ -59,7 +61,26 @@ sdk_go() {
   export PERCH_SDK_GO_PUBLISHER="$dir/publisher"
 }
 
+sdk_java() {
+  local here key dir
+  here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  key="$(cat "$here/tests/sdk/java/pom.xml" "$here/tests/sdk/java/Publisher.java" | sha256sum | cut -c1-12)"
+  dir="${PERCH_SDK_CACHE:-$HOME/.cache/perch-sdk}/java-$key"
+  if [ ! -f "$dir/classes/Publisher.class" ]; then
+    command -v mvn >/dev/null && command -v javac >/dev/null \
+      || { echo "sdk.sh: mvn and javac are missing (Debian maven, openjdk-17-jdk-headless)"; return 1; }
+    rm -rf "$dir" && mkdir -p "$dir/classes"
+    (cd "$here/tests/sdk/java" && mvn -q -B dependency:build-classpath -Dmdep.outputFile="$dir/cp.txt") \
+      || { echo "sdk.sh: Maven could not resolve the Dapr Java SDK from Maven Central"; return 1; }
+    javac -d "$dir/classes" -cp "$(cat "$dir/cp.txt")" "$here/tests/sdk/java/Publisher.java" \
+      || { echo "sdk.sh: the Java SDK publisher did not compile"; return 1; }
+    echo "sdk.sh: Dapr Java SDK publisher built in $dir"
+  fi
+  export PERCH_SDK_JAVA_CP="$dir/classes:$(cat "$dir/cp.txt")"
+}
+
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  sdk_java
   sdk_python
   sdk_js
   sdk_go

@@ -41,6 +41,7 @@ done
 sdk_python
 sdk_js
 sdk_go
+sdk_java
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
