@@ -67,6 +67,12 @@ pub async fn run(
         status: status.clone(),
         shutdown: shutdown.clone(),
     };
+    let deps = delivery::Deps {
+        settings: settings.clone(),
+        registry: registry.clone(),
+        status: status.clone(),
+    };
+    let engine = delivery::Engine::new(deps.clone(), stop_rx.clone());
     let mut servers = Vec::new();
     for l in listeners.http {
         let mut rx = stop_rx.clone();
@@ -83,6 +89,7 @@ pub async fn run(
         servers.push(tokio::spawn(crate::grpc::serve(
             l,
             api.clone(),
+            engine.clone(),
             async move {
                 let _ = rx.wait_for(|s| *s).await;
             },
@@ -97,12 +104,6 @@ pub async fn run(
         }
     }
     let gauges = tokio::spawn(update_gauges(registry.clone()));
-    let deps = delivery::Deps {
-        settings: settings.clone(),
-        registry: registry.clone(),
-        status: status.clone(),
-    };
-    let engine = delivery::Engine::new(deps.clone(), stop_rx.clone());
     let health = delivery::health::watch_app(deps.clone(), stop_rx.clone());
     let starter = {
         let deps = deps.clone();

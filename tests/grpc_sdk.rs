@@ -399,3 +399,157 @@ async fn the_java_sdk_publishes() -> TestResult {
     assert_eq!(got, [1, 2, 3]);
     Ok(())
 }
+
+/// Starts the Python SDK's streaming subscriber with `plan` in the
+/// background; returns it once it printed that it subscribed.
+async fn stream_subscriber(
+    sc: &Sidecar,
+    topic: &str,
+    plan: &str,
+    dead: Option<&str>,
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/python/client.py");
+    let mut args = vec!["stream", "pubsub", topic, plan];
+    args.extend(dead);
+    let mut child = tokio::process::Command::new(python())
+        .arg(script)
+        .args(&args)
+        .env("DAPR_HTTP_PORT", sc.port.to_string())
+        .env("DAPR_GRPC_PORT", sc.grpc_port.to_string())
+        .env_remove("DAPR_API_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run the Python SDK");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("the subscriber starts")
+        .unwrap()
+        .unwrap_or_default();
+    assert!(first.contains("subscribed"), "{first}");
+    // The subscription runs once it is listed.
+    for _ in 0..100 {
+        let (_, _, body) = sc.call("GET", "/v1.0/metadata", &[], "").await.unwrap();
+        let md: Value = serde_json::from_slice(&body).unwrap();
+        if md["subscriptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["topic"] == topic && s["type"] == "STREAMING")
+        {
+            return (child, lines);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the stream is not listed as STREAMING");
+}
+
+async fn last_json(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> Value {
+    let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the subscriber answers")
+        .unwrap()
+        .unwrap_or_default();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+/// A streaming subscription (`DaprClient().subscribe`): SUCCESS acks,
+/// RETRY redelivers on the stream, DROP dead-letters; listed as
+/// STREAMING; no app port needed.
+#[tokio::test]
+async fn the_python_sdk_subscribes_over_a_stream() -> TestResult {
+    let dir = resources(&[
+        ("pubsub.yaml", PUBSUB),
+        ("r.yaml", &constant_retries("10ms", 3)),
+        ("d.yaml", &subscription("d", "orders-dead", "/dead")),
+    ]);
+    let mut app = TestApp::ok(None).await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let (_child, mut lines) = stream_subscriber(
+        &sc,
+        "orders",
+        r#"["success","retry","success","drop"]"#,
+        Some("orders-dead"),
+    )
+    .await;
+    for n in 1..=3 {
+        let ce = json!({"specversion": "1.0", "id": format!("e{n}"), "source": "s", "type": "t",
+                        "datacontenttype": "application/json", "data": {"n": n}});
+        let (status, _, _) = sc
+            .call(
+                "POST",
+                "/v1.0/publish/pubsub/orders",
+                &[("content-type", "application/cloudevents+json")],
+                &ce.to_string(),
+            )
+            .await?;
+        assert_eq!(status, 204);
+        // One at a time, so the plan meets them in order.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let r = last_json(&mut lines).await;
+    let seen: Vec<(String, String)> = r["seen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().to_owned(),
+                s["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want = [
+        ("e1", "success"),
+        ("e2", "retry"),
+        ("e2", "success"),
+        ("e3", "drop"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(seen, want, "{r}");
+    assert_eq!(r["seen"][0]["data"], json!({"n": 1}), "{r}");
+    let dead = app.next(10).await?;
+    assert_eq!(dead.path, "/dead");
+    assert_eq!(dead.json()["id"], "e3", "DROP dead-letters");
+    Ok(())
+}
+
+/// A stream that ends with an event unsettled leaves it to the next
+/// stream: never acked, never dead-lettered for it.
+#[tokio::test]
+async fn an_unsettled_event_goes_to_the_next_stream() -> TestResult {
+    let dir = resources(&[("pubsub.yaml", PUBSUB)]);
+    let sc = Sidecar::start(dir.path(), None, &[], &[]).await;
+    let (mut first, mut lines) = stream_subscriber(&sc, "jobs", r#"["close"]"#, None).await;
+    assert_eq!(sc.publish_json("pubsub/jobs", r#"{"job":1}"#).await, 204);
+    let r = last_json(&mut lines).await;
+    assert_eq!(r["seen"][0]["action"], "close", "{r}");
+    let _ = first.wait().await;
+    // Listed no more once the stream is gone.
+    let mut gone = false;
+    for _ in 0..100 {
+        let (_, _, body) = sc.call("GET", "/v1.0/metadata", &[], "").await?;
+        let md: Value = serde_json::from_slice(&body)?;
+        if md["subscriptions"].as_array().unwrap().is_empty() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the closed stream is unlisted");
+    let (_second, mut lines) = stream_subscriber(&sc, "jobs", r#"["success"]"#, None).await;
+    let r = last_json(&mut lines).await;
+    assert_eq!(r["seen"][0]["data"], json!({"job": 1}), "redelivered: {r}");
+    assert_eq!(r["seen"][0]["action"], "success");
+    Ok(())
+}

@@ -40,6 +40,8 @@ pub enum SubscriptionSource {
     Declarative,
     /// The app's `GET /dapr/subscribe`.
     Programmatic,
+    /// A gRPC streaming subscription (`SubscribeTopicEventsAlpha1`).
+    Streaming,
 }
 
 /// A subscription, declarative or programmatic, with rules in order and the

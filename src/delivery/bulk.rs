@@ -174,7 +174,7 @@ async fn deliver_group(
         };
         let headers = BTreeMap::from([("pubsubName".to_owned(), ctx.sub.pubsubname.clone())]);
         let answer = ctx
-            .call_app(ctx.client.deliver_bulk(&path, body, &headers), |a| {
+            .call_app(ctx.deliver_bulk_once(&path, body, &headers), |a| {
                 a.as_ref()
                     .is_some_and(|(s, _)| (200..300).contains(s) || *s == 404)
             })

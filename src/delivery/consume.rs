@@ -36,7 +36,9 @@ pub(super) async fn consume(
             let batch = bulk::next_batch(&ctx, &mut stream, &mut stop).await;
             // An unhealthy app: hold the batch until it recovers; at
             // shutdown the batch is dropped unfinished (redelivered).
-            if batch.is_empty() || !health::until_healthy(&ctx.deps.status, &mut stop).await {
+            if batch.is_empty()
+                || (ctx.needs_app() && !health::until_healthy(&ctx.deps.status, &mut stop).await)
+            {
                 break;
             }
             let (task_ctx, stop) = (ctx.clone(), stop.clone());
@@ -77,7 +79,7 @@ pub(super) async fn consume(
         }
         // An unhealthy app: hold the message until it recovers; at
         // shutdown it is dropped unfinished (redelivered).
-        if !health::until_healthy(&ctx.deps.status, &mut stop).await {
+        if ctx.needs_app() && !health::until_healthy(&ctx.deps.status, &mut stop).await {
             break;
         }
         let chain = match order {

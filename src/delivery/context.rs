@@ -46,7 +46,8 @@ pub(super) struct SubCtx {
     /// The subscription's pub/sub component and broker.
     pub(super) pubsub: Arc<Pubsub>,
     pub(super) deps: Deps,
-    pub(super) client: AppClient,
+    /// Where deliveries go: the app, or a streaming subscription's client.
+    pub(super) sink: Sink,
     pub(super) app_limit: Option<Arc<Semaphore>>,
     /// The inbound target's circuit breaker, shared with its other users.
     pub(super) breaker: Option<Arc<breaker::Breaker>>,
@@ -56,9 +57,58 @@ pub(super) struct SubCtx {
     pub(super) store: Option<Arc<dyn Store>>,
 }
 
+/// Where a subscription's deliveries go.
+#[derive(Clone)]
+pub enum Sink {
+    /// The app, over HTTP.
+    App(AppClient),
+    /// A streaming subscription's client.
+    Stream(Arc<super::stream::StreamSink>),
+}
+
 impl SubCtx {
     pub(super) fn entry(&self) -> &Pubsub {
         &self.pubsub
+    }
+
+    /// One delivery to the sink: POSTed to the app, or sent on the stream
+    /// (whose client answers SUCCESS, RETRY or DROP as an app would).
+    pub(super) async fn deliver_once(
+        &self,
+        path: &str,
+        body: Bytes,
+        metadata: &BTreeMap<String, String>,
+        traceparent: Option<&str>,
+        idempotency_key: Option<&str>,
+    ) -> app::AppAnswer {
+        match &self.sink {
+            Sink::App(c) => {
+                c.deliver(path, body, metadata, traceparent, idempotency_key)
+                    .await
+            }
+            Sink::Stream(s) => {
+                s.deliver(&self.sub.topic, &self.sub.pubsubname, &body)
+                    .await
+            }
+        }
+    }
+
+    /// One bulk delivery to the app (a stream is never bulk: `None`).
+    pub(super) async fn deliver_bulk_once(
+        &self,
+        path: &str,
+        body: Bytes,
+        headers: &BTreeMap<String, String>,
+    ) -> app::AppAnswer {
+        match &self.sink {
+            Sink::App(c) => c.deliver_bulk(path, body, headers).await,
+            Sink::Stream(_) => None,
+        }
+    }
+
+    /// A stream is not gated on the app's health: its client is the app.
+    pub(super) fn needs_app(&self) -> bool {
+        matches!(self.sink, Sink::App(_))
     }
 }
 

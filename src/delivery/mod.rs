@@ -30,6 +30,7 @@ mod prepare;
 mod process;
 pub mod retry;
 pub mod routing;
+pub mod stream;
 mod window;
 
 use std::sync::Arc;
@@ -108,114 +109,185 @@ impl Engine {
         let mut active = Vec::new();
         let mut breakers = std::collections::HashMap::new();
         for sub in subs {
-            let Some(entry) = deps.registry.pubsubs.get(&sub.pubsubname) else {
-                tracing::error!(pubsub = %sub.pubsubname, topic = %sub.topic, "subscription names an unknown pubsub; not started");
-                continue;
-            };
-            if !entry
-                .component
-                .scoping
-                .may_subscribe(&deps.settings.app_id, &sub.topic)
+            let sink = context::Sink::App(client.clone());
+            match self
+                .start_one(&sub, sink, self.inner.stop.clone(), &mut breakers)
+                .await
             {
-                deps.status
-                    .denied
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push(sub.clone());
-                tracing::error!(pubsub = %sub.pubsubname, topic = %sub.topic,
-                    "subscription to topic '{}' on pubsub '{}' is not allowed", sub.topic, sub.pubsubname);
-                continue;
-            }
-            let inbound = inbound_policy(deps, &sub.pubsubname);
-            let breaker = inbound.breaker.as_ref().and_then(|(key, cfg)| {
-                breakers
-                    .entry(key.clone())
-                    .or_insert_with(|| breaker::Breaker::new(key, cfg).map(Arc::new))
-                    .clone()
-            });
-            let router = match routing::Router::new(&sub.rules) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(pubsub = %sub.pubsubname, topic = %sub.topic, error = %e, "subscription not started");
-                    continue;
-                }
-            };
-            // The pubsub's idempotency store, unless the subscription opts out.
-            let store = entry
-                .component
-                .idempotency_store
-                .as_ref()
-                .filter(|_| {
-                    sub.metadata
-                        .get("idempotency")
-                        .and_then(|v| parse_go_bool(v))
-                        .unwrap_or(true)
-                })
-                .and_then(|name| deps.registry.stores.get(name).cloned());
-            let md = &entry.component.metadata;
-            let req = SubscribeRequest {
-                topic: entry.component.broker_topic(&sub.topic),
-                group: md
-                    .get("consumerGroup")
-                    .or_else(|| md.get("consumerID"))
-                    .cloned()
-                    .unwrap_or_else(|| deps.settings.app_id.clone()),
-                metadata: sub.metadata.clone(),
-                // A bulk subscription needs whole batches handed out at once.
-                window: if sub.bulk.enabled {
-                    bulk::window(
-                        entry.component.delivery_order,
-                        entry.component.max_in_flight,
-                        sub.bulk.max_messages_count,
-                    )
-                } else if store.is_some() {
-                    entry.component.max_in_flight * STORE_WINDOW
-                } else {
-                    entry.component.max_in_flight
-                },
-                dead_letter_topic: sub
-                    .dead_letter_topic
-                    .clone()
-                    .or_else(|| entry.component.default_dead_letter_topic(&sub.topic))
-                    .map(|t| entry.component.broker_topic(&t)),
-            };
-            match entry.broker.subscribe(req).await {
-                Ok(stream) => {
-                    tracing::info!(pubsub = %sub.pubsubname, topic = %sub.topic, "subscription started");
-                    let ctx = Arc::new(SubCtx {
-                        router,
-                        policy: inbound.retry,
-                        timeout: inbound.timeout,
-                        breaker,
-                        sub: sub.clone(),
-                        pubsub: entry.clone(),
-                        deps: deps.clone(),
-                        client: client.clone(),
-                        app_limit: self.inner.app_limit.clone(),
-                        raw: sub
-                            .metadata
-                            .get("rawPayload")
-                            .and_then(|v| parse_go_bool(v))
-                            .unwrap_or(false),
-                        store,
-                    });
-                    self.inner.consumers.lock().await.spawn(supervise(
-                        ctx,
-                        stream,
-                        self.inner.stop.clone(),
-                    ));
-                    active.push(sub);
+                Ok(()) => active.push(sub),
+                Err(StartError::Denied) => {
+                    deps.status
+                        .denied
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(sub.clone());
+                    tracing::error!(pubsub = %sub.pubsubname, topic = %sub.topic,
+                        "subscription to topic '{}' on pubsub '{}' is not allowed", sub.topic, sub.pubsubname);
                 }
                 Err(e) => {
-                    tracing::error!(pubsub = %sub.pubsubname, topic = %sub.topic, error = %e, "subscribe failed")
+                    tracing::error!(pubsub = %sub.pubsubname, topic = %sub.topic, error = %e, "subscription not started")
                 }
             }
         }
-        *deps
-            .status
+        deps.status
             .subscriptions
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = active;
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(active);
+    }
+
+    /// Starts a streaming subscription whose client is `sink`: it consumes
+    /// until the stream ends (`sink.closed()`) or the sidecar stops, and
+    /// is listed as STREAMING meanwhile. One stream per pubsub and topic
+    /// at a time, and none on a topic the app subscribes to otherwise (as
+    /// daprd 1.14).
+    pub async fn start_stream(
+        &self,
+        sub: SubscriptionSpec,
+        sink: Arc<stream::StreamSink>,
+    ) -> Result<(), StartError> {
+        let deps = &self.inner.deps;
+        let taken = deps
+            .status
+            .subscriptions
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|s| s.pubsubname == sub.pubsubname && s.topic == sub.topic);
+        if taken {
+            return Err(StartError::AlreadySubscribed);
+        }
+        // Stops with the sidecar or with the stream, whichever is first.
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (mut global, mut closed) = (self.inner.stop.clone(), sink.closed());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = global.wait_for(|s| *s) => {}
+                _ = closed.wait_for(|c| *c) => {}
+            }
+            stop_tx.send_replace(true);
+        });
+        let mut breakers = std::collections::HashMap::new();
+        let mut end = stop_rx.clone();
+        self.start_one(&sub, context::Sink::Stream(sink), stop_rx, &mut breakers)
+            .await?;
+        deps.status
+            .subscriptions
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(sub.clone());
+        let status = deps.status.clone();
+        tokio::spawn(async move {
+            let _ = end.wait_for(|s| *s).await;
+            status
+                .subscriptions
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .retain(|s| {
+                    !(s.source == crate::config::SubscriptionSource::Streaming
+                        && s.pubsubname == sub.pubsubname
+                        && s.topic == sub.topic)
+                });
+        });
+        Ok(())
+    }
+
+    /// Starts one subscription delivering to `sink` until `stop`.
+    async fn start_one(
+        &self,
+        sub: &SubscriptionSpec,
+        sink: context::Sink,
+        stop: watch::Receiver<bool>,
+        breakers: &mut std::collections::HashMap<String, Option<Arc<breaker::Breaker>>>,
+    ) -> Result<(), StartError> {
+        let deps = &self.inner.deps;
+        let Some(entry) = deps.registry.pubsubs.get(&sub.pubsubname) else {
+            return Err(StartError::UnknownPubsub);
+        };
+        if !entry
+            .component
+            .scoping
+            .may_subscribe(&deps.settings.app_id, &sub.topic)
+        {
+            return Err(StartError::Denied);
+        }
+        let inbound = inbound_policy(deps, &sub.pubsubname);
+        let breaker = inbound.breaker.as_ref().and_then(|(key, cfg)| {
+            breakers
+                .entry(key.clone())
+                .or_insert_with(|| breaker::Breaker::new(key, cfg).map(Arc::new))
+                .clone()
+        });
+        let router =
+            routing::Router::new(&sub.rules).map_err(|e| StartError::Route(e.to_string()))?;
+        // The pubsub's idempotency store, unless the subscription opts out.
+        let store = entry
+            .component
+            .idempotency_store
+            .as_ref()
+            .filter(|_| {
+                sub.metadata
+                    .get("idempotency")
+                    .and_then(|v| parse_go_bool(v))
+                    .unwrap_or(true)
+            })
+            .and_then(|name| deps.registry.stores.get(name).cloned());
+        let md = &entry.component.metadata;
+        let req = SubscribeRequest {
+            topic: entry.component.broker_topic(&sub.topic),
+            group: md
+                .get("consumerGroup")
+                .or_else(|| md.get("consumerID"))
+                .cloned()
+                .unwrap_or_else(|| deps.settings.app_id.clone()),
+            metadata: sub.metadata.clone(),
+            // A bulk subscription needs whole batches handed out at once.
+            window: if sub.bulk.enabled {
+                bulk::window(
+                    entry.component.delivery_order,
+                    entry.component.max_in_flight,
+                    sub.bulk.max_messages_count,
+                )
+            } else if store.is_some() {
+                entry.component.max_in_flight * STORE_WINDOW
+            } else {
+                entry.component.max_in_flight
+            },
+            dead_letter_topic: sub
+                .dead_letter_topic
+                .clone()
+                .or_else(|| entry.component.default_dead_letter_topic(&sub.topic))
+                .map(|t| entry.component.broker_topic(&t)),
+        };
+        let stream = entry
+            .broker
+            .subscribe(req)
+            .await
+            .map_err(|e| StartError::Subscribe(e.to_string()))?;
+        tracing::info!(pubsub = %sub.pubsubname, topic = %sub.topic, "subscription started");
+        let ctx = Arc::new(SubCtx {
+            router,
+            policy: inbound.retry,
+            timeout: inbound.timeout,
+            breaker,
+            sub: sub.clone(),
+            pubsub: entry.clone(),
+            deps: deps.clone(),
+            sink,
+            app_limit: self.inner.app_limit.clone(),
+            raw: sub
+                .metadata
+                .get("rawPayload")
+                .and_then(|v| parse_go_bool(v))
+                .unwrap_or(false),
+            store,
+        });
+        self.inner
+            .consumers
+            .lock()
+            .await
+            .spawn(supervise(ctx, stream, stop));
+        Ok(())
     }
 
     /// Waits for in-flight deliveries to finish, at most `grace`.
@@ -269,6 +341,26 @@ async fn supervise(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .insert(format!("{pubsub}/{topic}"), why);
+}
+
+/// Why a subscription did not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    /// No pub/sub component of that name.
+    #[error("no pubsub component of that name")]
+    UnknownPubsub,
+    /// Scoping does not let the app subscribe to the topic.
+    #[error("scoping does not allow the topic")]
+    Denied,
+    /// A rule does not compile.
+    #[error("a routing rule does not compile: {0}")]
+    Route(String),
+    /// The broker refused the subscription.
+    #[error("the broker refused the subscription: {0}")]
+    Subscribe(String),
+    /// A stream (or another subscription) has the topic already.
+    #[error("already subscribed")]
+    AlreadySubscribed,
 }
 
 /// With an idempotency store, the broker hands out this many times

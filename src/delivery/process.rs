@@ -154,7 +154,7 @@ async fn deliver(
         let started = std::time::Instant::now();
         let answer = ctx
             .call_app(
-                ctx.client.deliver(
+                ctx.deliver_once(
                     &ready.path,
                     ready.body.clone(),
                     &ready.metadata,

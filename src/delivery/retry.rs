@@ -180,6 +180,14 @@ where
             Attempt::Done(t) => return RetryEnd::Done(t),
             Attempt::Failed { status, reason } => (status, reason),
         };
+        // An attempt that failed because the sidecar is stopping (or a
+        // stream ended) or the message moved is not the message's fault.
+        if *stop.borrow() {
+            return RetryEnd::Stopped;
+        }
+        if !owned() {
+            return RetryEnd::Revoked;
+        }
         if !policy.retries_status(status) {
             return RetryEnd::Exhausted(format!("{reason} (not retried by the policy)"));
         }

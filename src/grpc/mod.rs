@@ -5,6 +5,8 @@
 //! - `PublishEvent`, `BulkPublishEvent`, `BulkPublishEventAlpha1`,
 //!   `GetMetadata`, `SetMetadata`, `Shutdown` ([`service`]), through the
 //!   publish path and state the HTTP API uses;
+//! - `SubscribeTopicEventsAlpha1` ([`stream`]), a streaming subscription
+//!   run by the delivery engine like any other;
 //! - every other method answers `UNIMPLEMENTED` (tonic's generated
 //!   fallback, the signal the SDKs' fallbacks key on), each distinct one
 //!   logged once;
@@ -22,6 +24,7 @@
 
 mod service;
 pub mod status;
+mod stream;
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -44,6 +47,7 @@ const SERVED: &[&str] = &[
     "/dapr.proto.runtime.v1.Dapr/PublishEvent",
     "/dapr.proto.runtime.v1.Dapr/BulkPublishEventAlpha1",
     "/dapr.proto.runtime.v1.Dapr/BulkPublishEvent",
+    "/dapr.proto.runtime.v1.Dapr/SubscribeTopicEventsAlpha1",
     "/dapr.proto.runtime.v1.Dapr/GetMetadata",
     "/dapr.proto.runtime.v1.Dapr/SetMetadata",
     "/dapr.proto.runtime.v1.Dapr/Shutdown",
@@ -99,11 +103,19 @@ fn authorised(api: &ApiState, req: &hyper::Request<hyper::body::Incoming>) -> bo
 
 /// Serves the gRPC API on `listener` until `shutdown` resolves, then lets
 /// open calls finish.
-pub async fn serve(listener: TcpListener, api: ApiState, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    api: ApiState,
+    engine: crate::delivery::Engine,
+    shutdown: impl Future<Output = ()>,
+) {
     let limit = api.settings.max_body_size;
-    let dapr = gen::dapr_server::DaprServer::new(service::DaprApi { api: api.clone() })
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit.max(4 << 20));
+    let dapr = gen::dapr_server::DaprServer::new(service::DaprApi {
+        api: api.clone(),
+        engine,
+    })
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit.max(4 << 20));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     crate::http::accept_loop(listener, "grpc", shutdown, |stream, permit| {
         let (dapr, api) = (dapr.clone(), api.clone());

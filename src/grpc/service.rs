@@ -16,9 +16,11 @@ use crate::errors::ApiError;
 use crate::http::ApiState;
 use crate::publish;
 
-/// The service, over the API's shared state.
+/// The service, over the API's shared state and the delivery engine
+/// (streaming subscriptions).
 pub struct DaprApi {
     pub(super) api: ApiState,
+    pub(super) engine: crate::delivery::Engine,
 }
 
 /// A gRPC metadata value as text.
@@ -76,6 +78,15 @@ impl DaprApi {
 
 #[tonic::async_trait]
 impl Dapr for DaprApi {
+    type SubscribeTopicEventsAlpha1Stream = super::stream::EventStream;
+
+    async fn subscribe_topic_events_alpha1(
+        &self,
+        req: Request<tonic::Streaming<SubscribeTopicEventsRequestAlpha1>>,
+    ) -> Result<Response<Self::SubscribeTopicEventsAlpha1Stream>, Status> {
+        super::stream::subscribe(&self.engine, req).await
+    }
+
     async fn publish_event(
         &self,
         req: Request<PublishEventRequest>,

@@ -141,7 +141,7 @@ pub(crate) fn metadata_view(api: &ApiState) -> Value {
                 .collect();
             json!({"pubsubname": sub.pubsubname, "topic": sub.topic, "metadata": sub.metadata,
                    "rules": rules, "deadLetterTopic": sub.dead_letter_topic.clone().unwrap_or_default(),
-                   "type": match sub.source { SubscriptionSource::Declarative => "DECLARATIVE", SubscriptionSource::Programmatic => "PROGRAMMATIC" }})
+                   "type": match sub.source { SubscriptionSource::Declarative => "DECLARATIVE", SubscriptionSource::Programmatic => "PROGRAMMATIC", SubscriptionSource::Streaming => "STREAMING" }})
         })
         .collect();
     let mut app = json!({"channelAddress": s.app_channel_address, "protocol": "http",

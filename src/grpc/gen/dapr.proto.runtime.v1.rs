@@ -204,6 +204,141 @@ pub struct SetMetadataRequest {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ShutdownRequest {}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SubscribeTopicEventsRequestAlpha1 {
+    #[prost(
+        oneof = "subscribe_topic_events_request_alpha1::SubscribeTopicEventsRequestType",
+        tags = "1, 2"
+    )]
+    pub subscribe_topic_events_request_type: ::core::option::Option<
+        subscribe_topic_events_request_alpha1::SubscribeTopicEventsRequestType,
+    >,
+}
+/// Nested message and enum types in `SubscribeTopicEventsRequestAlpha1`.
+pub mod subscribe_topic_events_request_alpha1 {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum SubscribeTopicEventsRequestType {
+        #[prost(message, tag = "1")]
+        InitialRequest(super::SubscribeTopicEventsRequestInitialAlpha1),
+        #[prost(message, tag = "2")]
+        EventProcessed(super::SubscribeTopicEventsRequestProcessedAlpha1),
+    }
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SubscribeTopicEventsRequestInitialAlpha1 {
+    #[prost(string, tag = "1")]
+    pub pubsub_name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub topic: ::prost::alloc::string::String,
+    #[prost(map = "string, string", tag = "3")]
+    pub metadata: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    #[prost(string, optional, tag = "4")]
+    pub dead_letter_topic: ::core::option::Option<::prost::alloc::string::String>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SubscribeTopicEventsRequestProcessedAlpha1 {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub status: ::core::option::Option<TopicEventResponse>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SubscribeTopicEventsResponseAlpha1 {
+    #[prost(
+        oneof = "subscribe_topic_events_response_alpha1::SubscribeTopicEventsResponseType",
+        tags = "1, 2"
+    )]
+    pub subscribe_topic_events_response_type: ::core::option::Option<
+        subscribe_topic_events_response_alpha1::SubscribeTopicEventsResponseType,
+    >,
+}
+/// Nested message and enum types in `SubscribeTopicEventsResponseAlpha1`.
+pub mod subscribe_topic_events_response_alpha1 {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum SubscribeTopicEventsResponseType {
+        #[prost(message, tag = "1")]
+        InitialResponse(super::SubscribeTopicEventsResponseInitialAlpha1),
+        #[prost(message, tag = "2")]
+        EventMessage(super::TopicEventRequest),
+    }
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SubscribeTopicEventsResponseInitialAlpha1 {}
+/// From appcallback.proto: an event as daprd sends it to a gRPC app.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TopicEventRequest {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub source: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub r#type: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub spec_version: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub data_content_type: ::prost::alloc::string::String,
+    #[prost(bytes = "vec", tag = "7")]
+    pub data: ::prost::alloc::vec::Vec<u8>,
+    #[prost(string, tag = "6")]
+    pub topic: ::prost::alloc::string::String,
+    #[prost(string, tag = "8")]
+    pub pubsub_name: ::prost::alloc::string::String,
+    #[prost(string, tag = "9")]
+    pub path: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "10")]
+    pub extensions: ::core::option::Option<::prost_types::Struct>,
+}
+/// From appcallback.proto: the app's outcome for one event.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TopicEventResponse {
+    #[prost(enumeration = "topic_event_response::TopicEventResponseStatus", tag = "1")]
+    pub status: i32,
+}
+/// Nested message and enum types in `TopicEventResponse`.
+pub mod topic_event_response {
+    #[derive(
+        Clone,
+        Copy,
+        Debug,
+        PartialEq,
+        Eq,
+        Hash,
+        PartialOrd,
+        Ord,
+        ::prost::Enumeration
+    )]
+    #[repr(i32)]
+    pub enum TopicEventResponseStatus {
+        Success = 0,
+        Retry = 1,
+        Drop = 2,
+    }
+    impl TopicEventResponseStatus {
+        /// String value of the enum field names used in the ProtoBuf definition.
+        ///
+        /// The values are not transformed in any way and thus are considered stable
+        /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+        pub fn as_str_name(&self) -> &'static str {
+            match self {
+                Self::Success => "SUCCESS",
+                Self::Retry => "RETRY",
+                Self::Drop => "DROP",
+            }
+        }
+        /// Creates an enum from field names used in the ProtoBuf definition.
+        pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+            match value {
+                "SUCCESS" => Some(Self::Success),
+                "RETRY" => Some(Self::Retry),
+                "DROP" => Some(Self::Drop),
+                _ => None,
+            }
+        }
+    }
+}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum PubsubSubscriptionType {
@@ -395,6 +530,41 @@ pub mod dapr_client {
                 );
             self.inner.unary(req, path, codec).await
         }
+        /// A streaming subscription: an initial request, then events out and
+        /// their outcomes in.
+        pub async fn subscribe_topic_events_alpha1(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<
+                Message = super::SubscribeTopicEventsRequestAlpha1,
+            >,
+        ) -> std::result::Result<
+            tonic::Response<
+                tonic::codec::Streaming<super::SubscribeTopicEventsResponseAlpha1>,
+            >,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/dapr.proto.runtime.v1.Dapr/SubscribeTopicEventsAlpha1",
+            );
+            let mut req = request.into_streaming_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new(
+                        "dapr.proto.runtime.v1.Dapr",
+                        "SubscribeTopicEventsAlpha1",
+                    ),
+                );
+            self.inner.streaming(req, path, codec).await
+        }
         /// The sidecar's metadata.
         pub async fn get_metadata(
             &mut self,
@@ -498,6 +668,26 @@ pub mod dapr_server {
             request: tonic::Request<super::BulkPublishRequest>,
         ) -> std::result::Result<
             tonic::Response<super::BulkPublishResponse>,
+            tonic::Status,
+        >;
+        /// Server streaming response type for the SubscribeTopicEventsAlpha1 method.
+        type SubscribeTopicEventsAlpha1Stream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<
+                    super::SubscribeTopicEventsResponseAlpha1,
+                    tonic::Status,
+                >,
+            >
+            + std::marker::Send
+            + 'static;
+        /// A streaming subscription: an initial request, then events out and
+        /// their outcomes in.
+        async fn subscribe_topic_events_alpha1(
+            &self,
+            request: tonic::Request<
+                tonic::Streaming<super::SubscribeTopicEventsRequestAlpha1>,
+            >,
+        ) -> std::result::Result<
+            tonic::Response<Self::SubscribeTopicEventsAlpha1Stream>,
             tonic::Status,
         >;
         /// The sidecar's metadata.
@@ -721,6 +911,56 @@ pub mod dapr_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/dapr.proto.runtime.v1.Dapr/SubscribeTopicEventsAlpha1" => {
+                    #[allow(non_camel_case_types)]
+                    struct SubscribeTopicEventsAlpha1Svc<T: Dapr>(pub Arc<T>);
+                    impl<
+                        T: Dapr,
+                    > tonic::server::StreamingService<
+                        super::SubscribeTopicEventsRequestAlpha1,
+                    > for SubscribeTopicEventsAlpha1Svc<T> {
+                        type Response = super::SubscribeTopicEventsResponseAlpha1;
+                        type ResponseStream = T::SubscribeTopicEventsAlpha1Stream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<
+                                tonic::Streaming<super::SubscribeTopicEventsRequestAlpha1>,
+                            >,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Dapr>::subscribe_topic_events_alpha1(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SubscribeTopicEventsAlpha1Svc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

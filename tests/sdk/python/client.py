@@ -50,6 +50,33 @@ def main():
             elif case == "state":
                 c.save_state(store_name="statestore", key="k", value="v")
                 out(ok=True)
+            elif case == "stream":
+                # Streaming subscription: answers the n-th message with the
+                # n-th action of the plan (success, retry, drop, or close:
+                # end the stream without answering), then closes.
+                pubsub, topic, plan = args[0], args[1], json.loads(args[2])
+                dead = args[3] if len(args) > 3 else None
+                sub = c.subscribe(pubsub_name=pubsub, topic=topic, dead_letter_topic=dead)
+                print(json.dumps({"subscribed": True}), flush=True)
+                seen = []
+                for action in plan:
+                    m = sub.next_message()
+                    if m is None:
+                        continue
+                    seen.append({"id": m.id(), "data": m.data(), "action": action})
+                    if action == "success":
+                        sub.respond_success(m)
+                    elif action == "retry":
+                        sub.respond_retry(m)
+                    elif action == "drop":
+                        sub.respond_drop(m)
+                    elif action == "close":
+                        break
+                # Let the last answer leave before the stream closes.
+                import time
+                time.sleep(0.5)
+                sub.close()
+                out(ok=True, seen=seen)
             elif case == "shutdown":
                 c.shutdown()
                 out(ok=True)
