@@ -64,6 +64,7 @@ pub async fn run(a: DemoArgs) -> ExitCode {
         app_id: "demo-app".into(),
         app_port: Some(app_port),
         app_channel_address: "127.0.0.1".into(),
+        app_protocol: Default::default(),
         app_max_concurrency: None,
         api_token: None,
         app_api_token: None,

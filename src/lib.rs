@@ -39,6 +39,7 @@ pub mod broker;
 pub mod cli;
 pub mod cloudevents;
 pub mod config;
+pub mod dapr_proto;
 pub mod delivery;
 pub mod demo;
 pub mod errors;

@@ -553,3 +553,90 @@ async fn an_unsettled_event_goes_to_the_next_stream() -> TestResult {
     assert_eq!(r["seen"][0]["action"], "success");
     Ok(())
 }
+
+/// `--app-protocol grpc` with an app written with the Python SDK's
+/// `dapr.ext.grpc.App`: its subscriptions come from ListTopicSubscriptions,
+/// events go to OnTopicEvent (SUCCESS acks, RETRY is retried, DROP ends
+/// the event), with its health check probed over gRPC.
+#[tokio::test]
+async fn a_python_grpc_app_is_subscribed_and_delivered_to() -> TestResult {
+    let app_port = free_port();
+    let log = tempfile::NamedTempFile::new()?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/python/grpc_app.py");
+    let _app = tokio::process::Command::new(python())
+        .arg(script)
+        .arg(app_port.to_string())
+        .env("GRPC_APP_LOG", log.path())
+        .kill_on_drop(true)
+        .spawn()?;
+    let dir = resources(&[
+        ("pubsub.yaml", PUBSUB),
+        ("r.yaml", &constant_retries("10ms", 3)),
+    ]);
+    let sc = Sidecar::start(
+        dir.path(),
+        Some(app_port),
+        &[("APP_API_TOKEN", "app-secret")],
+        &[
+            "--app-protocol",
+            "grpc",
+            "--enable-app-health-check",
+            "--app-health-probe-interval",
+            "1",
+        ],
+    )
+    .await;
+    let (_, _, body) = sc.call("GET", "/v1.0/metadata", &[], "").await?;
+    let md: Value = serde_json::from_slice(&body)?;
+    let subs = md["subscriptions"].as_array().unwrap();
+    assert_eq!(subs.len(), 1, "{md}");
+    assert_eq!(subs[0]["topic"], "orders");
+    assert_eq!(subs[0]["type"], "PROGRAMMATIC");
+    assert_eq!(subs[0]["deadLetterTopic"], "orders-dead");
+    assert_eq!(md["appConnectionProperties"]["protocol"], "grpc");
+    for n in 1..=3 {
+        assert_eq!(
+            sc.publish_json("pubsub/orders", &json!({"n": n}).to_string())
+                .await,
+            204
+        );
+    }
+    // What the app saw: n=1 once, n=2 twice (RETRY then SUCCESS), n=3 once.
+    let mut lines = vec![];
+    for _ in 0..100 {
+        lines = std::fs::read_to_string(log.path())?
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect();
+        if lines.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut seen: Vec<(i64, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["n"].as_i64().unwrap(),
+                l["answer"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (1, "success".to_owned()),
+            (2, "retry".to_owned()),
+            (2, "success".to_owned()),
+            (3, "drop".to_owned())
+        ],
+        "{lines:?}"
+    );
+    assert!(lines.iter().all(|l| l["type"] == "com.dapr.event.sent"));
+    // No retry after the last answers: nothing more is delivered.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let again = std::fs::read_to_string(log.path())?.lines().count();
+    assert_eq!(again, 4, "settled events are not delivered again");
+    Ok(())
+}

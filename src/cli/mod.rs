@@ -45,8 +45,8 @@ pub struct RunArgs {
     /// Address of the app.
     #[arg(long, env = "PERCH_APP_CHANNEL_ADDRESS", default_value = "127.0.0.1")]
     pub app_channel_address: String,
-    /// Protocol to the app; only `http` is supported.
-    #[arg(long, env = "PERCH_APP_PROTOCOL", default_value = "http", value_parser = ["http"])]
+    /// Protocol to the app: `http`, or `grpc` (Dapr's AppCallback, h2c).
+    #[arg(long, env = "PERCH_APP_PROTOCOL", default_value = "http", value_parser = ["http", "grpc"])]
     pub app_protocol: String,
     /// daprd's deprecated TLS-to-the-app switch; Perch calls the app over
     /// plain HTTP, so `true` is refused.
@@ -423,6 +423,10 @@ pub fn settings_from(a: &RunArgs) -> Settings {
         // daprd (and `dapr run` without an app) pass `--app-port 0`: no app.
         app_port: a.app_port.filter(|p| *p != 0),
         app_channel_address: a.app_channel_address.clone(),
+        app_protocol: match a.app_protocol.as_str() {
+            "grpc" => crate::state::AppProtocol::Grpc,
+            _ => crate::state::AppProtocol::Http,
+        },
         app_max_concurrency: usize::try_from(a.app_max_concurrency)
             .ok()
             .filter(|n| *n > 0),

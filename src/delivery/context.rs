@@ -62,6 +62,8 @@ pub(super) struct SubCtx {
 pub enum Sink {
     /// The app, over HTTP.
     App(AppClient),
+    /// The app, over gRPC (`--app-protocol grpc`).
+    GrpcApp(super::app_grpc::GrpcAppClient),
     /// A streaming subscription's client.
     Stream(Arc<super::stream::StreamSink>),
 }
@@ -86,6 +88,21 @@ impl SubCtx {
                 c.deliver(path, body, metadata, traceparent, idempotency_key)
                     .await
             }
+            Sink::GrpcApp(c) => {
+                let mut md = metadata.clone();
+                if let Some(k) = idempotency_key {
+                    md.insert(crate::message::IDEMPOTENCY_KEY.into(), k.to_owned());
+                }
+                c.deliver(
+                    path,
+                    &body,
+                    &md,
+                    traceparent,
+                    &self.sub.topic,
+                    &self.sub.pubsubname,
+                )
+                .await
+            }
             Sink::Stream(s) => {
                 s.deliver(&self.sub.topic, &self.sub.pubsubname, &body)
                     .await
@@ -102,13 +119,16 @@ impl SubCtx {
     ) -> app::AppAnswer {
         match &self.sink {
             Sink::App(c) => c.deliver_bulk(path, body, headers).await,
-            Sink::Stream(_) => None,
+            // Bulk delivery to gRPC apps and streams is not implemented: a
+            // bulk subscription on them is delivered one by one (see
+            // `Engine::start_one`).
+            Sink::GrpcApp(_) | Sink::Stream(_) => None,
         }
     }
 
     /// A stream is not gated on the app's health: its client is the app.
     pub(super) fn needs_app(&self) -> bool {
-        matches!(self.sink, Sink::App(_))
+        matches!(self.sink, Sink::App(_) | Sink::GrpcApp(_))
     }
 }
 

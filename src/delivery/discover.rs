@@ -6,10 +6,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::app::AppClient;
+use super::context::Sink;
 use super::retry::Backoff;
 use crate::config::subscription::programmatic;
 use crate::config::SubscriptionSpec;
-use crate::state::Settings;
+use crate::state::{AppProtocol, Settings};
 
 /// Fetches the app's programmatic subscriptions, retrying with backoff until
 /// the app answers with a list (Dapr gives up after 10 s; a slow app then
@@ -20,8 +21,11 @@ pub async fn discover(
     settings: &Settings,
     mut stopping: watch::Receiver<bool>,
 ) -> Vec<SubscriptionSpec> {
-    let Some(client) = app_client(settings) else {
-        return vec![];
+    let client = match app_client(settings) {
+        None => return vec![],
+        Some(Sink::GrpcApp(c)) => return discover_grpc(&c, stopping).await,
+        Some(Sink::App(c)) => c,
+        Some(Sink::Stream(_)) => unreachable!("the app is never a stream"),
     };
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     let mut failures = 0u32;
@@ -60,12 +64,45 @@ pub async fn discover(
     }
 }
 
-/// The app's client; `None` without `--app-port`.
-pub(super) fn app_client(s: &Settings) -> Option<AppClient> {
-    Some(AppClient::new(
-        &s.app_channel_address,
-        s.app_port?,
-        &s.app_id,
-        s.app_api_token.clone(),
-    ))
+/// `ListTopicSubscriptions`, asked again until the app answers
+/// (`UNIMPLEMENTED` is none, as daprd).
+async fn discover_grpc(
+    client: &super::app_grpc::GrpcAppClient,
+    mut stopping: watch::Receiver<bool>,
+) -> Vec<SubscriptionSpec> {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let mut failures = 0u32;
+    loop {
+        match client.list_subscriptions().await {
+            Ok(subs) => return subs,
+            Err(why) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(30) {
+                    tracing::error!(failures, "the app's {why}; asking again");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = stopping.wait_for(|s| *s) => return vec![],
+        }
+    }
+}
+
+/// The app's client for `--app-protocol`; `None` without `--app-port`.
+pub(super) fn app_client(s: &Settings) -> Option<Sink> {
+    let port = s.app_port?;
+    Some(match s.app_protocol {
+        AppProtocol::Http => Sink::App(AppClient::new(
+            &s.app_channel_address,
+            port,
+            &s.app_id,
+            s.app_api_token.clone(),
+        )),
+        AppProtocol::Grpc => Sink::GrpcApp(super::app_grpc::GrpcAppClient::new(
+            &s.app_channel_address,
+            port,
+            s.app_api_token.clone(),
+        )),
+    })
 }

@@ -46,7 +46,11 @@ pub fn watch_app(deps: Deps, mut stop: watch::Receiver<bool>) -> JoinHandle<()> 
         };
         let mut failures = 0u32;
         loop {
-            let status = client.probe(&check.path, check.timeout).await;
+            let status = match &client {
+                super::context::Sink::App(c) => c.probe(&check.path, check.timeout).await,
+                super::context::Sink::GrpcApp(c) => c.probe(check.timeout).await,
+                super::context::Sink::Stream(_) => Some(200),
+            };
             let ok = status.is_some_and(|s| (200..300).contains(&s));
             if ok {
                 failures = 0;

@@ -15,6 +15,7 @@
 //! `bulk`, and the app client, outcomes, retries, breaker and health.
 
 mod app;
+pub mod app_grpc;
 mod breaker;
 mod bulk;
 mod consume;
@@ -103,13 +104,13 @@ impl Engine {
     /// metadata API.
     pub async fn start(&self, subs: Vec<SubscriptionSpec>) {
         let deps = &self.inner.deps;
-        let Some(client) = app_client(&deps.settings) else {
+        let Some(sink) = app_client(&deps.settings) else {
             return;
         };
         let mut active = Vec::new();
         let mut breakers = std::collections::HashMap::new();
         for sub in subs {
-            let sink = context::Sink::App(client.clone());
+            let sink = sink.clone();
             match self
                 .start_one(&sub, sink, self.inner.stop.clone(), &mut breakers)
                 .await
@@ -201,6 +202,13 @@ impl Engine {
         breakers: &mut std::collections::HashMap<String, Option<Arc<breaker::Breaker>>>,
     ) -> Result<(), StartError> {
         let deps = &self.inner.deps;
+        let mut sub = sub.clone();
+        if sub.bulk.enabled && !matches!(sink, context::Sink::App(_)) {
+            tracing::warn!(pubsub = %sub.pubsubname, topic = %sub.topic,
+                "bulkSubscribe is not implemented for gRPC apps and streams; delivered one by one");
+            sub.bulk.enabled = false;
+        }
+        let sub = &sub;
         let Some(entry) = deps.registry.pubsubs.get(&sub.pubsubname) else {
             return Err(StartError::UnknownPubsub);
         };

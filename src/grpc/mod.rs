@@ -36,11 +36,7 @@ use tonic::codegen::Service;
 
 use crate::http::ApiState;
 
-/// The generated protocol code of `proto/`.
-#[allow(missing_docs, clippy::all, clippy::pedantic)]
-pub mod gen {
-    include!("gen/dapr.proto.runtime.v1.rs");
-}
+pub use crate::dapr_proto as gen;
 
 /// The methods `gen` serves; any other path is answered UNIMPLEMENTED.
 const SERVED: &[&str] = &[

@@ -89,7 +89,9 @@ pub async fn subscribe(
     tokio::spawn(async move {
         while let Some(ev) = events.recv().await {
             let msg = SubscribeTopicEventsResponseAlpha1 {
-                subscribe_topic_events_response_type: Some(Out::EventMessage(event_message(ev))),
+                subscribe_topic_events_response_type: Some(Out::EventMessage(
+                    crate::delivery::app_grpc::request_of(ev),
+                )),
             };
             if out_tx.send(Ok(msg)).await.is_err() {
                 break;
@@ -121,46 +123,4 @@ pub async fn subscribe(
         sink.close();
     });
     Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
-}
-
-/// daprd's `TopicEventRequest` for an event.
-fn event_message(ev: StreamEvent) -> TopicEventRequest {
-    TopicEventRequest {
-        id: ev.id,
-        source: ev.source,
-        r#type: ev.r#type,
-        spec_version: ev.spec_version,
-        data_content_type: ev.data_content_type,
-        data: ev.data,
-        topic: ev.topic,
-        pubsub_name: ev.pubsub_name,
-        path: ev.path,
-        extensions: Some(prost_types::Struct {
-            fields: ev
-                .extensions
-                .into_iter()
-                .map(|(k, v)| (k, proto_value(v)))
-                .collect(),
-        }),
-    }
-}
-
-/// A JSON value as `google.protobuf.Value` (numbers as doubles, as Go's
-/// protojson).
-fn proto_value(v: serde_json::Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    use serde_json::Value as J;
-    let kind = match v {
-        J::Null => Kind::NullValue(0),
-        J::Bool(b) => Kind::BoolValue(b),
-        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
-        J::String(s) => Kind::StringValue(s),
-        J::Array(a) => Kind::ListValue(prost_types::ListValue {
-            values: a.into_iter().map(proto_value).collect(),
-        }),
-        J::Object(o) => Kind::StructValue(prost_types::Struct {
-            fields: o.into_iter().map(|(k, v)| (k, proto_value(v))).collect(),
-        }),
-    };
-    prost_types::Value { kind: Some(kind) }
 }

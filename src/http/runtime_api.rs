@@ -144,7 +144,11 @@ pub(crate) fn metadata_view(api: &ApiState) -> Value {
                    "type": match sub.source { SubscriptionSource::Declarative => "DECLARATIVE", SubscriptionSource::Programmatic => "PROGRAMMATIC", SubscriptionSource::Streaming => "STREAMING" }})
         })
         .collect();
-    let mut app = json!({"channelAddress": s.app_channel_address, "protocol": "http",
+    let protocol = match s.app_protocol {
+        crate::state::AppProtocol::Http => "http",
+        crate::state::AppProtocol::Grpc => "grpc",
+    };
+    let mut app = json!({"channelAddress": s.app_channel_address, "protocol": protocol,
                          "maxConcurrency": s.app_max_concurrency.unwrap_or(0)});
     if let Some(port) = s.app_port {
         app["port"] = json!(port);

@@ -17,6 +17,6 @@ pub mod shutdown;
 pub mod status;
 
 pub use registry::{Pubsub, Registry};
-pub use settings::{AppHealthCheck, Settings};
+pub use settings::{AppHealthCheck, AppProtocol, Settings};
 pub use shutdown::Shutdown;
 pub use status::Status;

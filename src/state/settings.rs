@@ -13,6 +13,8 @@ pub struct Settings {
     pub app_port: Option<u16>,
     /// `--app-channel-address`.
     pub app_channel_address: String,
+    /// `--app-protocol`: how the app is called.
+    pub app_protocol: AppProtocol,
     /// `--app-max-concurrency`; `None` is unlimited.
     pub app_max_concurrency: Option<usize>,
     /// `DAPR_API_TOKEN`.
@@ -36,6 +38,7 @@ impl std::fmt::Debug for Settings {
             .field("app_id", &self.app_id)
             .field("app_port", &self.app_port)
             .field("app_channel_address", &self.app_channel_address)
+            .field("app_protocol", &self.app_protocol)
             .field("app_max_concurrency", &self.app_max_concurrency)
             .field("api_token", &hidden(&self.api_token))
             .field("app_api_token", &hidden(&self.app_api_token))
@@ -45,6 +48,16 @@ impl std::fmt::Debug for Settings {
             .field("app_health", &self.app_health)
             .finish()
     }
+}
+
+/// How the app is called (`--app-protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AppProtocol {
+    /// HTTP/1.1: `POST` per event, `GET /dapr/subscribe`.
+    #[default]
+    Http,
+    /// gRPC (h2c): Dapr's `AppCallback` service.
+    Grpc,
 }
 
 /// How the app's health is probed (`--app-health-*` flags).
