@@ -268,23 +268,9 @@ async fn the_js_sdk_in_grpc_mode_publishes_and_bulk_publishes_through_alpha1() -
         concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/js/client.mjs"),
         &script,
     )?;
-    let out = tokio::process::Command::new("node")
-        .arg(&script)
-        .env("DAPR_GRPC_PORT", sc.grpc_port.to_string())
-        .env("DAPR_HTTP_PORT", sc.port.to_string())
-        .output()
-        .await?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .rfind(|l| l.starts_with('{'))
-        .unwrap_or_else(|| {
-            panic!(
-                "no answer from the JS SDK: {stdout}{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    let r: Value = serde_json::from_str(line)?;
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(&script);
+    let r = client_answer(&mut cmd, &sc, "JS").await;
     assert_eq!(r["id"], "test-app", "{r}");
     assert_eq!(r["components"], json!(["pubsub"]));
     assert_eq!(r["failed"], 0, "{r}");
@@ -321,22 +307,8 @@ async fn the_go_sdk_publishes() -> TestResult {
         )
         .join("publisher"),
     };
-    let out = tokio::process::Command::new(publisher)
-        .env("DAPR_GRPC_PORT", sc.grpc_port.to_string())
-        .env("DAPR_HTTP_PORT", sc.port.to_string())
-        .output()
-        .await?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .rfind(|l| l.starts_with('{'))
-        .unwrap_or_else(|| {
-            panic!(
-                "no answer from the Go SDK: {stdout}{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    let r: Value = serde_json::from_str(line)?;
+    let mut cmd = tokio::process::Command::new(publisher);
+    let r = client_answer(&mut cmd, &sc, "Go").await;
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["failed"], 0, "{r}");
     assert!(
@@ -373,23 +345,9 @@ async fn the_java_sdk_publishes() -> TestResult {
             format!("{}:{}", d.join("classes").display(), deps.trim())
         }
     };
-    let out = tokio::process::Command::new("java")
-        .args(["-cp", &cp, "Publisher"])
-        .env("DAPR_GRPC_PORT", sc.grpc_port.to_string())
-        .env("DAPR_HTTP_PORT", sc.port.to_string())
-        .output()
-        .await?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .rfind(|l| l.starts_with('{'))
-        .unwrap_or_else(|| {
-            panic!(
-                "no answer from the Java SDK: {stdout}{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    let r: Value = serde_json::from_str(line)?;
+    let mut cmd = tokio::process::Command::new("java");
+    cmd.args(["-cp", &cp, "Publisher"]);
+    let r = client_answer(&mut cmd, &sc, "Java").await;
     assert_eq!(r, json!({"ok": true, "failed": 0}));
     let mut got = vec![];
     for _ in 0..3 {
@@ -639,4 +597,26 @@ async fn a_python_grpc_app_is_subscribed_and_delivered_to() -> TestResult {
     let again = std::fs::read_to_string(log.path())?.lines().count();
     assert_eq!(again, 4, "settled events are not delivered again");
     Ok(())
+}
+
+/// Runs an SDK client program pointed at `sc`; the last JSON line it
+/// printed.
+async fn client_answer(cmd: &mut tokio::process::Command, sc: &Sidecar, sdk: &str) -> Value {
+    let out = cmd
+        .env("DAPR_GRPC_PORT", sc.grpc_port.to_string())
+        .env("DAPR_HTTP_PORT", sc.port.to_string())
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run the {sdk} SDK client: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rfind(|l| l.starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!(
+                "no answer from the {sdk} SDK: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
 }

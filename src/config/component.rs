@@ -139,11 +139,13 @@ pub fn read(ctx: &mut DocCtx<'_>, name: &str, doc: &Mapping, opts: &LoadOptions)
         .iter()
         .copied()
         .chain(kafka::DAPR_ONLY.iter().map(|(k, _)| *k))
+        .chain(crate::report::meta::BACKOFF_KEYS.iter().map(|(k, _)| *k))
         .collect();
     let rabbit_keys: Vec<&str> = rabbitmq::KEYS
         .iter()
         .copied()
         .chain(rabbitmq::DAPR_ONLY.iter().map(|(k, _)| *k))
+        .chain(crate::report::meta::BACKOFF_KEYS.iter().map(|(k, _)| *k))
         .collect();
     let (own_keys, passthrough): (&[&str], Option<&str>) = match type_name.as_str() {
         "pubsub.in-memory" => (&["maxMessages"], None),

@@ -32,6 +32,24 @@ pub enum DaprKey {
     OffOnly(&'static str),
 }
 
+/// What Perch does instead of a component's own retries.
+pub const SIDECAR_RETRIES: &str = "the sidecar owns retries: the Resiliency policy's inbound retry (default 5 retries), then the dead-letter topic";
+
+/// The component retry keys Dapr documents for Kafka and RabbitMQ alike.
+pub const BACKOFF_KEYS: &[(&str, DaprKey)] = &[
+    ("backOffPolicy", DaprKey::Ignored(SIDECAR_RETRIES)),
+    ("backOffDuration", DaprKey::Ignored(SIDECAR_RETRIES)),
+    ("backOffMaxRetries", DaprKey::Ignored(SIDECAR_RETRIES)),
+    ("backOffInitialInterval", DaprKey::Ignored(SIDECAR_RETRIES)),
+    ("backOffMaxInterval", DaprKey::Ignored(SIDECAR_RETRIES)),
+    ("backOffMultiplier", DaprKey::Ignored(SIDECAR_RETRIES)),
+    (
+        "backOffRandomizationFactor",
+        DaprKey::Ignored(SIDECAR_RETRIES),
+    ),
+    ("backOffMaxElapsedTime", DaprKey::Ignored(SIDECAR_RETRIES)),
+];
+
 /// Applies `table` to the keys set in `metadata`: warnings for ignored
 /// keys, problems for features asked for that Perch does not have.
 pub fn dapr_keys(

@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::report::meta::{dapr_keys, field, flag, lookup, DaprKey, DaprKey::Ignored};
+use crate::report::meta::{
+    dapr_keys, field, flag, lookup, DaprKey, DaprKey::Ignored, BACKOFF_KEYS,
+};
 use crate::report::DocCtx;
 use crate::util::parse_go_duration;
 
@@ -44,7 +46,6 @@ pub const KEYS: &[&str] = &[
     "authRequired",
 ];
 
-const RETRIES: &str = "the sidecar owns retries: the Resiliency policy's inbound retry (default 5 retries), then the dead-letter topic";
 const OIDC: &str = "used only with authType oidc, which Perch does not support";
 const AWS: &str = "used only with authType awsiam, which Perch does not support";
 const AVRO: &str =
@@ -76,16 +77,14 @@ pub const DAPR_ONLY: &[(&str, DaprKey)] = &[
         "metadataTimeout",
         Ignored("set rdkafka.metadata.max.age.ms"),
     ),
-    ("consumeRetryEnabled", Ignored(RETRIES)),
-    ("consumeRetryInterval", Ignored(RETRIES)),
-    ("backOffPolicy", Ignored(RETRIES)),
-    ("backOffDuration", Ignored(RETRIES)),
-    ("backOffMaxRetries", Ignored(RETRIES)),
-    ("backOffInitialInterval", Ignored(RETRIES)),
-    ("backOffMaxInterval", Ignored(RETRIES)),
-    ("backOffMultiplier", Ignored(RETRIES)),
-    ("backOffRandomizationFactor", Ignored(RETRIES)),
-    ("backOffMaxElapsedTime", Ignored(RETRIES)),
+    (
+        "consumeRetryEnabled",
+        Ignored(crate::report::meta::SIDECAR_RETRIES),
+    ),
+    (
+        "consumeRetryInterval",
+        Ignored(crate::report::meta::SIDECAR_RETRIES),
+    ),
     ("oidcTokenEndpoint", Ignored(OIDC)),
     ("oidcClientID", Ignored(OIDC)),
     ("oidcClientSecret", Ignored(OIDC)),
@@ -164,6 +163,7 @@ pub fn read(ctx: &mut DocCtx<'_>, metadata: &BTreeMap<String, String>) -> Option
     let before = ctx.problems.len();
     let get = |k: &str| lookup(metadata, k);
     dapr_keys(ctx, metadata, DAPR_ONLY, "Kafka");
+    dapr_keys(ctx, metadata, BACKOFF_KEYS, "Kafka");
     let mut common = BTreeMap::new();
     let mut producer = BTreeMap::new();
     let mut consumer: BTreeMap<String, String> = BTreeMap::new();

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::report::meta::{dapr_keys, field, flag, lookup, DaprKey, DaprKey::*};
+use crate::report::meta::{dapr_keys, field, flag, lookup, DaprKey, DaprKey::*, BACKOFF_KEYS};
 use crate::report::DocCtx;
 use crate::util::parse_go_duration;
 
@@ -40,8 +40,6 @@ pub const KEYS: &[&str] = &[
     "clientKey",
 ];
 
-const RETRIES: &str = "the sidecar owns retries: the Resiliency policy's inbound retry (default 5 retries), then the dead-letter topic";
-
 /// Dapr's `pubsub.rabbitmq` keys Perch does not implement, and what it
 /// does with each.
 pub const DAPR_ONLY: &[(&str, DaprKey)] = &[
@@ -55,14 +53,6 @@ pub const DAPR_ONLY: &[(&str, DaprKey)] = &[
     ),
     ("reconnectWait", Ignored("daprd ignores it too; Perch reads reconnectWaitSeconds")),
     ("concurrency", Ignored("daprd reads concurrencyMode, and so does Perch")),
-    ("backOffPolicy", Ignored(RETRIES)),
-    ("backOffDuration", Ignored(RETRIES)),
-    ("backOffMaxRetries", Ignored(RETRIES)),
-    ("backOffInitialInterval", Ignored(RETRIES)),
-    ("backOffMaxInterval", Ignored(RETRIES)),
-    ("backOffMultiplier", Ignored(RETRIES)),
-    ("backOffRandomizationFactor", Ignored(RETRIES)),
-    ("backOffMaxElapsedTime", Ignored(RETRIES)),
 ];
 
 /// TLS settings (PEM text).
@@ -119,6 +109,7 @@ pub fn read(ctx: &mut DocCtx<'_>, metadata: &BTreeMap<String, String>) -> Option
     let before = ctx.problems.len();
     let get = |k: &str| lookup(metadata, k);
     dapr_keys(ctx, metadata, DAPR_ONLY, "RabbitMQ");
+    dapr_keys(ctx, metadata, BACKOFF_KEYS, "RabbitMQ");
     let parts = ["protocol", "hostname", "username", "password"];
     let uri = match get("connectionString").or_else(|| get("host")) {
         Some(uri) => {
