@@ -213,6 +213,49 @@ async fn errors_reach_the_sdk_with_daprds_codes() -> TestResult {
             "RESOURCE_EXHAUSTED",
             "UNKNOWN",
         ),
+        (
+            publish("pubsub", "", "x".into()).await,
+            "INVALID_ARGUMENT",
+            "DAPR_PUBSUB_TOPIC_NAME_EMPTY",
+        ),
+        (
+            publish("", "t", "x".into()).await,
+            "INVALID_ARGUMENT",
+            "DAPR_PUBSUB_NAME_EMPTY",
+        ),
+        (
+            sdk(
+                &sc,
+                &[],
+                &[
+                    "publish",
+                    "pubsub",
+                    "t",
+                    "x",
+                    "text/plain",
+                    r#"{"rawPayload":"maybe"}"#,
+                ],
+            )
+            .await,
+            "INVALID_ARGUMENT",
+            "DAPR_PUBSUB_METADATA_DESERIALIZATION",
+        ),
+        (
+            sdk(
+                &sc,
+                &[],
+                &[
+                    "publish",
+                    "pubsub",
+                    "t",
+                    "{not json",
+                    "application/cloudevents+json",
+                ],
+            )
+            .await,
+            "INVALID_ARGUMENT",
+            "DAPR_PUBSUB_CLOUD_EVENT_CREATION",
+        ),
     ];
     for (got, code, reason) in cases {
         assert_eq!(got["error"], code, "{got}");
