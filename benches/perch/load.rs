@@ -166,3 +166,45 @@ pub(crate) fn proc_stats(pid: u32) -> (u64, f64) {
         .sum();
     (rss, ticks / 100.0)
 }
+
+/// `n` gRPC `PublishEvent` calls of `body` to `topic` over `c` clients
+/// (one HTTP/2 connection each), as an SDK publisher makes them.
+pub(crate) async fn load_grpc(port: u16, topic: &str, body: &str, n: usize, c: usize) -> Run {
+    use perch::dapr_proto::{dapr_client::DaprClient, PublishEventRequest};
+    let clients = (0..c)
+        .map(|w| {
+            let (topic, body) = (topic.to_owned(), body.as_bytes().to_vec());
+            let share = share(n, c, w);
+            async move {
+                let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+                // As gRPC clients do (grpc-go, grpcio): no Nagle delay.
+                connector.set_nodelay(true);
+                let channel = hyper_util::client::legacy::Client::builder(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .http2_only(true)
+                .build::<_, tonic::body::Body>(connector);
+                let origin: tonic::codegen::http::Uri =
+                    format!("http://127.0.0.1:{port}").parse().unwrap();
+                let mut client = DaprClient::with_origin(channel, origin);
+                let mut lat = Vec::with_capacity(share);
+                for _ in 0..share {
+                    let t = Instant::now();
+                    client
+                        .publish_event(PublishEventRequest {
+                            pubsub_name: "pubsub".into(),
+                            topic: topic.clone(),
+                            data: body.clone(),
+                            data_content_type: "application/json".into(),
+                            metadata: Default::default(),
+                        })
+                        .await
+                        .expect("PublishEvent");
+                    lat.push(t.elapsed());
+                }
+                lat
+            }
+        })
+        .collect();
+    run_clients(n, clients).await
+}

@@ -33,9 +33,12 @@ pub struct GrpcAppClient {
 impl GrpcAppClient {
     /// A client for `http://{address}:{port}`, HTTP/2 with prior knowledge.
     pub fn new(address: &str, port: u16, token: Option<String>) -> Self {
+        let mut connector = HttpConnector::new();
+        // HTTP/2 frames go in several writes: no Nagle delay.
+        connector.set_nodelay(true);
         let channel = Client::builder(hyper_util::rt::TokioExecutor::new())
             .http2_only(true)
-            .build_http();
+            .build(connector);
         let origin = format!("http://{address}:{port}")
             .parse()
             .unwrap_or_else(|_| tonic::codegen::http::Uri::from_static("http://127.0.0.1"));

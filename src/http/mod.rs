@@ -74,7 +74,14 @@ pub(crate) async fn accept_loop<F, Fut>(
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
-                Ok((s, _)) => { backoff = std::time::Duration::from_millis(10); s }
+                Ok((s, _)) => {
+                    backoff = std::time::Duration::from_millis(10);
+                    // Requests and answers are small and go in several
+                    // writes (HTTP/2 frames): without this, Nagle and the
+                    // peer's delayed ACK hold an answer up to 40 ms.
+                    let _ = s.set_nodelay(true);
+                    s
+                }
                 Err(e) => {
                     tracing::warn!(server = what, error = %e, retry_in = ?backoff, "accept failed");
                     tokio::select! {

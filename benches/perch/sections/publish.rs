@@ -46,6 +46,22 @@ pub(crate) async fn publish_rows(b: Backend, s: &Sizes, rows: &mut Rows) {
         ratio,
         note,
     );
+    // The same publishes over Dapr's gRPC API, as the Python, Go, Java and
+    // .NET SDK clients make them.
+    let cpu0 = proc_stats(pid).1;
+    let grpc = load_grpc(sc.grpc_port, &topic, &body, s.publish, c).await;
+    let grpc_cpu = cpu_per_10k(cpu0, s.publish);
+    row(
+        rows,
+        format!(
+            "gRPC PublishEvent {b:?}: 1 KiB, {c} clients, {} msgs",
+            s.publish
+        ),
+        grpc.summary("msgs"),
+        format!("HTTP publish {}", perch.summary("msgs")),
+        format!("{:.2}x", grpc.rate() / perch.rate()),
+        format!("Perch {grpc_cpu:.2} CPU s per 10k"),
+    );
     // Bulk publish: 100 entries per request.
     let entries: Vec<serde_json::Value> = (0..100)
         .map(|i| json!({"entryId": i.to_string(), "event": {"pad": "x".repeat(1000)}, "contentType": "application/json"}))
