@@ -49,16 +49,18 @@ sdk_js() {
 sdk_go() {
   local here key dir
   here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-  key="$(cat "$here/tests/sdk/go/go.mod" "$here/tests/sdk/go/go.sum" "$here/tests/sdk/go/main.go" | sha256sum | cut -c1-12)"
+  key="$(cat "$here/tests/sdk/go/go.mod" "$here/tests/sdk/go/go.sum" "$here/tests/sdk/go/main.go" "$here/tests/sdk/go/subscriber/main.go" | sha256sum | cut -c1-12)"
   dir="${PERCH_SDK_CACHE:-$HOME/.cache/perch-sdk}/go-$key"
-  if [ ! -x "$dir/publisher" ]; then
+  if [ ! -x "$dir/publisher" ] || [ ! -x "$dir/subscriber" ]; then
     command -v go >/dev/null || { echo "sdk.sh: go is missing (the Go toolchain, 1.26 or later)"; return 1; }
     mkdir -p "$dir"
-    (cd "$here/tests/sdk/go" && go build -mod=readonly -o "$dir/publisher" .) \
-      || { echo "sdk.sh: the Go SDK publisher did not build (modules from the Go module proxy)"; return 1; }
-    echo "sdk.sh: Dapr Go SDK publisher built in $dir"
+    (cd "$here/tests/sdk/go" && go build -mod=readonly -o "$dir/publisher" . \
+      && go build -mod=readonly -o "$dir/subscriber" ./subscriber) \
+      || { echo "sdk.sh: the Go SDK clients did not build (modules from the Go module proxy)"; return 1; }
+    echo "sdk.sh: Dapr Go SDK publisher and gRPC subscriber built in $dir"
   fi
   export PERCH_SDK_GO_PUBLISHER="$dir/publisher"
+  export PERCH_SDK_GO_SUBSCRIBER="$dir/subscriber"
 }
 
 sdk_java() {
