@@ -287,7 +287,8 @@ async fn the_api_token_guards_grpc() -> TestResult {
 async fn shutdown_over_grpc_stops_the_sidecar() -> TestResult {
     let dir = resources(&[("pubsub.yaml", PUBSUB)]);
     let mut sc = Sidecar::start(dir.path(), None, &[], &[]).await;
-    assert_eq!(sdk(&sc, &[], &["shutdown"]).await["ok"], true);
+    let r = sdk(&sc, &[], &["shutdown"]).await;
+    assert_eq!(r["ok"], true, "{r}");
     let status =
         tokio::time::timeout(std::time::Duration::from_secs(10), sc.child.wait()).await??;
     assert!(status.success(), "{status}");

@@ -146,7 +146,14 @@ impl Dapr for DaprApi {
     }
 
     async fn shutdown(&self, _req: Request<ShutdownRequest>) -> Result<Response<()>, Status> {
-        self.api.shutdown.request();
+        // Answered first: a shutdown requested at once can close the
+        // connection before the answer is written, and the caller sees
+        // UNAVAILABLE for a call that worked.
+        let shutdown = self.api.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            shutdown.request();
+        });
         Ok(Response::new(()))
     }
 }
