@@ -299,12 +299,7 @@ async fn shutdown_over_grpc_stops_the_sidecar() -> TestResult {
 /// PublishEvent, `publishBulk` BulkPublishEventAlpha1 (its only bulk RPC).
 #[tokio::test]
 async fn the_js_sdk_in_grpc_mode_publishes_and_bulk_publishes_through_alpha1() -> TestResult {
-    let dir = resources(&[
-        ("pubsub.yaml", PUBSUB),
-        ("s.yaml", &subscription("s", "orders", "/orders")),
-    ]);
-    let mut app = TestApp::ok(None).await;
-    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let (_dir, mut app, sc) = orders_sidecar().await;
     // ESM resolves packages next to the script: run it beside node_modules.
     let js = js_dir();
     let script = js.join("client.mjs");
@@ -333,12 +328,7 @@ async fn the_js_sdk_in_grpc_mode_publishes_and_bulk_publishes_through_alpha1() -
 /// is an error with daprd's code.
 #[tokio::test]
 async fn the_go_sdk_publishes() -> TestResult {
-    let dir = resources(&[
-        ("pubsub.yaml", PUBSUB),
-        ("s.yaml", &subscription("s", "orders", "/orders")),
-    ]);
-    let mut app = TestApp::ok(None).await;
-    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let (_dir, mut app, sc) = orders_sidecar().await;
     let publisher = match std::env::var("PERCH_SDK_GO_PUBLISHER") {
         Ok(p) => PathBuf::from(p),
         Err(_) => sdk_dir("go", &GO_FILES).join("publisher"),
@@ -351,12 +341,7 @@ async fn the_go_sdk_publishes() -> TestResult {
         r["unknown"].as_str().unwrap().contains("InvalidArgument"),
         "{r}"
     );
-    let mut got = vec![];
-    for _ in 0..3 {
-        got.push(app.next(10).await?.json()["data"]["go"].as_i64().unwrap());
-    }
-    got.sort();
-    assert_eq!(got, [1, 2, 3]);
+    assert_eq!(delivered_numbers(&mut app, "go", 3).await, [1, 2, 3]);
     Ok(())
 }
 
@@ -364,12 +349,7 @@ async fn the_go_sdk_publishes() -> TestResult {
 /// and the preview client's `publishEvents` (bulk is preview in 1.16).
 #[tokio::test]
 async fn the_java_sdk_publishes() -> TestResult {
-    let dir = resources(&[
-        ("pubsub.yaml", PUBSUB),
-        ("s.yaml", &subscription("s", "orders", "/orders")),
-    ]);
-    let mut app = TestApp::ok(None).await;
-    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let (_dir, mut app, sc) = orders_sidecar().await;
     let cp = match std::env::var("PERCH_SDK_JAVA_CP") {
         Ok(cp) => cp,
         Err(_) => {
@@ -385,12 +365,7 @@ async fn the_java_sdk_publishes() -> TestResult {
     cmd.args(["-cp", &cp, "Publisher"]);
     let r = client_answer(&mut cmd, &sc, "Java").await;
     assert_eq!(r, json!({"ok": true, "failed": 0}));
-    let mut got = vec![];
-    for _ in 0..3 {
-        got.push(app.next(10).await?.json()["data"]["java"].as_i64().unwrap());
-    }
-    got.sort();
-    assert_eq!(got, [1, 2, 3]);
+    assert_eq!(delivered_numbers(&mut app, "java", 3).await, [1, 2, 3]);
     Ok(())
 }
 
@@ -692,4 +667,27 @@ async fn client_answer(cmd: &mut tokio::process::Command, sc: &Sidecar, sdk: &st
             )
         });
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+/// A sidecar on the in-memory broker with an HTTP app subscribed to
+/// `orders` on `/orders`.
+async fn orders_sidecar() -> (tempfile::TempDir, TestApp, Sidecar) {
+    let dir = resources(&[
+        ("pubsub.yaml", PUBSUB),
+        ("s.yaml", &subscription("s", "orders", "/orders")),
+    ]);
+    let app = TestApp::ok(None).await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    (dir, app, sc)
+}
+
+/// The `data[field]` numbers of the next `n` deliveries, sorted.
+async fn delivered_numbers(app: &mut TestApp, field: &str, n: usize) -> Vec<i64> {
+    let mut got = vec![];
+    for _ in 0..n {
+        let ev = app.next(10).await.expect("a delivery").json();
+        got.push(ev["data"][field].as_i64().unwrap_or(-1));
+    }
+    got.sort();
+    got
 }

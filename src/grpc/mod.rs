@@ -144,8 +144,9 @@ pub async fn serve(
             }
         }
     })
+    .await
+    .drained_after(stop_tx)
     .await;
-    let _ = stop_tx.send(true);
 }
 
 #[cfg(test)]

@@ -31,6 +31,11 @@ fn header<T>(req: &Request<T>, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The call's W3C `traceparent` and `tracestate` metadata.
+fn trace<T>(req: &Request<T>) -> (Option<String>, Option<String>) {
+    (header(req, "traceparent"), header(req, "tracestate"))
+}
+
 /// Proto maps are unordered; the publish path takes a sorted map.
 fn sorted(m: std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
     m.into_iter().collect()
@@ -38,8 +43,7 @@ fn sorted(m: std::collections::HashMap<String, String>) -> BTreeMap<String, Stri
 
 impl DaprApi {
     async fn bulk(&self, req: Request<BulkPublishRequest>) -> Result<BulkPublishResponse, Status> {
-        let traceparent = header(&req, "traceparent");
-        let tracestate = header(&req, "tracestate");
+        let (traceparent, tracestate) = trace(&req);
         let r = req.into_inner();
         let metadata = sorted(r.metadata);
         let t = publish::target(&self.api.registry, &r.pubsub_name, r.topic, &metadata)
@@ -91,8 +95,7 @@ impl Dapr for DaprApi {
         &self,
         req: Request<PublishEventRequest>,
     ) -> Result<Response<()>, Status> {
-        let traceparent = header(&req, "traceparent");
-        let tracestate = header(&req, "tracestate");
+        let (traceparent, tracestate) = trace(&req);
         let r = req.into_inner();
         let metadata = sorted(r.metadata);
         let t = publish::target(&self.api.registry, &r.pubsub_name, r.topic, &metadata)
@@ -146,14 +149,9 @@ impl Dapr for DaprApi {
     }
 
     async fn shutdown(&self, _req: Request<ShutdownRequest>) -> Result<Response<()>, Status> {
-        // Answered first: a shutdown requested at once can close the
-        // connection before the answer is written, and the caller sees
-        // UNAVAILABLE for a call that worked.
-        let shutdown = self.api.shutdown.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            shutdown.request();
-        });
+        // The answer is written before the process exits: the server
+        // waits for its connections (`Connections::drained`).
+        self.api.shutdown.request();
         Ok(Response::new(()))
     }
 }

@@ -57,13 +57,15 @@ fn http1() -> hyper::server::conn::http1::Builder {
 /// Accepts connections until `shutdown`, at most [`MAX_CONNECTIONS`]
 /// served at once; an accept error (out of file descriptors, say) backs
 /// off instead of spinning. Each connection gets a permit and the stop
-/// signal.
+/// signal. Returns the slots, to wait for the open connections with
+/// [`Connections::drained`].
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     what: &'static str,
     shutdown: impl Future<Output = ()>,
     mut serve: F,
-) where
+) -> Connections
+where
     F: FnMut(tokio::net::TcpStream, tokio::sync::OwnedSemaphorePermit) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -109,7 +111,32 @@ pub(crate) async fn accept_loop<F, Fut>(
         };
         tokio::spawn(serve(stream, permit));
     }
+    Connections(slots)
 }
+
+/// The connections of an [`accept_loop`] (each holds one slot).
+pub(crate) struct Connections(Arc<tokio::sync::Semaphore>);
+
+impl Connections {
+    /// Waits, at most `within`, until every connection has ended: a
+    /// listener is done only once the answers it owes are written (a
+    /// process exiting on `POST /v1.0/shutdown` or gRPC `Shutdown` used to
+    /// race its own answer).
+    pub(crate) async fn drained(self, within: std::time::Duration) {
+        let all = self.0.acquire_many(MAX_CONNECTIONS as u32);
+        let _ = tokio::time::timeout(within, all).await;
+    }
+
+    /// Tells the connections to finish (`stop`), then waits for them
+    /// ([`DRAIN`] at most).
+    pub(crate) async fn drained_after(self, stop: tokio::sync::watch::Sender<bool>) {
+        let _ = stop.send(true);
+        self.drained(DRAIN).await;
+    }
+}
+
+/// How long a stopped server waits for its connections to finish.
+pub(crate) const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets open
 /// requests finish.
@@ -135,8 +162,9 @@ pub async fn serve(listener: TcpListener, api: ApiState, shutdown: impl Future<O
             }
         }
     })
+    .await
+    .drained_after(stop_tx)
     .await;
-    let _ = stop_tx.send(true);
 }
 
 /// Routes one request; with `--enable-api-logging`, logs it (method, path,
