@@ -391,11 +391,9 @@ async fn run(mut a: RunArgs) -> ExitCode {
     }
     for s in &resources.stores {
         tracing::info!(component = %s.name, "store component loaded");
-        let ty = match s.kind {
-            crate::store::config::StoreKind::Postgres { .. } => "store.postgresql",
-            crate::store::config::StoreKind::Memory { .. } => "store.in-memory",
-        };
-        loaded.with_label_values(&[&a.app_id, &s.name, ty]).set(1);
+        loaded
+            .with_label_values(&[&a.app_id, &s.name, s.type_name()])
+            .set(1);
     }
     let sc = match Sidecar::build(settings, &resources) {
         Ok(s) => s,

@@ -67,13 +67,7 @@ impl Registry {
         let store_types = resources
             .stores
             .iter()
-            .map(|c| {
-                let t = match c.kind {
-                    crate::store::config::StoreKind::Postgres { .. } => "store.postgresql",
-                    _ => "store.in-memory",
-                };
-                (c.name.clone(), t)
-            })
+            .map(|c| (c.name.clone(), c.type_name()))
             .collect();
         Ok(Self {
             pubsubs,

@@ -58,6 +58,16 @@ pub struct StoreComponent {
     pub lease: Duration,
 }
 
+impl StoreComponent {
+    /// The component's `spec.type`.
+    pub fn type_name(&self) -> &'static str {
+        match self.kind {
+            StoreKind::Postgres { .. } => "store.postgresql",
+            StoreKind::Memory { .. } => "store.in-memory",
+        }
+    }
+}
+
 /// Reads a store component's metadata.
 pub fn read(
     ctx: &mut DocCtx<'_>,
