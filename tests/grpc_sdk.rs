@@ -523,22 +523,48 @@ async fn an_unsettled_event_goes_to_the_next_stream() -> TestResult {
     Ok(())
 }
 
+/// How one `--app-protocol grpc` case runs: the pub/sub component, the
+/// topic the app subscribes to and the one published to, what else is in
+/// the resources folder, whether the topic is a bulk subscription (its
+/// batches counted in Dapr's bulk ingress metric), and whether the Python
+/// SDK's `DaprClient` publishes (else HTTP).
+struct GrpcCase<'a> {
+    pubsub: &'a str,
+    app_topic: &'a str,
+    topic: &'a str,
+    extra: &'a [(&'a str, &'a str)],
+    bulk: bool,
+    sdk_publish: bool,
+}
+
+/// The single-event case: `orders`, from ListTopicSubscriptions.
+const ORDERS: GrpcCase = GrpcCase {
+    pubsub: PUBSUB,
+    app_topic: "orders",
+    topic: "orders",
+    extra: &[],
+    bulk: false,
+    sdk_publish: false,
+};
+
 /// `--app-protocol grpc` against `app` (a gRPC app written with an SDK,
 /// listening on `app_port`, logging each event it saw to `log`): its
 /// subscriptions come from ListTopicSubscriptions, events go to
-/// OnTopicEvent (SUCCESS acks, RETRY is retried, DROP ends the event), its
-/// health check is probed over gRPC.
+/// OnTopicEvent (or, for a bulk subscription, OnBulkTopicEvent or its
+/// Alpha1 fallback): SUCCESS acks, RETRY is retried, DROP ends the event;
+/// its health check is probed over gRPC.
 async fn grpc_app_case(
     mut app: tokio::process::Command,
     app_port: u16,
     log: &std::path::Path,
     dead_letter: &str,
+    case: GrpcCase<'_>,
 ) -> TestResult {
     let _app = app.kill_on_drop(true).spawn()?;
-    let dir = resources(&[
-        ("pubsub.yaml", PUBSUB),
-        ("r.yaml", &constant_retries("10ms", 3)),
-    ]);
+    let retries = constant_retries("10ms", 3);
+    let mut files = vec![("pubsub.yaml", case.pubsub), ("r.yaml", retries.as_str())];
+    files.extend_from_slice(case.extra);
+    let dir = resources(&files);
     let sc = Sidecar::start(
         dir.path(),
         Some(app_port),
@@ -554,18 +580,31 @@ async fn grpc_app_case(
     .await;
     let (_, _, body) = sc.call("GET", "/v1.0/metadata", &[], "").await?;
     let md: Value = serde_json::from_slice(&body)?;
-    let subs = md["subscriptions"].as_array().unwrap();
-    assert_eq!(subs.len(), 1, "{md}");
-    assert_eq!(subs[0]["topic"], "orders");
-    assert_eq!(subs[0]["type"], "PROGRAMMATIC");
-    assert_eq!(subs[0]["deadLetterTopic"], dead_letter);
+    let orders = md["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["topic"] == case.app_topic)
+        .unwrap_or_else(|| panic!("{} is subscribed: {md}", case.app_topic));
+    assert_eq!(orders["type"], "PROGRAMMATIC");
+    assert_eq!(orders["deadLetterTopic"], dead_letter);
     assert_eq!(md["appConnectionProperties"]["protocol"], "grpc");
     for n in 1..=3 {
-        assert_eq!(
-            sc.publish_json("pubsub/orders", &json!({"n": n}).to_string())
-                .await,
-            204
-        );
+        let data = json!({"n": n}).to_string();
+        if case.sdk_publish {
+            let r = sdk(
+                &sc,
+                &[],
+                &["publish", "pubsub", case.topic, &data, "application/json"],
+            )
+            .await;
+            assert_eq!(r, json!({"ok": true}));
+        } else {
+            let status = sc
+                .publish_json(&format!("pubsub/{}", case.topic), &data)
+                .await;
+            assert_eq!(status, 204);
+        }
     }
     // What the app saw: n=1 once, n=2 twice (RETRY then SUCCESS), n=3 once.
     let read = || -> Vec<Value> {
@@ -606,22 +645,93 @@ async fn grpc_app_case(
     // Nothing settled is delivered again.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(read().len(), 4, "settled events are not delivered again");
+    let batches = sc
+        .metric(
+            "dapr_component_pubsub_ingress_bulk_count",
+            &[("topic", case.topic)],
+        )
+        .await;
+    if case.bulk {
+        // The first batch, then the retry of n=2 alone.
+        assert!(batches.unwrap_or(0.0) >= 2.0, "batches: {batches:?}");
+    } else {
+        assert_eq!(batches, None, "one event per call");
+    }
     Ok(())
 }
 
 /// A gRPC app written with the Python SDK's `dapr.ext.grpc.App`.
-#[tokio::test]
-async fn a_python_grpc_app_is_subscribed_and_delivered_to() -> TestResult {
-    let app_port = free_port();
-    let log = tempfile::NamedTempFile::new()?;
+fn python_grpc_app(app_port: u16, log: &std::path::Path) -> tokio::process::Command {
     let mut app = tokio::process::Command::new(python());
     app.arg(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/sdk/python/grpc_app.py"
     ))
     .arg(app_port.to_string())
-    .env("GRPC_APP_LOG", log.path());
-    grpc_app_case(app, app_port, log.path(), "orders-dead").await
+    .env("GRPC_APP_LOG", log);
+    app
+}
+
+#[tokio::test]
+async fn a_python_grpc_app_is_subscribed_and_delivered_to() -> TestResult {
+    let app_port = free_port();
+    let log = tempfile::NamedTempFile::new()?;
+    let app = python_grpc_app(app_port, log.path());
+    grpc_app_case(app, app_port, log.path(), "orders-dead", ORDERS).await
+}
+
+/// A declarative bulk subscription routed to the Python app's `orders`
+/// handler (the SDK routes a path equal to a topic it serves there): the
+/// batches go to OnBulkTopicEvent, which the SDK implements.
+#[tokio::test]
+async fn a_python_grpc_app_takes_bulk_batches() -> TestResult {
+    let app_port = free_port();
+    let log = tempfile::NamedTempFile::new()?;
+    let app = python_grpc_app(app_port, log.path());
+    let bulk = "apiVersion: dapr.io/v2alpha1
+kind: Subscription
+metadata: {name: bulk}
+spec:
+  pubsubname: pubsub
+  topic: bulk-orders
+  routes: {default: orders}
+  bulkSubscribe: {enabled: true, maxMessagesCount: 10, maxAwaitDurationMs: 50}
+";
+    let case = GrpcCase {
+        topic: "bulk-orders",
+        extra: &[("bulk.yaml", bulk)],
+        bulk: true,
+        ..ORDERS
+    };
+    grpc_app_case(app, app_port, log.path(), "orders-dead", case).await
+}
+
+/// Swapping brokers is a YAML change for gRPC apps too: the Python SDK's
+/// publisher and `dapr.ext.grpc` app, unchanged, on the shipped Kafka and
+/// RabbitMQ components (a fresh topic each run, so a durable broker's
+/// leftovers are not counted).
+#[tokio::test]
+async fn python_grpc_publisher_and_app_run_unchanged_on_kafka_and_rabbitmq() -> TestResult {
+    for broker in ["kafka", "rabbitmq"] {
+        let component = std::fs::read_to_string(format!(
+            "{}/components/{broker}/pubsub.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        ))?;
+        let topic = format!("grpc-{}", uuid::Uuid::new_v4().simple());
+        let app_port = free_port();
+        let log = tempfile::NamedTempFile::new()?;
+        let mut app = python_grpc_app(app_port, log.path());
+        app.env("GRPC_APP_TOPIC", &topic);
+        let case = GrpcCase {
+            pubsub: &component,
+            app_topic: &topic,
+            topic: &topic,
+            sdk_publish: true,
+            ..ORDERS
+        };
+        grpc_app_case(app, app_port, log.path(), &format!("{topic}-dead"), case).await?;
+    }
+    Ok(())
 }
 
 /// A gRPC app written with the Go SDK's `service/grpc`.
@@ -636,7 +746,47 @@ async fn a_go_grpc_app_is_subscribed_and_delivered_to() -> TestResult {
     let mut app = tokio::process::Command::new(bin);
     app.arg(app_port.to_string())
         .env("GRPC_APP_LOG", log.path());
-    grpc_app_case(app, app_port, log.path(), "").await
+    grpc_app_case(app, app_port, log.path(), "", ORDERS).await
+}
+
+/// A gRPC app written with the JS SDK's `DaprServer` (gRPC mode).
+fn js_grpc_app(app_port: u16, log: &std::path::Path) -> tokio::process::Command {
+    // ESM resolves packages next to the script: run it beside node_modules.
+    let script = js_dir().join(format!("grpc_app-{app_port}.mjs"));
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/js/grpc_app.mjs"),
+        &script,
+    )
+    .unwrap();
+    let mut app = tokio::process::Command::new("node");
+    app.arg(script)
+        .arg(app_port.to_string())
+        .env("GRPC_APP_LOG", log);
+    app
+}
+
+#[tokio::test]
+async fn a_js_grpc_app_is_subscribed_and_delivered_to() -> TestResult {
+    let app_port = free_port();
+    let log = tempfile::NamedTempFile::new()?;
+    let app = js_grpc_app(app_port, log.path());
+    grpc_app_case(app, app_port, log.path(), "", ORDERS).await
+}
+
+/// The JS SDK's `subscribeBulk`: declared in ListTopicSubscriptions, its
+/// batches answered by OnBulkTopicEventAlpha1 after OnBulkTopicEvent is
+/// UNIMPLEMENTED (the SDK serves only the alpha method).
+#[tokio::test]
+async fn a_js_grpc_app_takes_bulk_batches_through_alpha1() -> TestResult {
+    let app_port = free_port();
+    let log = tempfile::NamedTempFile::new()?;
+    let app = js_grpc_app(app_port, log.path());
+    let case = GrpcCase {
+        topic: "bulk-orders",
+        bulk: true,
+        ..ORDERS
+    };
+    grpc_app_case(app, app_port, log.path(), "", case).await
 }
 
 /// What scripts/sdk.sh builds the Go SDK clients from.

@@ -167,10 +167,20 @@ pub(crate) fn proc_stats(pid: u32) -> (u64, f64) {
     (rss, ticks / 100.0)
 }
 
-/// `n` gRPC `PublishEvent` calls of `body` to `topic` over `c` clients
-/// (one HTTP/2 connection each), as an SDK publisher makes them.
-pub(crate) async fn load_grpc(port: u16, topic: &str, body: &str, n: usize, c: usize) -> Run {
-    use perch::dapr_proto::{dapr_client::DaprClient, PublishEventRequest};
+/// `n` gRPC calls publishing `body` to `topic` over `c` clients (one
+/// HTTP/2 connection each), as an SDK publisher makes them: `PublishEvent`
+/// when `entries` is 1, else `BulkPublishEvent` with `entries` copies.
+pub(crate) async fn load_grpc(
+    port: u16,
+    topic: &str,
+    body: &str,
+    n: usize,
+    c: usize,
+    entries: usize,
+) -> Run {
+    use perch::dapr_proto::{
+        dapr_client::DaprClient, BulkPublishRequest, BulkPublishRequestEntry, PublishEventRequest,
+    };
     let clients = (0..c)
         .map(|w| {
             let (topic, body) = (topic.to_owned(), body.as_bytes().to_vec());
@@ -187,19 +197,45 @@ pub(crate) async fn load_grpc(port: u16, topic: &str, body: &str, n: usize, c: u
                 let origin: tonic::codegen::http::Uri =
                     format!("http://127.0.0.1:{port}").parse().unwrap();
                 let mut client = DaprClient::with_origin(channel, origin);
+                let bulk = (entries > 1).then(|| BulkPublishRequest {
+                    pubsub_name: "pubsub".into(),
+                    topic: topic.clone(),
+                    entries: (0..entries)
+                        .map(|i| BulkPublishRequestEntry {
+                            entry_id: i.to_string(),
+                            event: body.clone(),
+                            content_type: "application/json".into(),
+                            metadata: Default::default(),
+                        })
+                        .collect(),
+                    metadata: Default::default(),
+                });
                 let mut lat = Vec::with_capacity(share);
                 for _ in 0..share {
                     let t = Instant::now();
-                    client
-                        .publish_event(PublishEventRequest {
-                            pubsub_name: "pubsub".into(),
-                            topic: topic.clone(),
-                            data: body.clone(),
-                            data_content_type: "application/json".into(),
-                            metadata: Default::default(),
-                        })
-                        .await
-                        .expect("PublishEvent");
+                    match &bulk {
+                        Some(r) => {
+                            let failed = client
+                                .bulk_publish_event(r.clone())
+                                .await
+                                .expect("BulkPublishEvent")
+                                .into_inner()
+                                .failed_entries;
+                            assert!(failed.is_empty(), "bulk entries failed: {failed:?}");
+                        }
+                        None => {
+                            client
+                                .publish_event(PublishEventRequest {
+                                    pubsub_name: "pubsub".into(),
+                                    topic: topic.clone(),
+                                    data: body.clone(),
+                                    data_content_type: "application/json".into(),
+                                    metadata: Default::default(),
+                                })
+                                .await
+                                .expect("PublishEvent");
+                        }
+                    }
                     lat.push(t.elapsed());
                 }
                 lat

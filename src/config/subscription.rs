@@ -272,17 +272,16 @@ fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), String> {
     Ok(())
 }
 
+/// The rules, then the default route. Paths stay as written, as daprd
+/// keeps them: the HTTP app client puts the `/` before a path without one,
+/// and a gRPC app is sent the path itself (the Python SDK routes a path
+/// equal to a topic name it serves, without the slash).
 fn build_rules(mut rules: Vec<Route>, default: String) -> Vec<Route> {
     if !default.is_empty() {
         rules.push(Route {
             match_expr: String::new(),
             path: default,
         });
-    }
-    for r in &mut rules {
-        if !r.path.starts_with('/') {
-            r.path.insert(0, '/');
-        }
     }
     rules
 }
@@ -485,7 +484,7 @@ mod tests {
         assert!(skipped.is_empty(), "{skipped:?}");
         let s = &specs[0];
         assert_eq!((s.pubsubname.as_str(), s.topic.as_str()), ("p", "t"));
-        assert_eq!(paths(s), [("true", "/y"), ("", "/x")]);
+        assert_eq!(paths(s), [("true", "/y"), ("", "x")], "paths as written");
         assert_eq!(s.dead_letter_topic.as_deref(), Some("d"));
         assert!(s.bulk.enabled);
         assert_eq!(

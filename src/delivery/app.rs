@@ -137,7 +137,8 @@ impl AppClient {
         traceparent: Option<&str>,
         own: &[(&str, &str)],
     ) -> AppAnswer {
-        let mut req = Request::post(format!("{}{}", self.base, path));
+        let slash = if path.starts_with('/') { "" } else { "/" };
+        let mut req = Request::post(format!("{}{slash}{path}", self.base));
         for (k, v) in metadata {
             let lower = k.to_ascii_lowercase();
             if SKIPPED.contains(&lower.as_str()) || lower.starts_with("perch-") {

@@ -2,13 +2,19 @@
 //! service, h2c, as daprd calls it. `ListTopicSubscriptions` gives the
 //! programmatic subscriptions (`UNIMPLEMENTED` = none), `OnTopicEvent`
 //! takes each event (built like the streaming event, with the matching
-//! route as `path` and the message metadata as gRPC metadata), and
+//! route as `path` and the message metadata as gRPC metadata),
+//! `OnBulkTopicEvent` takes a bulk subscription's batches (falling back to
+//! `AppCallbackAlpha/OnBulkTopicEventAlpha1` when the app answers
+//! `UNIMPLEMENTED`, as daprd; the JS SDK serves only that one), and
 //! `AppCallbackHealthCheck/HealthCheck` is the health probe (any error is
 //! unhealthy). `APP_API_TOKEN` goes as `dapr-api-token`. Outcomes as
-//! daprd's: the status enum; an `UNIMPLEMENTED` error is DROP (warned);
-//! any other error is RETRY.
+//! daprd's: the status enum; an `UNIMPLEMENTED` error is DROP (warned; for
+//! a batch, when both bulk methods are unimplemented); any other error is
+//! RETRY.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +23,7 @@ use hyper_util::client::legacy::Client;
 
 use super::app::AppAnswer;
 use super::stream::{event_of, StreamEvent};
+use crate::cloudevents::Envelope;
 use crate::config::subscription::{BulkSubscribe, Route, SubscriptionSource, SubscriptionSpec};
 use crate::dapr_proto as pb;
 
@@ -28,6 +35,9 @@ pub struct GrpcAppClient {
     channel: Channel,
     origin: tonic::codegen::http::Uri,
     token: Option<String>,
+    /// The app answered `OnBulkTopicEvent` with `UNIMPLEMENTED` and
+    /// `OnBulkTopicEventAlpha1` worked: batches go to that one first.
+    bulk_alpha: Arc<AtomicBool>,
 }
 
 impl GrpcAppClient {
@@ -46,6 +56,7 @@ impl GrpcAppClient {
             channel,
             origin,
             token,
+            bulk_alpha: Arc::default(),
         }
     }
 
@@ -94,17 +105,17 @@ impl GrpcAppClient {
         }
     }
 
-    /// `OnTopicEvent` for the CloudEvent `body` routed to `path`.
+    /// `OnTopicEvent` for the CloudEvent `event` routed to `path`.
     pub async fn deliver(
         &self,
         path: &str,
-        body: &Bytes,
+        event: &Envelope,
         metadata: &BTreeMap<String, String>,
         traceparent: Option<&str>,
         topic: &str,
         pubsub: &str,
     ) -> AppAnswer {
-        let mut ev = event_of(topic, pubsub, body)?;
+        let mut ev = event_of(topic, pubsub, event)?;
         ev.path = path.to_owned();
         let mut md = metadata.clone();
         if let Some(tp) = traceparent {
@@ -133,6 +144,47 @@ impl GrpcAppClient {
         Some((200, Bytes::from_static(body)))
     }
 
+    /// One batch to `OnBulkTopicEvent`, or `OnBulkTopicEventAlpha1` when
+    /// the app does not implement it (the order is remembered). The answer
+    /// in the HTTP bulk form the batch code reads: 200 with the statuses
+    /// as JSON; 404 (every entry dropped) when the app implements neither
+    /// method, as daprd; `None` (the batch retried) on any other error.
+    pub async fn deliver_bulk(&self, request: pb::TopicEventBulkRequest) -> AppAnswer {
+        let alpha_first = self.bulk_alpha.load(Ordering::Relaxed);
+        for alpha in [alpha_first, !alpha_first] {
+            let call = self.request(request.clone(), &BTreeMap::new());
+            let answer = if alpha {
+                pb::app_callback_alpha_client::AppCallbackAlphaClient::with_origin(
+                    self.channel.clone(),
+                    self.origin.clone(),
+                )
+                .on_bulk_topic_event_alpha1(call)
+                .await
+            } else {
+                pb::app_callback_client::AppCallbackClient::with_origin(
+                    self.channel.clone(),
+                    self.origin.clone(),
+                )
+                .on_bulk_topic_event(call)
+                .await
+            };
+            match answer {
+                Ok(r) => {
+                    self.bulk_alpha.store(alpha, Ordering::Relaxed);
+                    return Some((200, statuses_json(r.into_inner())));
+                }
+                Err(s) if s.code() == tonic::Code::Unimplemented => continue,
+                Err(s) => {
+                    tracing::debug!(topic = %request.topic, code = ?s.code(), message = s.message(), "OnBulkTopicEvent failed; retried");
+                    return None;
+                }
+            }
+        }
+        tracing::warn!(topic = %request.topic, path = %request.path, entries = request.entries.len(),
+            "the app implements neither OnBulkTopicEvent nor OnBulkTopicEventAlpha1 for the batch; dropped");
+        Some((404, Bytes::new()))
+    }
+
     /// `HealthCheck`; 200 when it answers, `None` on any error.
     pub async fn probe(&self, timeout: Duration) -> Option<u16> {
         let mut c = pb::app_callback_health_check_client::AppCallbackHealthCheckClient::with_origin(
@@ -147,6 +199,95 @@ impl GrpcAppClient {
     }
 }
 
+/// The app's bulk answer as Dapr's HTTP bulk answer
+/// (`{"statuses":[{"entryId","status"}]}`); an unknown status enum is
+/// RETRY, as for single events.
+fn statuses_json(r: pb::TopicEventBulkResponse) -> Bytes {
+    let statuses: Vec<serde_json::Value> = r
+        .statuses
+        .into_iter()
+        .map(|s| {
+            let status = match s.status {
+                0 => "SUCCESS",
+                2 => "DROP",
+                _ => "RETRY",
+            };
+            serde_json::json!({"entryId": s.entry_id, "status": status})
+        })
+        .collect();
+    Bytes::from(serde_json::json!({ "statuses": statuses }).to_string())
+}
+
+/// One message of a batch, as the bulk request needs it.
+pub(super) struct BulkEntry<'a> {
+    pub(super) id: &'a str,
+    /// The CloudEvent (for a raw payload, its envelope).
+    pub(super) event: &'a Envelope,
+    /// The CloudEvent's bytes.
+    pub(super) body: &'a Bytes,
+    /// The broker's bytes.
+    pub(super) data: &'a Bytes,
+    /// The broker's metadata.
+    pub(super) metadata: &'a BTreeMap<String, String>,
+}
+
+/// The `OnBulkTopicEvent` request for a batch's `entries` routed to
+/// `path`, as daprd builds it: each CloudEvent as a `cloud_event` entry
+/// (the fields of a single event), a raw payload as `bytes`; entry
+/// metadata is the message's.
+pub(super) fn bulk_request<'a>(
+    topic: &str,
+    pubsub: &str,
+    path: &str,
+    raw: bool,
+    entries: impl Iterator<Item = BulkEntry<'a>>,
+) -> pb::TopicEventBulkRequest {
+    use pb::topic_event_bulk_request_entry::Event;
+    let entries = entries
+        .map(|r| {
+            let (event, content_type) = match (raw, event_of(topic, pubsub, r.event)) {
+                (false, Some(ev)) => (
+                    Event::CloudEvent(pb::TopicEventCeRequest {
+                        id: ev.id,
+                        source: ev.source,
+                        r#type: ev.r#type,
+                        spec_version: ev.spec_version,
+                        data_content_type: ev.data_content_type,
+                        data: ev.data,
+                        extensions: Some(struct_of(ev.extensions)),
+                    }),
+                    crate::cloudevents::CLOUDEVENT_CONTENT_TYPE,
+                ),
+                (false, None) => (
+                    Event::Bytes(r.body.to_vec()),
+                    crate::cloudevents::CLOUDEVENT_CONTENT_TYPE,
+                ),
+                (true, _) => (Event::Bytes(r.data.to_vec()), "application/octet-stream"),
+            };
+            pb::TopicEventBulkRequestEntry {
+                entry_id: r.id.to_owned(),
+                event: Some(event),
+                content_type: content_type.to_owned(),
+                metadata: r
+                    .metadata
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "pubsubName")
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            }
+        })
+        .collect();
+    pb::TopicEventBulkRequest {
+        id: uuid::Uuid::new_v4().to_string(),
+        entries,
+        metadata: [("pubsubName".to_owned(), pubsub.to_owned())].into(),
+        topic: topic.to_owned(),
+        pubsub_name: pubsub.to_owned(),
+        r#type: "com.dapr.event.sent.bulk".to_owned(),
+        path: path.to_owned(),
+    }
+}
+
 pub fn request_of(ev: StreamEvent) -> pb::TopicEventRequest {
     pb::TopicEventRequest {
         id: ev.id,
@@ -158,13 +299,17 @@ pub fn request_of(ev: StreamEvent) -> pb::TopicEventRequest {
         topic: ev.topic,
         pubsub_name: ev.pubsub_name,
         path: ev.path,
-        extensions: Some(prost_types::Struct {
-            fields: ev
-                .extensions
-                .into_iter()
-                .map(|(k, v)| (k, proto_value(v)))
-                .collect(),
-        }),
+        extensions: Some(struct_of(ev.extensions)),
+    }
+}
+
+/// CloudEvent extensions as a `google.protobuf.Struct`.
+fn struct_of(extensions: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: extensions
+            .into_iter()
+            .map(|(k, v)| (k, proto_value(v)))
+            .collect(),
     }
 }
 
@@ -229,4 +374,82 @@ fn spec_of(t: pb::TopicSubscription) -> Option<SubscriptionSpec> {
         metadata: t.metadata.into_iter().collect(),
         source: SubscriptionSource::Programmatic,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_sent_as_daprd_builds_on_bulk_topic_event() {
+        use pb::topic_event_bulk_request_entry::Event;
+        let body = Bytes::from_static(
+            br#"{"id":"1","type":"ty","specversion":"1.0","data":{"n":1},"x":"y"}"#,
+        );
+        let event: Envelope = serde_json::from_slice(&body).unwrap();
+        let metadata: BTreeMap<String, String> = [
+            ("pubsubName".to_owned(), "ps".to_owned()),
+            ("k".to_owned(), "v".to_owned()),
+        ]
+        .into();
+        let entry = || BulkEntry {
+            id: "e1",
+            event: &event,
+            body: &body,
+            data: &body,
+            metadata: &metadata,
+        };
+        let r = bulk_request("t", "ps", "route", false, [entry()].into_iter());
+        assert_eq!((r.topic.as_str(), r.path.as_str()), ("t", "route"));
+        assert_eq!(r.r#type, "com.dapr.event.sent.bulk");
+        assert_eq!(r.metadata["pubsubName"], "ps");
+        let e = &r.entries[0];
+        assert_eq!(e.entry_id, "e1");
+        assert_eq!(e.content_type, "application/cloudevents+json");
+        assert_eq!(
+            e.metadata,
+            [("k".to_owned(), "v".to_owned())].into(),
+            "entry metadata is the message's, without pubsubName"
+        );
+        let Some(Event::CloudEvent(ce)) = &e.event else {
+            panic!("a CloudEvent entry: {e:?}")
+        };
+        assert_eq!((ce.id.as_str(), ce.r#type.as_str()), ("1", "ty"));
+        assert_eq!(ce.data, br#"{"n":1}"#);
+        assert!(ce.extensions.as_ref().unwrap().fields.contains_key("x"));
+        // rawPayload: the broker's bytes as they are.
+        let r = bulk_request("t", "ps", "route", true, [entry()].into_iter());
+        let e = &r.entries[0];
+        assert_eq!(e.content_type, "application/octet-stream");
+        assert!(matches!(&e.event, Some(Event::Bytes(b)) if b[..] == body[..]));
+    }
+
+    #[test]
+    fn the_bulk_answer_reads_as_the_http_one() {
+        let answer = pb::TopicEventBulkResponse {
+            statuses: vec![
+                pb::TopicEventBulkResponseEntry {
+                    entry_id: "a".into(),
+                    status: 0,
+                },
+                pb::TopicEventBulkResponseEntry {
+                    entry_id: "b".into(),
+                    status: 2,
+                },
+                pb::TopicEventBulkResponseEntry {
+                    entry_id: "c".into(),
+                    status: 9,
+                },
+            ],
+        };
+        let json: serde_json::Value = serde_json::from_slice(&statuses_json(answer)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"statuses": [
+                {"entryId": "a", "status": "SUCCESS"},
+                {"entryId": "b", "status": "DROP"},
+                {"entryId": "c", "status": "RETRY"}
+            ]})
+        );
+    }
 }

@@ -1,7 +1,8 @@
 //! Bulk subscribe (reference 3.5): messages are gathered into batches of at
 //! most `maxMessagesCount` (default 100), flushed when full or
 //! `maxAwaitDurationMs` (default 1000) after the first message arrived, and
-//! POSTed as one Dapr bulk request per route path. The app answers a status
+//! sent as one Dapr bulk request per route path (POSTed, or to a gRPC app's
+//! `OnBulkTopicEvent`, see `app_grpc`). The app answers a status
 //! per entry; a missing entry or an empty status is RETRY. Entries still
 //! failing when the retry policy gives up are dead-lettered one by one.
 //!
@@ -21,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Map};
 use tokio::sync::watch;
 
-use super::context::Ready;
+use super::context::{BulkRequest, Ready, Sink};
 use super::dead_letter::finish_dropped;
 use super::prepare::prepare;
 use super::retry::{self, Attempt, RetryEnd};
@@ -166,15 +167,15 @@ async fn deliver_group(
             .all(|(_, r)| r.delivery.is_owned())
     };
     let end = retry::run(&ctx.policy, &mut retry_stop, &owned, || async {
-        let body = {
+        let request = {
             let p = pending
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            request_body(ctx, &p.entries)
+            request_of(ctx, &path, &p.entries)
         };
         let headers = BTreeMap::from([("pubsubName".to_owned(), ctx.sub.pubsubname.clone())]);
         let answer = ctx
-            .call_app(ctx.deliver_bulk_once(&path, body, &headers), |a| {
+            .call_app(ctx.deliver_bulk_once(&path, request, &headers), |a| {
                 a.as_ref()
                     .is_some_and(|(s, _)| (200..300).contains(s) || *s == 404)
             })
@@ -255,6 +256,26 @@ async fn deliver_group(
         // Shutdown, or an entry no longer ours: the entries stay
         // unacknowledged for redelivery.
         RetryEnd::Stopped | RetryEnd::Revoked => {}
+    }
+}
+
+/// The bulk request for the pending entries, in the sink's form.
+fn request_of(ctx: &SubCtx, path: &str, entries: &BTreeMap<String, Ready>) -> BulkRequest {
+    match ctx.sink {
+        Sink::GrpcApp(_) => BulkRequest::Grpc(super::app_grpc::bulk_request(
+            &ctx.sub.topic,
+            &ctx.sub.pubsubname,
+            path,
+            ctx.raw,
+            entries.iter().map(|(id, r)| super::app_grpc::BulkEntry {
+                id,
+                event: &r.event,
+                body: &r.body,
+                data: &r.delivery.data,
+                metadata: &r.delivery.metadata,
+            }),
+        )),
+        Sink::App(_) | Sink::Stream(_) => BulkRequest::Http(request_body(ctx, entries)),
     }
 }
 

@@ -37,6 +37,30 @@ pub(super) struct Ready {
     pub(super) delivery: Delivery,
 }
 
+/// What one delivery sends, borrowed from its [`Ready`] (whose broker
+/// message, not `Sync`, stays behind).
+#[derive(Clone, Copy)]
+pub(super) struct Outgoing<'a> {
+    pub(super) path: &'a str,
+    pub(super) body: &'a Bytes,
+    pub(super) event: &'a Envelope,
+    pub(super) metadata: &'a BTreeMap<String, String>,
+    pub(super) traceparent: Option<&'a str>,
+}
+
+impl Ready {
+    /// What the sink is sent for this message.
+    pub(super) fn outgoing(&self) -> Outgoing<'_> {
+        Outgoing {
+            path: &self.path,
+            body: &self.body,
+            event: &self.event,
+            metadata: &self.metadata,
+            traceparent: self.traceparent.as_deref(),
+        }
+    }
+}
+
 /// One subscription's context, shared by its deliveries.
 pub(super) struct SubCtx {
     pub(super) sub: SubscriptionSpec,
@@ -57,6 +81,14 @@ pub(super) struct SubCtx {
     pub(super) store: Option<Arc<dyn Store>>,
 }
 
+/// One bulk attempt's request, in the form of the subscription's sink.
+pub(super) enum BulkRequest {
+    /// Dapr's bulk JSON, POSTed.
+    Http(Bytes),
+    /// `OnBulkTopicEvent`'s request.
+    Grpc(crate::dapr_proto::TopicEventBulkRequest),
+}
+
 /// Where a subscription's deliveries go.
 #[derive(Clone)]
 pub enum Sink {
@@ -73,29 +105,34 @@ impl SubCtx {
         &self.pubsub
     }
 
-    /// One delivery to the sink: POSTed to the app, or sent on the stream
-    /// (whose client answers SUCCESS, RETRY or DROP as an app would).
+    /// One delivery to the sink: POSTed to the app, called over gRPC, or
+    /// sent on the stream (whose client answers SUCCESS, RETRY or DROP as
+    /// an app would).
     pub(super) async fn deliver_once(
         &self,
-        path: &str,
-        body: Bytes,
-        metadata: &BTreeMap<String, String>,
-        traceparent: Option<&str>,
+        ready: Outgoing<'_>,
         idempotency_key: Option<&str>,
     ) -> app::AppAnswer {
+        let traceparent = ready.traceparent;
         match &self.sink {
             Sink::App(c) => {
-                c.deliver(path, body, metadata, traceparent, idempotency_key)
-                    .await
+                c.deliver(
+                    ready.path,
+                    ready.body.clone(),
+                    ready.metadata,
+                    traceparent,
+                    idempotency_key,
+                )
+                .await
             }
             Sink::GrpcApp(c) => {
-                let mut md = metadata.clone();
+                let mut md = ready.metadata.clone();
                 if let Some(k) = idempotency_key {
                     md.insert(crate::message::IDEMPOTENCY_KEY.into(), k.to_owned());
                 }
                 c.deliver(
-                    path,
-                    &body,
+                    ready.path,
+                    ready.event,
                     &md,
                     traceparent,
                     &self.sub.topic,
@@ -104,25 +141,26 @@ impl SubCtx {
                 .await
             }
             Sink::Stream(s) => {
-                s.deliver(&self.sub.topic, &self.sub.pubsubname, &body)
+                s.deliver(&self.sub.topic, &self.sub.pubsubname, ready.event)
                     .await
             }
         }
     }
 
-    /// One bulk delivery to the app (a stream is never bulk: `None`).
+    /// One bulk delivery to the app, `request` built for its sink (a
+    /// stream is never bulk: `None`).
     pub(super) async fn deliver_bulk_once(
         &self,
         path: &str,
-        body: Bytes,
+        request: BulkRequest,
         headers: &BTreeMap<String, String>,
     ) -> app::AppAnswer {
-        match &self.sink {
-            Sink::App(c) => c.deliver_bulk(path, body, headers).await,
-            // Bulk delivery to gRPC apps and streams is not implemented: a
-            // bulk subscription on them is delivered one by one (see
-            // `Engine::start_one`).
-            Sink::GrpcApp(_) | Sink::Stream(_) => None,
+        match (&self.sink, request) {
+            (Sink::App(c), BulkRequest::Http(body)) => c.deliver_bulk(path, body, headers).await,
+            (Sink::GrpcApp(c), BulkRequest::Grpc(r)) => c.deliver_bulk(r).await,
+            // Streams have no bulk form: a bulk subscription on one is
+            // delivered one by one (see `Engine::start_one`).
+            _ => None,
         }
     }
 

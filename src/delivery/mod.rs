@@ -203,9 +203,9 @@ impl Engine {
     ) -> Result<(), StartError> {
         let deps = &self.inner.deps;
         let mut sub = sub.clone();
-        if sub.bulk.enabled && !matches!(sink, context::Sink::App(_)) {
+        if sub.bulk.enabled && matches!(sink, context::Sink::Stream(_)) {
             tracing::warn!(pubsub = %sub.pubsubname, topic = %sub.topic,
-                "bulkSubscribe is not implemented for gRPC apps and streams; delivered one by one");
+                "a streaming subscription has no bulk form; delivered one by one");
             sub.bulk.enabled = false;
         }
         let sub = &sub;

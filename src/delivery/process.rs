@@ -133,6 +133,7 @@ async fn deliver(
             .as_ref()
             .is_none_or(|o| o.load(std::sync::atomic::Ordering::Acquire))
     };
+    let outgoing = ready.outgoing();
     let end = retry::run(&ctx.policy, &mut retry_stop, &is_owned, || async {
         if attempts.fetch_add(1, Ordering::Relaxed) > 0 {
             ctx.count(&metrics().redeliveries);
@@ -154,13 +155,7 @@ async fn deliver(
         let started = std::time::Instant::now();
         let answer = ctx
             .call_app(
-                ctx.deliver_once(
-                    &ready.path,
-                    ready.body.clone(),
-                    &ready.metadata,
-                    ready.traceparent.as_deref(),
-                    idempotency_header.as_deref(),
-                ),
+                ctx.deliver_once(outgoing, idempotency_header.as_deref()),
                 |a| !matches!(classify(a), Outcome::Retry(_)),
             )
             .await;

@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::app::AppAnswer;
+use crate::cloudevents::Envelope;
 
 /// One event for the stream's client, as daprd's `TopicEventRequest`.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,10 +111,10 @@ impl StreamSink {
         self.closed.subscribe()
     }
 
-    /// Sends the CloudEvent `body` on the stream and waits for its outcome,
-    /// as an app's answer; `None` when the stream is gone.
-    pub async fn deliver(&self, topic: &str, pubsub: &str, body: &Bytes) -> AppAnswer {
-        let ev = event_of(topic, pubsub, body)?;
+    /// Sends the CloudEvent `event` on the stream and waits for its
+    /// outcome, as an app's answer; `None` when the stream is gone.
+    pub async fn deliver(&self, topic: &str, pubsub: &str, event: &Envelope) -> AppAnswer {
+        let ev = event_of(topic, pubsub, event)?;
         let (tx, rx) = oneshot::channel();
         self.pending
             .lock()
@@ -141,42 +142,50 @@ impl StreamSink {
 /// The stream event for a CloudEvent (daprd's
 /// `GRPCEnvelopeFromSubscriptionMessage`): `data_base64` decoded into
 /// `data`, JSON `data` as its JSON text, a string as its bytes, and every
-/// attribute but the core ones in `extensions`.
-pub fn event_of(topic: &str, pubsub: &str, body: &[u8]) -> Option<StreamEvent> {
-    let Value::Object(mut ce) = serde_json::from_slice::<Value>(body).ok()? else {
-        return None;
+/// attribute but the core ones in `extensions`. Built from the event the
+/// delivery already parsed; `None` when `data_base64` is not base64.
+pub fn event_of(topic: &str, pubsub: &str, ce: &Envelope) -> Option<StreamEvent> {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
     };
-    let mut take = |k: &str| match ce.remove(k) {
-        Some(Value::String(s)) => s,
-        Some(Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
+    let mut ev = StreamEvent {
+        id: String::new(),
+        source: String::new(),
+        r#type: String::new(),
+        spec_version: String::new(),
+        data_content_type: String::new(),
+        data: vec![],
+        topic: topic.to_owned(),
+        pubsub_name: pubsub.to_owned(),
+        path: "/".to_owned(),
+        extensions: Map::new(),
     };
-    let id = take("id");
-    let source = take("source");
-    let r#type = take("type");
-    let spec_version = take("specversion");
-    let data_content_type = take("datacontenttype");
-    let data = match (ce.remove("data_base64"), ce.remove("data")) {
+    for (k, v) in ce {
+        match k.as_str() {
+            "id" => ev.id = text(v),
+            "source" => ev.source = text(v),
+            "type" => ev.r#type = text(v),
+            "specversion" => ev.spec_version = text(v),
+            "datacontenttype" => ev.data_content_type = text(v),
+            // Read below, `data_base64` first.
+            "data" | "data_base64" => {}
+            _ => {
+                ev.extensions.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    ev.data = match (ce.get("data_base64"), ce.get("data")) {
         (Some(Value::String(b64)), _) => {
             use base64::Engine as _;
             base64::engine::general_purpose::STANDARD.decode(b64).ok()?
         }
-        (_, Some(Value::String(s))) => s.into_bytes(),
+        (_, Some(Value::String(s))) => s.clone().into_bytes(),
         (_, Some(Value::Null)) | (_, None) => vec![],
-        (_, Some(v)) => crate::util::to_go_json(&v),
+        (_, Some(v)) => crate::util::to_go_json(v),
     };
-    Some(StreamEvent {
-        id,
-        source,
-        r#type,
-        spec_version,
-        data_content_type,
-        data,
-        topic: topic.to_owned(),
-        pubsub_name: pubsub.to_owned(),
-        path: "/".to_owned(),
-        extensions: ce,
-    })
+    Some(ev)
 }
 
 #[cfg(test)]
@@ -186,7 +195,8 @@ mod tests {
     #[test]
     fn a_cloudevent_becomes_daprds_stream_event() {
         let body = br#"{"id":"1","source":"app","type":"t","specversion":"1.0","datacontenttype":"application/json","data":{"n":1},"traceparent":"00-x","topic":"orders","pubsubname":"pubsub"}"#;
-        let ev = event_of("orders", "pubsub", body).unwrap();
+        let parse = |b: &[u8]| serde_json::from_slice::<Envelope>(b).unwrap();
+        let ev = event_of("orders", "pubsub", &parse(body)).unwrap();
         assert_eq!(ev.id, "1");
         assert_eq!(ev.data, br#"{"n":1}"#);
         assert_eq!(ev.path, "/");
@@ -194,15 +204,19 @@ mod tests {
         assert_eq!(ext, ["pubsubname", "topic", "traceparent"]);
         let b64 =
             br#"{"id":"2","data_base64":"aGk=","datacontenttype":"application/octet-stream"}"#;
-        assert_eq!(event_of("t", "p", b64).unwrap().data, b"hi");
+        assert_eq!(event_of("t", "p", &parse(b64)).unwrap().data, b"hi");
         assert_eq!(
-            event_of("t", "p", br#"{"id":"3","data":"text"}"#)
+            event_of("t", "p", &parse(br#"{"id":"3","data":"text"}"#))
                 .unwrap()
                 .data,
             b"text"
         );
-        assert!(event_of("t", "p", b"not json").is_none());
+        assert!(event_of("t", "p", &parse(br#"{"id":"4","data_base64":"%%"}"#)).is_none());
         assert_eq!(StreamOutcome::from_wire(7), StreamOutcome::Retry);
+    }
+
+    fn event(json: &str) -> Envelope {
+        serde_json::from_str(json).unwrap()
     }
 
     #[tokio::test]
@@ -211,7 +225,7 @@ mod tests {
         let sink = std::sync::Arc::new(StreamSink::new(tx));
         let s = sink.clone();
         let waiting = tokio::spawn(async move {
-            s.deliver("t", "p", &Bytes::from_static(br#"{"id":"a","data":"x"}"#))
+            s.deliver("t", "p", &event(r#"{"id":"a","data":"x"}"#))
                 .await
         });
         assert_eq!(rx.recv().await.unwrap().id, "a");
@@ -222,7 +236,7 @@ mod tests {
 
         let s = sink.clone();
         let waiting = tokio::spawn(async move {
-            s.deliver("t", "p", &Bytes::from_static(br#"{"id":"b","data":"x"}"#))
+            s.deliver("t", "p", &event(r#"{"id":"b","data":"x"}"#))
                 .await
         });
         assert_eq!(rx.recv().await.unwrap().id, "b");

@@ -49,7 +49,7 @@ pub(crate) async fn publish_rows(b: Backend, s: &Sizes, rows: &mut Rows) {
     // The same publishes over Dapr's gRPC API, as the Python, Go, Java and
     // .NET SDK clients make them.
     let cpu0 = proc_stats(pid).1;
-    let grpc = load_grpc(sc.grpc_port, &topic, &body, s.publish, c).await;
+    let grpc = load_grpc(sc.grpc_port, &topic, &body, s.publish, c, 1).await;
     let grpc_cpu = cpu_per_10k(cpu0, s.publish);
     row(
         rows,
@@ -60,7 +60,10 @@ pub(crate) async fn publish_rows(b: Backend, s: &Sizes, rows: &mut Rows) {
         grpc.summary("msgs"),
         format!("HTTP publish {}", perch.summary("msgs")),
         format!("{:.2}x", grpc.rate() / perch.rate()),
-        format!("Perch {grpc_cpu:.2} CPU s per 10k"),
+        format!(
+            "{}Perch {grpc_cpu:.2} CPU s per 10k",
+            vs_direct(&grpc, direct.as_ref())
+        ),
     );
     // Bulk publish: 100 entries per request.
     let entries: Vec<serde_json::Value> = (0..100)
@@ -75,6 +78,22 @@ pub(crate) async fn publish_rows(b: Backend, s: &Sizes, rows: &mut Rows) {
     let bulk = Run {
         count: reqs * 100,
         ..bulk
+    };
+    // The same over gRPC's BulkPublishEvent.
+    let cpu0 = proc_stats(pid).1;
+    let grpc_bulk = load_grpc(
+        sc.grpc_port,
+        &topic,
+        &json!({"pad": "x".repeat(1000)}).to_string(),
+        reqs,
+        c,
+        100,
+    )
+    .await;
+    let grpc_bulk_cpu = cpu_per_10k(cpu0, reqs * 100);
+    let grpc_bulk = Run {
+        count: reqs * 100,
+        ..grpc_bulk
     };
     let direct = match b {
         Backend::Kafka => Some(direct_kafka(&topic, &body, reqs, 100, c).await),
@@ -99,6 +118,26 @@ pub(crate) async fn publish_rows(b: Backend, s: &Sizes, rows: &mut Rows) {
             bulk.rate() / perch.rate()
         ),
     );
+    row(
+        rows,
+        format!(
+            "gRPC BulkPublishEvent {b:?}: 100 x 1 KiB per request, {c} clients, {reqs} requests"
+        ),
+        format!("{} (per request)", grpc_bulk.summary("msgs")),
+        format!("HTTP bulk publish {}", bulk.summary("msgs")),
+        format!("{:.2}x", grpc_bulk.rate() / bulk.rate()),
+        format!(
+            "{}Perch {grpc_bulk_cpu:.2} CPU s per 10k",
+            vs_direct(&grpc_bulk, direct.as_ref())
+        ),
+    );
+}
+
+/// "`x`x direct; " when there is a direct client to compare with.
+fn vs_direct(perch: &Run, direct: Option<&Run>) -> String {
+    direct.map_or(String::new(), |d| {
+        format!("{:.2}x direct; ", perch.rate() / d.rate())
+    })
 }
 
 pub(crate) async fn run(backends: &[Backend], s: &Sizes, rows: &mut Rows) {

@@ -387,6 +387,80 @@ pub struct BulkSubscribeConfig {
     #[prost(int32, tag = "3")]
     pub max_await_duration_ms: i32,
 }
+/// From appcallback.proto: a batch of a bulk subscription.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TopicEventBulkRequest {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "2")]
+    pub entries: ::prost::alloc::vec::Vec<TopicEventBulkRequestEntry>,
+    #[prost(map = "string, string", tag = "3")]
+    pub metadata: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    #[prost(string, tag = "4")]
+    pub topic: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub pubsub_name: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub r#type: ::prost::alloc::string::String,
+    #[prost(string, tag = "7")]
+    pub path: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TopicEventBulkRequestEntry {
+    #[prost(string, tag = "1")]
+    pub entry_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub content_type: ::prost::alloc::string::String,
+    #[prost(map = "string, string", tag = "5")]
+    pub metadata: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    #[prost(oneof = "topic_event_bulk_request_entry::Event", tags = "2, 3")]
+    pub event: ::core::option::Option<topic_event_bulk_request_entry::Event>,
+}
+/// Nested message and enum types in `TopicEventBulkRequestEntry`.
+pub mod topic_event_bulk_request_entry {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Event {
+        #[prost(bytes, tag = "2")]
+        Bytes(::prost::alloc::vec::Vec<u8>),
+        #[prost(message, tag = "3")]
+        CloudEvent(super::TopicEventCeRequest),
+    }
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TopicEventCeRequest {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub source: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub r#type: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub spec_version: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub data_content_type: ::prost::alloc::string::String,
+    #[prost(bytes = "vec", tag = "6")]
+    pub data: ::prost::alloc::vec::Vec<u8>,
+    #[prost(message, optional, tag = "7")]
+    pub extensions: ::core::option::Option<::prost_types::Struct>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TopicEventBulkResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub statuses: ::prost::alloc::vec::Vec<TopicEventBulkResponseEntry>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TopicEventBulkResponseEntry {
+    #[prost(string, tag = "1")]
+    pub entry_id: ::prost::alloc::string::String,
+    #[prost(enumeration = "topic_event_response::TopicEventResponseStatus", tag = "2")]
+    pub status: i32,
+}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum PubsubSubscriptionType {
@@ -1319,6 +1393,35 @@ pub mod app_callback_client {
                 );
             self.inner.unary(req, path, codec).await
         }
+        pub async fn on_bulk_topic_event(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TopicEventBulkRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::TopicEventBulkResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/dapr.proto.runtime.v1.AppCallback/OnBulkTopicEvent",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new(
+                        "dapr.proto.runtime.v1.AppCallback",
+                        "OnBulkTopicEvent",
+                    ),
+                );
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1346,6 +1449,13 @@ pub mod app_callback_server {
             request: tonic::Request<super::TopicEventRequest>,
         ) -> std::result::Result<
             tonic::Response<super::TopicEventResponse>,
+            tonic::Status,
+        >;
+        async fn on_bulk_topic_event(
+            &self,
+            request: tonic::Request<super::TopicEventBulkRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::TopicEventBulkResponse>,
             tonic::Status,
         >;
     }
@@ -1516,6 +1626,52 @@ pub mod app_callback_server {
                     };
                     Box::pin(fut)
                 }
+                "/dapr.proto.runtime.v1.AppCallback/OnBulkTopicEvent" => {
+                    #[allow(non_camel_case_types)]
+                    struct OnBulkTopicEventSvc<T: AppCallback>(pub Arc<T>);
+                    impl<
+                        T: AppCallback,
+                    > tonic::server::UnaryService<super::TopicEventBulkRequest>
+                    for OnBulkTopicEventSvc<T> {
+                        type Response = super::TopicEventBulkResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TopicEventBulkRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AppCallback>::on_bulk_topic_event(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = OnBulkTopicEventSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
                 _ => {
                     Box::pin(async move {
                         let mut response = http::Response::new(
@@ -1553,6 +1709,307 @@ pub mod app_callback_server {
     /// Generated gRPC service name
     pub const SERVICE_NAME: &str = "dapr.proto.runtime.v1.AppCallback";
     impl<T> tonic::server::NamedService for AppCallbackServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}
+/// Generated client implementations.
+pub mod app_callback_alpha_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    /// The deprecated bulk method, still the only one the JS SDK serves: called
+    /// when the app answers OnBulkTopicEvent with UNIMPLEMENTED.
+    #[derive(Debug, Clone)]
+    pub struct AppCallbackAlphaClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl<T> AppCallbackAlphaClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> AppCallbackAlphaClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            AppCallbackAlphaClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        pub async fn on_bulk_topic_event_alpha1(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TopicEventBulkRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::TopicEventBulkResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/dapr.proto.runtime.v1.AppCallbackAlpha/OnBulkTopicEventAlpha1",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new(
+                        "dapr.proto.runtime.v1.AppCallbackAlpha",
+                        "OnBulkTopicEventAlpha1",
+                    ),
+                );
+            self.inner.unary(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod app_callback_alpha_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with AppCallbackAlphaServer.
+    #[async_trait]
+    pub trait AppCallbackAlpha: std::marker::Send + std::marker::Sync + 'static {
+        async fn on_bulk_topic_event_alpha1(
+            &self,
+            request: tonic::Request<super::TopicEventBulkRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::TopicEventBulkResponse>,
+            tonic::Status,
+        >;
+    }
+    /// The deprecated bulk method, still the only one the JS SDK serves: called
+    /// when the app answers OnBulkTopicEvent with UNIMPLEMENTED.
+    #[derive(Debug)]
+    pub struct AppCallbackAlphaServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> AppCallbackAlphaServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for AppCallbackAlphaServer<T>
+    where
+        T: AppCallbackAlpha,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/dapr.proto.runtime.v1.AppCallbackAlpha/OnBulkTopicEventAlpha1" => {
+                    #[allow(non_camel_case_types)]
+                    struct OnBulkTopicEventAlpha1Svc<T: AppCallbackAlpha>(pub Arc<T>);
+                    impl<
+                        T: AppCallbackAlpha,
+                    > tonic::server::UnaryService<super::TopicEventBulkRequest>
+                    for OnBulkTopicEventAlpha1Svc<T> {
+                        type Response = super::TopicEventBulkResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TopicEventBulkRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AppCallbackAlpha>::on_bulk_topic_event_alpha1(
+                                        &inner,
+                                        request,
+                                    )
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = OnBulkTopicEventAlpha1Svc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for AppCallbackAlphaServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "dapr.proto.runtime.v1.AppCallbackAlpha";
+    impl<T> tonic::server::NamedService for AppCallbackAlphaServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
 }

@@ -1,6 +1,7 @@
 """A gRPC app written with the real Dapr Python SDK (dapr.ext.grpc.App), run
 with Perch's --app-protocol grpc (tests/grpc_sdk.rs). It subscribes to
-`orders` in its ListTopicSubscriptions, answers events by their data: n=2
+GRPC_APP_TOPIC (default `orders`, dead letters to `<topic>-dead`) in its
+ListTopicSubscriptions, answers events by their data: n=2
 RETRY the first time, n=3 DROP, else SUCCESS; and writes each event it saw
 as a JSON line to the file named by GRPC_APP_LOG.
 """
@@ -18,7 +19,10 @@ seen = {}
 log = open(os.environ["GRPC_APP_LOG"], "a", buffering=1)
 
 
-@app.subscribe(pubsub_name="pubsub", topic="orders", dead_letter_topic="orders-dead")
+topic = os.environ.get("GRPC_APP_TOPIC", "orders")
+
+
+@app.subscribe(pubsub_name="pubsub", topic=topic, dead_letter_topic=f"{topic}-dead")
 def orders(event: v1.Event) -> TopicEventResponse:
     data = json.loads(event.Data()) if isinstance(event.Data(), (bytes, str)) else event.Data()
     n = data.get("n")
