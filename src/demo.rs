@@ -87,6 +87,7 @@ pub async fn run(a: DemoArgs) -> ExitCode {
         sidecar::Listeners {
             http: vec![listener],
             grpc: vec![],
+            public: vec![],
         },
         resources.subscriptions.clone(),
         async {

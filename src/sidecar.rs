@@ -44,6 +44,8 @@ pub struct Listeners {
     pub http: Vec<TcpListener>,
     /// The gRPC API (`--dapr-grpc-port`).
     pub grpc: Vec<TcpListener>,
+    /// Health, outbound health and lag only (`--dapr-public-port`).
+    pub public: Vec<TcpListener>,
 }
 
 /// Runs the sidecar on the given listeners until `signal` resolves or the
@@ -74,11 +76,13 @@ pub async fn run(
     };
     let engine = delivery::Engine::new(deps.clone(), stop_rx.clone());
     let mut servers = Vec::new();
-    for l in listeners.http {
+    let http = listeners.http.into_iter().map(|l| (l, false));
+    for (l, public) in http.chain(listeners.public.into_iter().map(|l| (l, true))) {
         let mut rx = stop_rx.clone();
-        servers.push(tokio::spawn(crate::http::serve(
+        servers.push(tokio::spawn(crate::http::serve_on(
             l,
             api.clone(),
+            public,
             async move {
                 let _ = rx.wait_for(|s| *s).await;
             },

@@ -133,6 +133,11 @@ fn dapr_run_args(config: &Path, resources: &Path, app_port: u16, http_port: u16)
         p(free_port()),
         "--dapr-internal-grpc-port".into(),
         p(free_port()),
+        // Not in `dapr run`'s list (daprd serves no public port unless
+        // asked; Perch's default is 3501): a free one, so that tests
+        // running at once do not share it.
+        "--dapr-public-port".into(),
+        p(free_port()),
     ]
 }
 

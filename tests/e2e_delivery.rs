@@ -45,6 +45,7 @@ async fn not_ready_until_the_app_answers_but_outbound_is() -> TestResult {
             &port.to_string(),
         ])
         .args(["--dapr-grpc-port", &free_port().to_string()])
+        .args(["--dapr-public-port", &free_port().to_string()])
         .args([
             "--app-port",
             &closed_app_port.to_string(),

@@ -340,6 +340,7 @@ async fn the_token_is_never_logged_and_an_open_api_is_warned_about() -> TestResu
             ])
             .args(["--metrics-port", &free_port().to_string()])
             .args(["--dapr-grpc-port", &free_port().to_string()])
+            .args(["--dapr-public-port", &free_port().to_string()])
             .args(["--log-as-json", "--log-level", "debug"])
             .args(["--dapr-listen-addresses", listen])
             .arg("--resources-path")

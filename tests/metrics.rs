@@ -317,20 +317,70 @@ async fn dashboard_and_alerts_parse_and_name_only_real_metrics() -> TestResult {
     Ok(())
 }
 
+/// The lag as KEDA's `metrics-api` scaler reads it: on the public port.
 async fn lag_of(
     sc: &Sidecar,
     topic: &str,
 ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     let (status, _, body) = sc
-        .call(
+        .call_public(
             "GET",
             &format!("/v1.0-alpha1/lag?pubsub=pubsub&topic={topic}"),
             &[],
-            "",
         )
         .await?;
     assert_eq!(status, 200);
     Ok(serde_json::from_slice(&body)?)
+}
+
+/// The public port serves health, outbound health and the lag (with the
+/// API token when one is set), and nothing else: the kubelet and KEDA
+/// reach it while the API stays on loopback.
+#[tokio::test]
+async fn the_public_port_serves_health_and_lag_only() -> TestResult {
+    let dir = resources(&[
+        ("pubsub.yaml", PUBSUB),
+        ("s.yaml", &subscription("s", "orders", "/orders")),
+    ]);
+    let _app = TestApp::ok(None).await;
+    let token = [("dapr-api-token", "secret")];
+    let sc = Sidecar::start(
+        dir.path(),
+        Some(_app.port),
+        &[("DAPR_API_TOKEN", "secret")],
+        &[],
+    )
+    .await;
+    let lag = "/v1.0-alpha1/lag?pubsub=pubsub&topic=orders";
+    for (method, path, headers, want) in [
+        ("GET", "/v1.0/healthz", &[][..], 204),
+        ("GET", "/v1.0/healthz/outbound", &[], 204),
+        ("GET", lag, &[], 401),
+        ("GET", lag, &token, 200),
+        ("GET", "/v1.0/metadata", &token, 404),
+        ("POST", "/v1.0/publish/pubsub/orders", &token, 404),
+        ("POST", "/v1.0/shutdown", &token, 404),
+        ("POST", "/v1.0/healthz", &token, 404),
+    ] {
+        let (status, _, body) = sc.call_public(method, path, headers).await?;
+        assert_eq!(
+            status,
+            want,
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        if status == 200 {
+            let v: serde_json::Value = serde_json::from_slice(&body)?;
+            assert!(
+                v["lag"].is_i64(),
+                "a numeric top-level lag (KEDA valueLocation: lag): {v}"
+            );
+        }
+    }
+    // The API itself is still there, on its own port.
+    let (status, _, _) = sc.call("GET", "/v1.0/metadata", &token, "").await?;
+    assert_eq!(status, 200);
+    Ok(())
 }
 
 /// A backlog of 6 with an app that never answers and a window of 1.

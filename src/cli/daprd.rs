@@ -92,8 +92,6 @@ macro_rules! daprd_only {
 daprd_only! {
     values {
         mode: "mode" => "Perch reads resources from files (--resources-path) in every mode",
-        dapr_public_port: "dapr-public-port" => "no public health port yet; probe the API port",
-        dapr_public_listen_address: "dapr-public-listen-address" => "no public health port yet",
         dapr_internal_grpc_port: "dapr-internal-grpc-port" => "no sidecar-to-sidecar API: Perch does pub/sub, not service invocation",
         dapr_internal_grpc_listen_address: "dapr-internal-grpc-listen-address" => "no sidecar-to-sidecar API",
         profile_port: "profile-port" => "no profiling server",

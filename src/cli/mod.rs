@@ -67,6 +67,19 @@ pub struct RunArgs {
     /// listen addresses.
     #[arg(long, env = "PERCH_DAPR_GRPC_PORT", default_value_t = 50001)]
     pub dapr_grpc_port: u16,
+    /// Port of the public endpoints (health, outbound health, lag) on
+    /// `--dapr-public-listen-address`, for the kubelet's probes and KEDA;
+    /// the API stays on the listen addresses.
+    #[arg(long, env = "PERCH_DAPR_PUBLIC_PORT", default_value_t = 3501)]
+    pub dapr_public_port: u16,
+    /// Comma-separated addresses the public port listens on (default all
+    /// interfaces).
+    #[arg(
+        long,
+        env = "PERCH_DAPR_PUBLIC_LISTEN_ADDRESS",
+        default_value = "0.0.0.0"
+    )]
+    pub dapr_public_listen_address: String,
     /// Comma-separated addresses the API listens on.
     #[arg(long, env = "PERCH_DAPR_LISTEN_ADDRESSES", default_value = "127.0.0.1")]
     pub dapr_listen_addresses: String,
@@ -327,29 +340,44 @@ async fn run(mut a: RunArgs) -> ExitCode {
         tracing::warn!(file = %w.file.display(), field = %w.field, "{}", w.message);
     }
     let mut listeners = sidecar::Listeners::default();
-    for addr in a
-        .dapr_listen_addresses
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        let host = addr.trim_start_matches('[').trim_end_matches(']');
-        for (port, flag, into) in [
-            (a.dapr_http_port, "--dapr-http-port", &mut listeners.http),
-            (a.dapr_grpc_port, "--dapr-grpc-port", &mut listeners.grpc),
-        ] {
-            let sock: SocketAddr = match format!("{}:{port}", bracket(host)).parse() {
-                Ok(s) => s,
-                Err(_) => {
-                    eprintln!("--dapr-listen-addresses: {addr:?} is not an IP address");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match tokio::net::TcpListener::bind(sock).await {
-                Ok(l) => into.push(l),
-                Err(e) => {
-                    eprintln!("cannot listen on {sock} ({flag} / --dapr-listen-addresses): {e}");
-                    return ExitCode::FAILURE;
+    for (addrs, ports) in [
+        (
+            &a.dapr_listen_addresses,
+            vec![
+                (a.dapr_http_port, "--dapr-http-port", Surface::Http),
+                (a.dapr_grpc_port, "--dapr-grpc-port", Surface::Grpc),
+            ],
+        ),
+        (
+            &a.dapr_public_listen_address,
+            vec![(a.dapr_public_port, "--dapr-public-port", Surface::Public)],
+        ),
+    ] {
+        for addr in addrs.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let host = addr.trim_start_matches('[').trim_end_matches(']');
+            for (port, flag, surface) in &ports {
+                let sock: SocketAddr = match format!("{}:{port}", bracket(host)).parse() {
+                    Ok(s) => s,
+                    Err(_) => {
+                        eprintln!("{}: {addr:?} is not an IP address", surface.address_flag());
+                        return ExitCode::FAILURE;
+                    }
+                };
+                match (tokio::net::TcpListener::bind(sock).await, surface) {
+                    (Ok(l), Surface::Http) => listeners.http.push(l),
+                    (Ok(l), Surface::Grpc) => listeners.grpc.push(l),
+                    (Ok(l), Surface::Public) => listeners.public.push(l),
+                    // Like metrics, not worth refusing to start over: the
+                    // probes that need it fail visibly instead.
+                    (Err(e), Surface::Public) => tracing::error!(%sock, error = %e,
+                        "cannot serve the public health and lag port ({flag}); the API still runs"),
+                    (Err(e), _) => {
+                        eprintln!(
+                            "cannot listen on {sock} ({flag} / {}): {e}",
+                            surface.address_flag()
+                        );
+                        return ExitCode::FAILURE;
+                    }
                 }
             }
         }
@@ -404,6 +432,23 @@ async fn run(mut a: RunArgs) -> ExitCode {
     };
     sidecar::run(sc, listeners, resources.subscriptions, shutdown_signal()).await;
     ExitCode::SUCCESS
+}
+
+/// Which listener a bound socket is for.
+enum Surface {
+    Http,
+    Grpc,
+    Public,
+}
+
+impl Surface {
+    /// The flag naming the addresses it listens on.
+    fn address_flag(&self) -> &'static str {
+        match self {
+            Self::Http | Self::Grpc => "--dapr-listen-addresses",
+            Self::Public => "--dapr-public-listen-address",
+        }
+    }
 }
 
 fn bracket(host: &str) -> String {

@@ -141,15 +141,36 @@ pub(crate) const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// Serves the API on `listener` until `shutdown` resolves, then lets open
 /// requests finish.
 pub async fn serve(listener: TcpListener, api: ApiState, shutdown: impl Future<Output = ()>) {
+    serve_on(listener, api, false, shutdown).await
+}
+
+/// Serves the API, or with `public` only the public endpoints
+/// ([`PUBLIC_PATHS`], for the kubelet's probes and KEDA), on `listener`
+/// until `shutdown` resolves.
+pub async fn serve_on(
+    listener: TcpListener,
+    api: ApiState,
+    public: bool,
+    shutdown: impl Future<Output = ()>,
+) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    accept_loop(listener, "api", shutdown, |stream, permit| {
+    let what = if public { "public" } else { "api" };
+    accept_loop(listener, what, shutdown, |stream, permit| {
         let api = api.clone();
         let mut stop = stop_rx.clone();
         async move {
             let _permit = permit;
             let svc = hyper::service::service_fn(move |req| {
                 let api = api.clone();
-                async move { Ok::<_, Infallible>(route(req, api).await) }
+                async move {
+                    if public
+                        && !(req.method() == Method::GET
+                            && PUBLIC_PATHS.contains(&req.uri().path()))
+                    {
+                        return Ok(text(StatusCode::NOT_FOUND, "404 page not found"));
+                    }
+                    Ok::<_, Infallible>(route(req, api).await)
+                }
             });
             let conn = http1().serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
             tokio::pin!(conn);
@@ -166,6 +187,14 @@ pub async fn serve(listener: TcpListener, api: ApiState, shutdown: impl Future<O
     .drained_after(stop_tx)
     .await;
 }
+
+/// What the public port serves (GET only): health, outbound health, and
+/// the lag, which keeps the API token check when a token is set.
+pub const PUBLIC_PATHS: [&str; 3] = [
+    "/v1.0/healthz",
+    "/v1.0/healthz/outbound",
+    "/v1.0-alpha1/lag",
+];
 
 /// Routes one request; with `--enable-api-logging`, logs it (method, path,
 /// status, duration; no query string, which may carry metadata) at INFO.

@@ -175,6 +175,8 @@ pub struct Sidecar {
     pub port: u16,
     pub grpc_port: u16,
     pub metrics_port: u16,
+    /// `--dapr-public-port`, on 127.0.0.1 in tests.
+    pub public_port: u16,
     pub child: Child,
 }
 
@@ -230,6 +232,7 @@ impl Sidecar {
         let port = free_port();
         let grpc_port = free_port();
         let metrics_port = free_port();
+        let public_port = free_port();
         let mut cmd = Command::new(perch_bin());
         cmd.args([
             "run",
@@ -240,6 +243,8 @@ impl Sidecar {
         ])
         .args(["--metrics-port", &metrics_port.to_string()])
         .args(["--dapr-grpc-port", &grpc_port.to_string()])
+        .args(["--dapr-public-port", &public_port.to_string()])
+        .args(["--dapr-public-listen-address", "127.0.0.1"])
         .arg("--resources-path")
         .arg(resources)
         .args(extra)
@@ -257,6 +262,7 @@ impl Sidecar {
             port,
             grpc_port,
             metrics_port,
+            public_port,
             child,
         };
         // Up to 30 s: a RabbitMQ subscription waits up to 10 s for its
@@ -365,6 +371,17 @@ impl Sidecar {
         body: &str,
     ) -> Result<(u16, BTreeMap<String, String>, Bytes), Box<dyn std::error::Error>> {
         request(method, &self.url(path), headers, body).await
+    }
+
+    /// A request to the public port (`--dapr-public-port`).
+    pub async fn call_public(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, BTreeMap<String, String>, Bytes), Box<dyn std::error::Error>> {
+        let url = format!("http://127.0.0.1:{}{}", self.public_port, path);
+        request(method, &url, headers, "").await
     }
 
     pub async fn publish_json(&self, pubsub_topic: &str, body: &str) -> u16 {
