@@ -33,6 +33,8 @@
 //! - [`http`]: the publish, bulk, health and metadata API on hyper.
 //! - [`sidecar`]: the life cycle that ties them together (build, serve, drain).
 //! - [`demo`]: the README's first command.
+//! - [`injector`]: `perch injector`, the Kubernetes admission webhook (a
+//!   pure patch function and a thin HTTPS server).
 //! - [`cli`]: flags (daprd's names, env fallbacks) and the subcommands.
 
 pub mod broker;
@@ -46,6 +48,7 @@ pub mod errors;
 pub mod expr;
 pub mod grpc;
 pub mod http;
+pub mod injector;
 pub mod message;
 pub mod publish;
 pub mod report;

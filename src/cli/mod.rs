@@ -31,6 +31,8 @@ enum Command {
     Validate(ValidateArgs),
     /// Sidecar + built-in echo app + in-memory broker: events flowing, no services needed.
     Demo(crate::demo::DemoArgs),
+    /// The Kubernetes mutating admission webhook that injects the sidecar.
+    Injector(Box<crate::injector::InjectorArgs>),
 }
 
 /// Flags of `perch run` (daprd's names and defaults).
@@ -275,6 +277,10 @@ pub fn main() -> ExitCode {
             crate::telemetry::logging::init("warn", false);
             rt.block_on(crate::demo::run(a))
         }
+        Command::Injector(a) => {
+            crate::telemetry::logging::init(&a.log_level, a.log_as_json);
+            rt.block_on(crate::injector::run(*a))
+        }
     }
 }
 
@@ -430,7 +436,13 @@ async fn run(mut a: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    sidecar::run(sc, listeners, resources.subscriptions, shutdown_signal()).await;
+    sidecar::run(
+        sc,
+        listeners,
+        resources.subscriptions,
+        sidecar::shutdown_signal(),
+    )
+    .await;
     ExitCode::SUCCESS
 }
 
@@ -489,21 +501,6 @@ pub fn settings_from(a: &RunArgs) -> Settings {
             threshold: a.app_health_threshold.max(1),
         }),
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 #[cfg(test)]

@@ -4,11 +4,7 @@
 //! doubles, as in Dapr, so write `int(event.data.amount) > 100` or compare
 //! with `100.0`.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use cel::{Context, Program, Value as Cel};
-use serde_json::Value;
 
 use crate::cloudevents::Envelope;
 use crate::config::Route;
@@ -76,7 +72,7 @@ impl Router {
             };
             let ctx = ctx.get_or_insert_with(|| {
                 let mut c = Context::default();
-                c.add_variable_from_value("event", map_to_cel(event));
+                c.add_variable_from_value("event", crate::expr::map_to_cel(event));
                 c
             });
             let expr = || source.clone();
@@ -101,26 +97,10 @@ impl Router {
     }
 }
 
-fn to_cel(v: &Value) -> Cel {
-    match v {
-        Value::Null => Cel::Null,
-        Value::Bool(b) => Cel::Bool(*b),
-        Value::Number(n) => Cel::Float(n.as_f64().unwrap_or(f64::NAN)),
-        Value::String(s) => Cel::String(Arc::new(s.clone())),
-        Value::Array(items) => Cel::List(Arc::new(items.iter().map(to_cel).collect())),
-        Value::Object(m) => map_to_cel(m),
-    }
-}
-
-fn map_to_cel(m: &serde_json::Map<String, Value>) -> Cel {
-    let map: HashMap<String, Cel> = m.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect();
-    Cel::from(map)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn rule(m: &str, p: &str) -> Route {
         Route {
