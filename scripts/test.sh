@@ -2,7 +2,8 @@
 # Runs the whole test suite on a fresh machine: checks the toolchain,
 # installs (when missing) and starts PostgreSQL, RabbitMQ and Apache Kafka
 # (scripts/services.sh), installs the pinned Dapr SDK clients the gRPC tests
-# drive (scripts/sdk.sh), runs fmt, clippy and every test, and stops at the
+# drive (scripts/sdk.sh), runs fmt, clippy and every test, validates the
+# Kubernetes and KEDA manifests (scripts/k8s-validate.sh), and stops at the
 # end what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/perch-target}"
 # The toolchain the scripts call. Rust's parts come with rustup; java and
 # mvn run the Kafka broker. A missing one is named, with where it comes from.
 missing=""
-for tool in cargo rustfmt cargo-clippy java mvn python3 node npm go; do
+for tool in cargo rustfmt cargo-clippy java mvn python3 node npm go openssl; do
   command -v "$tool" >/dev/null || missing="$missing $tool"
 done
 if [ -n "$missing" ]; then
@@ -24,6 +25,7 @@ if [ -n "$missing" ]; then
   echo "  python3: Debian python3 and python3-venv (scripts/module-dag.py, the Dapr Python SDK tests)"
   echo "  node, npm: Debian nodejs, npm (the Dapr JS SDK tests)"
   echo "  go: the Go toolchain, 1.26 or later (the Dapr Go SDK tests)"
+  echo "  openssl: Debian openssl (TLS test certificates, k8s/injector/gen-certs.sh)"
   exit 1
 fi
 
@@ -49,4 +51,6 @@ cargo clippy --all-targets -- -D warnings
 python3 scripts/module-dag.py
 python3 scripts/module-dag.py --inner
 cargo test --all-targets
+# Every manifest under k8s/ and keda/, without a cluster.
+./scripts/k8s-validate.sh "$CARGO_TARGET_DIR/debug/perch"
 echo "test.sh: finished in $((SECONDS - t_start)) s"
