@@ -21,6 +21,8 @@
 //! Resources:
 //! - [`config`]: Dapr-format YAML loading and validation (every problem at
 //!   once); dispatches each component to its backend's `config`.
+//! - [`resilience`]: retry policies, circuit breakers and the choice of a
+//!   target's policies, for deliveries (inbound) and publishes (outbound).
 //!
 //! The sidecar's state and its two engines:
 //! - [`state`]: settings, the registry of components with their brokers and
@@ -52,6 +54,7 @@ pub mod injector;
 pub mod message;
 pub mod publish;
 pub mod report;
+pub mod resilience;
 pub mod sidecar;
 pub mod state;
 pub mod store;

@@ -377,6 +377,158 @@ async fn sigterm_hands_unfinished_claims_over_at_once(b: &Bench) -> TestResult {
     Ok(())
 }
 
+/// A pubsub with the inbox and a bulk subscription to `orders` (batches of
+/// at most 10, flushed after 100 ms).
+fn bulk_dir_for(b: &Bench, inbox: &PgStore, extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let mut md = vec![("idempotencyStore", "inbox")];
+    md.extend_from_slice(extra);
+    let sub = format!(
+        "apiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata: {{name: s}}\nspec:\n  pubsubname: pubsub\n  topic: {}\n  bulkSubscribe: {{enabled: true, maxMessagesCount: 10, maxAwaitDurationMs: 100}}\n  routes: {{default: /bulk}}\n",
+        b.topic("orders")
+    );
+    resources(&[
+        ("pubsub.yaml", &b.pubsub(&md)),
+        ("inbox.yaml", &inbox.yaml("inbox")),
+        ("s.yaml", &sub),
+    ])
+}
+
+/// An app answering each bulk entry with `answer(event id, how many times
+/// that id was seen before)`; every event id it was sent, in order.
+async fn bulk_app(answer: fn(&str, usize) -> &'static str) -> (TestApp, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let s = seen.clone();
+    let app = TestApp::start(
+        None,
+        Arc::new(move |r| {
+            let body = r.json();
+            let mut statuses = vec![];
+            for e in body["entries"].as_array().into_iter().flatten() {
+                let id = e["event"]["id"].as_str().unwrap_or_default().to_owned();
+                let mut seen = s.lock().unwrap();
+                let before = seen.iter().filter(|x| **x == id).count();
+                seen.push(id.clone());
+                statuses.push(json!({"entryId": e["entryId"], "status": answer(&id, before)}));
+            }
+            (200, json!({ "statuses": statuses }).to_string())
+        }),
+    )
+    .await;
+    (app, seen)
+}
+
+/// Waits until `seen` holds `distinct` different ids (at most 40 s), then
+/// lets late copies arrive; the ids seen.
+async fn bulk_seen(
+    apps: &mut [&mut TestApp],
+    seen: &Mutex<Vec<String>>,
+    distinct: usize,
+) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while seen.lock().unwrap().iter().collect::<BTreeSet<_>>().len() < distinct
+        && std::time::Instant::now() < deadline
+    {
+        for a in apps.iter_mut() {
+            let _ = a.next(1).await;
+        }
+    }
+    let mut quiet = false;
+    while !quiet {
+        quiet = true;
+        for a in apps.iter_mut() {
+            if a.next(2).await.is_ok() {
+                quiet = false;
+            }
+        }
+    }
+    seen.lock().unwrap().clone()
+}
+
+async fn bulk_the_same_event_published_three_times_arrives_once(b: &Bench) -> TestResult {
+    let inbox = PgStore::new();
+    let dir = bulk_dir_for(b, &inbox, &[]);
+    let (mut app, seen) = bulk_app(|_, _| "SUCCESS").await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let topic = b.topic("orders");
+    for _ in 0..3 {
+        assert_eq!(publish_event(&sc, &topic, "evt-1", 1).await, 204);
+    }
+    assert_eq!(publish_event(&sc, &topic, "evt-2", 2).await, 204);
+    let mut got = bulk_seen(&mut [&mut app], &seen, 2).await;
+    got.sort();
+    assert_eq!(got, ["evt-1", "evt-2"], "each event once");
+    let suppressed = sc
+        .metric("perch_duplicates_suppressed_total", &[("topic", &topic)])
+        .await;
+    assert_eq!(
+        suppressed,
+        Some(2.0),
+        "the two copies were acked without delivery"
+    );
+    Ok(())
+}
+
+async fn bulk_retry_twice_then_success_is_seen_three_times_and_never_again(
+    b: &Bench,
+) -> TestResult {
+    let inbox = PgStore::new();
+    let dir = bulk_dir_for(b, &inbox, &[]);
+    std::fs::write(dir.path().join("r.yaml"), constant_retries("100ms", 5))?;
+    let (mut app, seen) = bulk_app(|_, before| if before < 2 { "RETRY" } else { "SUCCESS" }).await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let topic = b.topic("orders");
+    assert_eq!(publish_event(&sc, &topic, "evt-r", 1).await, 204);
+    for _ in 0..3 {
+        app.next(30).await?;
+    }
+    assert_eq!(
+        publish_event(&sc, &topic, "evt-r", 1).await,
+        204,
+        "published again"
+    );
+    assert!(app.next(3).await.is_err(), "done: never delivered again");
+    assert_eq!(seen.lock().unwrap().len(), 3);
+    Ok(())
+}
+
+async fn bulk_two_sidecars_of_one_app_deliver_each_event_once_in_total(b: &Bench) -> TestResult {
+    let inbox = PgStore::new();
+    let extra: &[(&str, &str)] = if b.backend == Backend::Kafka {
+        &[("topicPartitions", "2")]
+    } else {
+        &[]
+    };
+    let dir = bulk_dir_for(b, &inbox, extra);
+    let (mut a, seen_a) = bulk_app(|_, _| "SUCCESS").await;
+    let (mut c, seen_c) = bulk_app(|_, _| "SUCCESS").await;
+    let sc_a = Sidecar::start(dir.path(), Some(a.port), &[], &[]).await;
+    let sc_c = Sidecar::start(dir.path(), Some(c.port), &[], &[]).await;
+    let topic = b.topic("orders");
+    for n in 0..40u64 {
+        let id = format!("evt-{n}");
+        assert_eq!(publish_event(&sc_a, &topic, &id, n).await, 204);
+        assert_eq!(publish_event(&sc_c, &topic, &id, n).await, 204);
+    }
+    let all_seen = || {
+        let mut all = seen_a.lock().unwrap().clone();
+        all.extend(seen_c.lock().unwrap().iter().cloned());
+        all
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while all_seen().iter().collect::<BTreeSet<_>>().len() < 40
+        && std::time::Instant::now() < deadline
+    {
+        let _ = a.next(1).await;
+        let _ = c.next(1).await;
+    }
+    while a.next(2).await.is_ok() || c.next(1).await.is_ok() {}
+    let all = all_seen();
+    let distinct: BTreeSet<&String> = all.iter().collect();
+    assert_eq!(distinct.len(), 40, "every event arrived");
+    assert_eq!(all.len(), 40, "each once in total, over both sidecars");
+    Ok(())
+}
+
 macro_rules! suite {
     ($module:ident, $backend:expr) => {
         mod $module {
@@ -389,7 +541,10 @@ macro_rules! suite {
                 distinct_events_that_read_alike_both_arrive,
                 ids_the_database_cannot_store_do_not_stall_delivery,
                 a_replayed_dead_letter_reaches_the_app_again,
-                sigterm_hands_unfinished_claims_over_at_once);
+                sigterm_hands_unfinished_claims_over_at_once,
+                bulk_the_same_event_published_three_times_arrives_once,
+                bulk_retry_twice_then_success_is_seen_three_times_and_never_again,
+                bulk_two_sidecars_of_one_app_deliver_each_event_once_in_total);
         }
     };
     (@tests $backend:expr; $($name:ident),*) => {

@@ -13,7 +13,7 @@
 //! a per-message subscription, bounded to [`MAX_WINDOW`] messages.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -24,11 +24,16 @@ use tokio::sync::watch;
 
 use super::context::{BulkRequest, Ready, Sink};
 use super::dead_letter::finish_dropped;
+use super::idempotency::{idempotency_key, mark_finished, observe_store};
+use super::machine::{before_delivery, Before, Claimed};
 use super::prepare::prepare;
+use super::retry::Backoff;
 use super::retry::{self, Attempt, RetryEnd};
 use super::SubCtx;
 use crate::broker::{Delivery, DeliveryStream};
 use crate::config::DeliveryOrder;
+use crate::store::{Claim, Finish, Key, Store};
+use crate::telemetry::metrics::metrics;
 
 /// Dapr's default batcher limits.
 const DEFAULT_MAX_MESSAGES: usize = 100;
@@ -123,54 +128,225 @@ struct BulkAnswer {
     statuses: Vec<EntryStatus>,
 }
 
+/// One message of a batch, with the key claimed for it (with a store).
+struct Entry {
+    ready: Ready,
+    key: Option<Key>,
+}
+
 /// Delivers a batch: each message is prepared (expired and unroutable ones
-/// are finished on their own), the rest grouped per route path, one bulk
-/// request per path, the paths one after another.
+/// are finished on their own), claimed in the idempotency store (one
+/// batched claim: duplicates are acked without delivery), the rest grouped
+/// per route path, one bulk request per path, the paths one after another.
 pub async fn process_batch(ctx: &SubCtx, batch: Vec<Delivery>, stop: watch::Receiver<bool>) {
-    let mut by_path: BTreeMap<String, Vec<Ready>> = BTreeMap::new();
+    let mut ready = Vec::with_capacity(batch.len());
     for d in batch {
         if let Some(r) = prepare(ctx, d, stop.clone()).await {
-            by_path.entry(r.path.clone()).or_default().push(r);
+            ready.push(r);
         }
+    }
+    let Some(store) = ctx.store.clone() else {
+        let entries = ready
+            .into_iter()
+            .map(|ready| Entry { ready, key: None })
+            .collect();
+        return deliver_claimed(ctx, entries, stop).await;
+    };
+    // Copies of one event in one batch: the first is claimed and
+    // delivered; the others wait for it to finish, then are claimed in
+    // turn (a duplicate then, unless the first was given back).
+    let mut todo = ready;
+    while !todo.is_empty() {
+        let (now, later) = first_copies(ctx, todo);
+        match claim_all(ctx, store.as_ref(), now, stop.clone()).await {
+            Some(entries) => deliver_claimed(ctx, entries, stop.clone()).await,
+            None => return,
+        }
+        todo = later;
+    }
+}
+
+/// Splits off the later copies of a key that appears more than once.
+fn first_copies(ctx: &SubCtx, ready: Vec<Ready>) -> (Vec<Ready>, Vec<Ready>) {
+    let mut seen = std::collections::HashSet::new();
+    ready
+        .into_iter()
+        .partition(|r| idempotency_key(ctx, r).is_none_or(|k| seen.insert(k.msg_key)))
+}
+
+/// Delivers claimed (or unclaimed) entries, grouped per route path.
+async fn deliver_claimed(ctx: &SubCtx, entries: Vec<Entry>, stop: watch::Receiver<bool>) {
+    // A panic from here on drops the batch unfinished: its claims go back,
+    // so the redelivered copies are not `Busy` for the life of the process
+    // (releasing a key already marked does nothing).
+    let _guard = ctx.store.clone().map(|store| ReleaseOnDrop {
+        store,
+        keys: entries.iter().filter_map(|e| e.key.clone()).collect(),
+        armed: true,
+    });
+    let mut by_path: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+    for e in entries {
+        by_path.entry(e.ready.path.clone()).or_default().push(e);
     }
     for (path, entries) in by_path {
         deliver_group(ctx, path, entries, stop.clone()).await;
     }
+    if let Some(mut g) = _guard {
+        g.armed = false;
+    }
+}
+
+/// Gives a batch's claims back when dropped armed (a panic).
+struct ReleaseOnDrop {
+    store: Arc<dyn Store>,
+    keys: Vec<Key>,
+    armed: bool,
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        if !self.armed || self.keys.is_empty() {
+            return;
+        }
+        tracing::error!(
+            keys = self.keys.len(),
+            "bulk delivery cut off; its claims are released and the messages left for redelivery"
+        );
+        let (store, keys) = (self.store.clone(), std::mem::take(&mut self.keys));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { store.release(keys).await });
+        }
+    }
+}
+
+/// Claims the keys of a batch in one call, as the single path claims one:
+/// a done key is a duplicate (acked, counted), a key claimed more often
+/// than the retry policy allows is dead-lettered, a key another sidecar
+/// holds is asked again every second, and while the store is down the
+/// whole batch waits. `None` at shutdown (what was claimed is released,
+/// nothing is acked).
+async fn claim_all(
+    ctx: &SubCtx,
+    store: &dyn Store,
+    ready: Vec<Ready>,
+    mut stop: watch::Receiver<bool>,
+) -> Option<Vec<Entry>> {
+    let mut out = Vec::with_capacity(ready.len());
+    let mut waiting = vec![];
+    for r in ready {
+        match idempotency_key(ctx, &r) {
+            Some(k) => waiting.push((r, k)),
+            None => out.push(Entry {
+                ready: r,
+                key: None,
+            }),
+        }
+    }
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    while !waiting.is_empty() {
+        let keys: Vec<Key> = waiting.iter().map(|(_, k)| k.clone()).collect();
+        let started = std::time::Instant::now();
+        let answer = store.claim(keys).await;
+        observe_store(ctx, "claim", started);
+        let wait = match answer {
+            Ok(claims) => {
+                let mut busy = vec![];
+                for ((r, k), c) in waiting.drain(..).zip(claims) {
+                    let claimed = match c {
+                        Claim::Busy => {
+                            busy.push((r, k));
+                            continue;
+                        }
+                        Claim::Done => Claimed::Duplicate,
+                        Claim::Owned { attempts } => Claimed::Owned { attempts },
+                    };
+                    match before_delivery(claimed, ctx.policy.max_retries) {
+                        Before::AckDuplicate => {
+                            ctx.count(&metrics().duplicates_suppressed);
+                            let _ = r.delivery.ack.ack().await;
+                        }
+                        Before::DeadLetterOverclaimed => {
+                            tracing::warn!(topic = %ctx.sub.topic, key = %k.header(), ?claimed,
+                                "claimed more times than the retry policy allows (earlier attempts were cut short); dead-lettering");
+                            finish_dropped(
+                                ctx,
+                                r.delivery,
+                                stop.clone(),
+                                Some((store, &k, Finish::Dead)),
+                            )
+                            .await;
+                        }
+                        Before::Deliver { .. } | Before::Leave => out.push(Entry {
+                            ready: r,
+                            key: Some(k),
+                        }),
+                    }
+                }
+                waiting = busy;
+                if waiting.is_empty() {
+                    break;
+                }
+                Duration::from_secs(1)
+            }
+            Err(e) => {
+                tracing::warn!(topic = %ctx.sub.topic, error = %e, "idempotency store unavailable; delivery paused");
+                backoff.next_delay()
+            }
+        };
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(wait) => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if stopped {
+            let held: Vec<Key> = out.iter().filter_map(|e| e.key.clone()).collect();
+            let _ = tokio::time::timeout(Duration::from_secs(1), store.release(held)).await;
+            return None;
+        }
+    }
+    Some(out)
 }
 
 /// What is left of a group between attempts.
 struct Pending {
-    entries: BTreeMap<String, Ready>,
+    entries: BTreeMap<String, Entry>,
 }
 
 async fn deliver_group(
     ctx: &SubCtx,
     path: String,
-    entries: Vec<Ready>,
+    entries: Vec<Entry>,
     stop: watch::Receiver<bool>,
 ) {
+    let store = ctx.store.as_deref();
     let pending = Mutex::new(Pending {
         entries: entries
             .into_iter()
-            .map(|r| (uuid::Uuid::new_v4().to_string(), r))
+            .map(|e| (uuid::Uuid::new_v4().to_string(), e))
             .collect(),
     });
-    let mut retry_stop = stop.clone();
-    // A batch is ours while every entry left is (no partition revoked, no
-    // channel lost); otherwise it goes back to the broker whole.
-    let owned = || {
+    let lock = || {
         pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entries
-            .iter()
-            .all(|(_, r)| r.delivery.is_owned())
     };
+    let mut retry_stop = stop.clone();
+    // A batch is ours while every entry left is (no partition revoked, no
+    // channel lost); otherwise it goes back to the broker whole.
+    let owned = || lock().entries.values().all(|e| e.ready.delivery.is_owned());
+    let first = std::sync::atomic::AtomicBool::new(true);
     let end = retry::run(&ctx.policy, &mut retry_stop, &owned, || async {
         let request = {
-            let p = pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let p = lock();
+            if first.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                // The claims' deliveries reach the app now: they count
+                // toward the over-claim limit (a claim alone does not).
+                if let Some(store) = store {
+                    let keys: Vec<Key> = p.entries.values().filter_map(|e| e.key.clone()).collect();
+                    if !keys.is_empty() {
+                        drop(store.started(keys));
+                    }
+                }
+            }
             request_of(ctx, &path, &p.entries)
         };
         let headers = BTreeMap::from([("pubsubName".to_owned(), ctx.sub.pubsubname.clone())]);
@@ -204,31 +380,34 @@ async fn deliver_group(
             .ingress_bulk_count
             .with_label_values(&bulk_labels)
             .inc();
-        let (succeeded, dropped) = {
-            let mut p = pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match read_answer(status, &body, &mut p.entries) {
-                Ok(done) => done,
-                Err(reason) => {
-                    return Attempt::Failed {
-                        status: Some(status),
-                        reason,
-                    }
+        let (succeeded, dropped) = match read_answer(status, &body, &mut lock().entries) {
+            Ok(done) => done,
+            Err(reason) => {
+                return Attempt::Failed {
+                    status: Some(status),
+                    reason,
                 }
             }
         };
-        for r in succeeded {
-            let _ = r.delivery.ack.ack().await;
+        // Marked done before the acks, as a single delivery.
+        if let Some(store) = store {
+            let keys: Vec<Key> = succeeded.iter().filter_map(|e| e.key.clone()).collect();
+            if !mark_finished(ctx, store, &keys, Finish::Done, stop.clone()).await {
+                return Attempt::Failed {
+                    status: Some(status),
+                    reason: "shutdown before the keys were marked".into(),
+                };
+            }
         }
-        for r in dropped {
-            finish_dropped(ctx, r.delivery, stop.clone(), None).await;
+        for e in succeeded {
+            let _ = e.ready.delivery.ack.ack().await;
         }
-        let left = pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entries
-            .len();
+        // An app DROP is a final answer: the key is done.
+        for e in dropped {
+            let mark = store.zip(e.key.as_ref()).map(|(s, k)| (s, k, Finish::Done));
+            finish_dropped(ctx, e.ready.delivery, stop.clone(), mark).await;
+        }
+        let left = lock().entries.len();
         if left == 0 {
             Attempt::Done(())
         } else {
@@ -239,40 +418,43 @@ async fn deliver_group(
         }
     })
     .await;
-    let left = std::mem::take(
-        &mut pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entries,
-    );
+    let left = std::mem::take(&mut lock().entries);
     match end {
         RetryEnd::Done(()) => {}
         RetryEnd::Exhausted(reason) => {
             tracing::warn!(topic = %ctx.sub.topic, %reason, entries = left.len(), "bulk retries exhausted");
-            for (_, r) in left {
-                finish_dropped(ctx, r.delivery, stop.clone(), None).await;
+            for (_, e) in left {
+                let mark = store.zip(e.key.as_ref()).map(|(s, k)| (s, k, Finish::Dead));
+                finish_dropped(ctx, e.ready.delivery, stop.clone(), mark).await;
             }
         }
         // Shutdown, or an entry no longer ours: the entries stay
-        // unacknowledged for redelivery.
-        RetryEnd::Stopped | RetryEnd::Revoked => {}
+        // unacknowledged for redelivery, their claims given back at once.
+        RetryEnd::Stopped | RetryEnd::Revoked => {
+            if let Some(store) = store {
+                let keys: Vec<Key> = left.values().filter_map(|e| e.key.clone()).collect();
+                if !keys.is_empty() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), store.release(keys)).await;
+                }
+            }
+        }
     }
 }
 
 /// The bulk request for the pending entries, in the sink's form.
-fn request_of(ctx: &SubCtx, path: &str, entries: &BTreeMap<String, Ready>) -> BulkRequest {
+fn request_of(ctx: &SubCtx, path: &str, entries: &BTreeMap<String, Entry>) -> BulkRequest {
     match ctx.sink {
         Sink::GrpcApp(_) => BulkRequest::Grpc(super::app_grpc::bulk_request(
             &ctx.sub.topic,
             &ctx.sub.pubsubname,
             path,
             ctx.raw,
-            entries.iter().map(|(id, r)| super::app_grpc::BulkEntry {
+            entries.iter().map(|(id, e)| super::app_grpc::BulkEntry {
                 id,
-                event: &r.event,
-                body: &r.body,
-                data: &r.delivery.data,
-                metadata: &r.delivery.metadata,
+                event: &e.ready.event,
+                body: &e.ready.body,
+                data: &e.ready.delivery.data,
+                metadata: &e.ready.delivery.metadata,
             }),
         )),
         Sink::App(_) | Sink::Stream(_) => BulkRequest::Http(request_body(ctx, entries)),
@@ -283,9 +465,9 @@ fn request_of(ctx: &SubCtx, path: &str, entries: &BTreeMap<String, Ready>) -> Bu
 /// each CloudEvent goes in as the broker's bytes (already checked to be a
 /// JSON object by `prepare`) instead of being parsed into a map again and
 /// re-serialised; keys in Go's sorted order, as daprd writes them.
-fn request_body(ctx: &SubCtx, entries: &BTreeMap<String, Ready>) -> Bytes {
+fn request_body(ctx: &SubCtx, entries: &BTreeMap<String, Entry>) -> Bytes {
     use crate::util::to_go_json;
-    let size: usize = entries.values().map(|r| r.body.len() + 256).sum();
+    let size: usize = entries.values().map(|e| e.ready.body.len() + 256).sum();
     let mut out = Vec::with_capacity(size + 256);
     // Every entry starts with the same content type.
     let entry_start = [
@@ -298,7 +480,7 @@ fn request_body(ctx: &SubCtx, entries: &BTreeMap<String, Ready>) -> Bytes {
     ]
     .concat();
     out.extend_from_slice(b"{\"entries\":[");
-    for (n, (id, r)) in entries.iter().enumerate() {
+    for (n, (id, r)) in entries.iter().map(|(id, e)| (id, &e.ready)).enumerate() {
         if n > 0 {
             out.push(b',');
         }
@@ -348,8 +530,8 @@ impl serde::Serialize for EntryMetadata<'_> {
 fn read_answer(
     status: u16,
     body: &[u8],
-    entries: &mut BTreeMap<String, Ready>,
-) -> Result<(Vec<Ready>, Vec<Ready>), String> {
+    entries: &mut BTreeMap<String, Entry>,
+) -> Result<(Vec<Entry>, Vec<Entry>), String> {
     if status == 404 {
         return Ok((vec![], std::mem::take(entries).into_values().collect()));
     }

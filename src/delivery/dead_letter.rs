@@ -54,7 +54,9 @@ pub(super) async fn finish_dropped(
     }
     let marked = |stop: watch::Receiver<bool>| async move {
         match mark {
-            Some((store, key, how)) => mark_finished(ctx, store, key, how, stop).await,
+            Some((store, key, how)) => {
+                mark_finished(ctx, store, std::slice::from_ref(key), how, stop).await
+            }
             None => true,
         }
     };

@@ -15,7 +15,7 @@ use super::SubCtx;
 use crate::store::{Claim, Finish, Key, Store};
 use crate::telemetry::metrics::metrics;
 
-fn observe_store(ctx: &SubCtx, op: &str, started: std::time::Instant) {
+pub(super) fn observe_store(ctx: &SubCtx, op: &str, started: std::time::Instant) {
     let store = ctx
         .entry()
         .component
@@ -134,25 +134,31 @@ pub(super) async fn claim(
     }
 }
 
-/// Marks a claimed key done or dead, retrying while the store is down;
-/// `false` when shutdown came first (then the message stays unacked).
+/// Marks claimed keys done or dead (one batched write), retrying while the
+/// store is down; `false` when shutdown came first (then the messages stay
+/// unacked).
 pub(super) async fn mark_finished(
     ctx: &SubCtx,
     store: &dyn Store,
-    key: &Key,
+    keys: &[Key],
     how: Finish,
     mut stop: watch::Receiver<bool>,
 ) -> bool {
+    if keys.is_empty() {
+        return true;
+    }
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         let started = std::time::Instant::now();
-        let answer = store.finish(vec![key.clone()], how).await;
+        let answer = store.finish(keys.to_vec(), how).await;
         observe_store(ctx, "finish", started);
         match answer {
             Ok(marked) => {
-                if !marked[0] {
-                    tracing::warn!(topic = %ctx.sub.topic, key = %key.header(),
-                        "the claim was taken over before it was marked: a duplicate delivery is possible");
+                for (key, ok) in keys.iter().zip(marked) {
+                    if !ok {
+                        tracing::warn!(topic = %ctx.sub.topic, key = %key.header(),
+                            "the claim was taken over before it was marked: a duplicate delivery is possible");
+                    }
                 }
                 return true;
             }

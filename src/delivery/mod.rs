@@ -16,7 +16,6 @@
 
 mod app;
 pub mod app_grpc;
-mod breaker;
 mod bulk;
 mod consume;
 mod context;
@@ -26,10 +25,8 @@ pub mod health;
 mod idempotency;
 pub mod machine;
 pub mod outcome;
-mod policy;
 mod prepare;
 mod process;
-pub mod retry;
 pub mod routing;
 pub mod stream;
 mod window;
@@ -49,9 +46,10 @@ pub use dead_letter::DEAD_LETTER_FROM;
 pub use discover::discover;
 pub use idempotency::IDEMPOTENCY_KEY;
 
+use crate::resilience::policy::{for_target, Direction};
+pub(crate) use crate::resilience::{breaker, retry};
 use context::SubCtx;
 use discover::app_client;
-use policy::inbound_policy;
 
 /// What the engine reads: settings (the app), the registry (brokers,
 /// stores, policies) and the live status (app health, metadata view).
@@ -219,7 +217,11 @@ impl Engine {
         {
             return Err(StartError::Denied);
         }
-        let inbound = inbound_policy(deps, &sub.pubsubname);
+        let inbound = for_target(
+            &deps.registry.resiliency,
+            &sub.pubsubname,
+            Direction::Inbound,
+        );
         let breaker = inbound.breaker.as_ref().and_then(|(key, cfg)| {
             breakers
                 .entry(key.clone())
@@ -275,7 +277,7 @@ impl Engine {
         tracing::info!(pubsub = %sub.pubsubname, topic = %sub.topic, "subscription started");
         let ctx = Arc::new(SubCtx {
             router,
-            policy: inbound.retry,
+            policy: inbound.retry.unwrap_or_default(),
             timeout: inbound.timeout,
             breaker,
             sub: sub.clone(),

@@ -203,7 +203,7 @@ async fn deliver(
     match after_delivery(&end, claim.is_some()) {
         After::Ack { mark } => {
             if let Some((store, key, how)) = mark_of(mark) {
-                if !mark_finished(ctx, store, key, how, stop).await {
+                if !mark_finished(ctx, store, std::slice::from_ref(key), how, stop).await {
                     return;
                 }
             }
