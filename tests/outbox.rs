@@ -386,3 +386,149 @@ async fn kafka_publish_to_a_missing_topic_without_auto_create_is_an_error() -> T
     );
     Ok(())
 }
+
+/// RabbitMQ through `proxy` (no outbox), with `extra` component metadata.
+fn rabbit_through(b: &Bench, proxy: &Proxy, extra: &[(&str, &str)]) -> String {
+    let uri = format!("amqp://guest:guest@127.0.0.1:{}", proxy.port);
+    let consumer = format!("g-{}", b.id);
+    let mut md = vec![
+        ("connectionString", uri.as_str()),
+        ("consumerID", consumer.as_str()),
+        ("reconnectWaitSeconds", "1"),
+    ];
+    md.extend_from_slice(extra);
+    component("pubsub", &md).replace("pubsub.in-memory", "pubsub.rabbitmq")
+}
+
+/// A Resiliency document with `outbound` as the pubsub's outbound target,
+/// a retry policy `retry` (300 ms apart, 40 times) and a circuit breaker
+/// `cb` that opens on the first failure, for a minute.
+fn outbound_resiliency(outbound: &str) -> String {
+    format!(
+        "apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata: {{name: r}}
+spec:
+  policies:
+    retries:
+      retry: {{policy: constant, duration: 300ms, maxRetries: 40}}
+    circuitBreakers:
+      cb: {{maxRequests: 1, timeout: 60s, trip: consecutiveFailures >= 1}}
+  targets:
+    components:
+      pubsub:
+        outbound: {outbound}
+"
+    )
+}
+
+/// Publish resiliency: with an outbound retry policy a publish made while
+/// the broker is down is retried and answered 204 once the broker is back
+/// (and delivered); without one it fails at once.
+#[tokio::test]
+async fn an_outbound_retry_policy_retries_a_publish_until_the_broker_is_back() -> TestResult {
+    let b = Bench::new(Backend::Rabbit);
+    let mut proxy = Proxy::up(free_port()).await;
+    let topic = b.topic("orders");
+    let dir = resources(&[
+        ("pubsub.yaml", &rabbit_through(&b, &proxy, &[])),
+        ("s.yaml", &b.subscription("s", "orders", "/orders")),
+    ]);
+    let plain = Sidecar::start(dir.path(), None, &[], &[]).await;
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        outbound_resiliency("{retry: retry}"),
+    )?;
+    let mut app = TestApp::ok(None).await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    proxy.cut();
+    wait_outage(&sc).await;
+    wait_outage(&plain).await;
+    let (status, body) = publish_json(&plain, &topic, &json!({"n": 0})).await;
+    assert_eq!(
+        status,
+        500,
+        "no policy: an error at once: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let retried = {
+        let (sc, topic) = (&sc, topic.clone());
+        async move { publish_json(sc, &topic, &json!({"n": 1})).await }
+    };
+    let back = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Proxy::up(proxy.port).await
+    };
+    let ((status, body), _proxy) = tokio::join!(retried, back);
+    assert_eq!(
+        status,
+        204,
+        "retried until the broker took it: {}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(app.next(30).await?.json()["data"]["n"], 1);
+    Ok(())
+}
+
+/// An outbound circuit breaker: once open, publishes fail at once without
+/// calling the broker ("circuit breaker is open"); with an outbox they are
+/// kept at once instead, and delivered when the broker is back.
+#[tokio::test]
+async fn an_open_outbound_breaker_fails_publishes_fast_or_sends_them_to_the_outbox() -> TestResult {
+    let b = Bench::new(Backend::Rabbit);
+    let mut proxy = Proxy::up(free_port()).await;
+    let topic = b.topic("orders");
+    let store = PgStore::new();
+    let r = outbound_resiliency("{circuitBreaker: cb}");
+    let bare = resources(&[
+        ("pubsub.yaml", &rabbit_through(&b, &proxy, &[])),
+        ("r.yaml", &r),
+    ]);
+    let kept = resources(&[
+        (
+            "pubsub.yaml",
+            &rabbit_through(&b, &proxy, &[("outboxStore", "store")]),
+        ),
+        ("store.yaml", &store.yaml("store")),
+        ("s.yaml", &b.subscription("s", "orders", "/orders")),
+        ("r.yaml", &r),
+    ]);
+    let no_outbox = Sidecar::start(bare.path(), None, &[], &[]).await;
+    let mut app = TestApp::ok(None).await;
+    let sc = Sidecar::start(kept.path(), Some(app.port), &[], &[]).await;
+    proxy.cut();
+    wait_outage(&no_outbox).await;
+    wait_outage(&sc).await;
+    let (status, first) = publish_json(&no_outbox, &topic, &json!({"n": 0})).await;
+    assert_eq!(status, 500);
+    let first = String::from_utf8_lossy(&first).into_owned();
+    assert!(
+        !first.contains("circuit breaker is open"),
+        "the broker was tried: {first}"
+    );
+    let (status, second) = publish_json(&no_outbox, &topic, &json!({"n": 0})).await;
+    assert_eq!(status, 500);
+    let err: serde_json::Value = serde_json::from_slice(&second)?;
+    assert_eq!(err["errorCode"], "ERR_PUBSUB_PUBLISH_MESSAGE");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("circuit breaker is open"),
+        "the breaker opened on the first failure: {err}"
+    );
+    // With the outbox: the first is kept because the broker failed, the
+    // rest because the breaker is open; all arrive once it is back.
+    for n in 1..=3 {
+        assert_eq!(publish_json(&sc, &topic, &json!({"n": n})).await.0, 204);
+    }
+    assert_eq!(metadata(&sc).await["outboxPending"]["pubsub"], 3, "kept");
+    let _proxy = Proxy::up(proxy.port).await;
+    let mut got = vec![];
+    for _ in 0..3 {
+        got.push(app.next(30).await?.json()["data"]["n"].as_u64().unwrap());
+    }
+    got.sort();
+    assert_eq!(got, [1, 2, 3]);
+    Ok(())
+}

@@ -7,7 +7,11 @@
 //! key) is kept; other topics are not held up. A message the broker refuses
 //! for good (the backend classifies: too large, unknown topic with
 //! auto-create off, access refused) is an error at once, never kept.
-//! Records Dapr's egress metrics.
+//! Every broker call goes through the component's outbound Resiliency
+//! policies (`crate::resilience::outbound`): retried while the broker
+//! cannot take it, then kept; an open circuit breaker sends publishes to
+//! the outbox at once (without one, they fail at once). Records Dapr's
+//! egress metrics.
 
 use crate::state::backlog::Route;
 
@@ -36,15 +40,31 @@ pub async fn publish(entry: &Pubsub, app_id: &str, msg: Message) -> Result<(), B
     r
 }
 
+/// One message to the broker under the outbound policies.
+async fn send_one(entry: &Pubsub, msg: &Message) -> Result<(), BrokerError> {
+    let sent = entry
+        .outbound
+        .run(1, |_| async {
+            vec![entry.broker.publish(msg.clone()).await]
+        })
+        .await;
+    sent.into_iter()
+        .next()
+        .unwrap_or_else(|| Err(BrokerError::Unavailable("not sent".into())))
+}
+
 async fn publish_inner(entry: &Pubsub, msg: Message) -> Result<(), BrokerError> {
     let Some(outbox) = &entry.outbox else {
-        return entry.broker.publish(msg).await;
+        if entry.outbound.is_empty() {
+            return entry.broker.publish(msg).await;
+        }
+        return send_one(entry, &msg).await;
     };
     match entry.backlog.route(&msg.topic).await {
         Route::Keep => return put(entry, outbox.as_ref(), vec![msg]).await,
         Route::Direct => {}
     }
-    match entry.broker.publish(msg.clone()).await {
+    match send_one(entry, &msg).await {
         Err(BrokerError::Unavailable(e)) => {
             tracing::warn!(pubsub = %entry.component.name, error = %e, "broker unavailable; publish kept in the outbox");
         }
@@ -76,9 +96,24 @@ pub async fn publish_batch(
     r
 }
 
+/// Many messages to the broker under the outbound policies (only the ones
+/// it could not take are sent again).
+async fn send_batch(entry: &Pubsub, msgs: &[Message]) -> Vec<Result<(), BrokerError>> {
+    entry
+        .outbound
+        .run(msgs.len(), |idx| {
+            let batch: Vec<Message> = idx.iter().map(|i| msgs[*i].clone()).collect();
+            entry.broker.publish_batch(batch)
+        })
+        .await
+}
+
 async fn publish_batch_inner(entry: &Pubsub, msgs: Vec<Message>) -> Vec<Result<(), BrokerError>> {
     let Some(outbox) = &entry.outbox else {
-        return entry.broker.publish_batch(msgs).await;
+        if entry.outbound.is_empty() {
+            return entry.broker.publish_batch(msgs).await;
+        }
+        return send_batch(entry, &msgs).await;
     };
     let n = msgs.len();
     let topic = msgs.first().map(|m| m.topic.clone()).unwrap_or_default();
@@ -88,7 +123,7 @@ async fn publish_batch_inner(entry: &Pubsub, msgs: Vec<Message>) -> Vec<Result<(
         let r = put(entry, outbox.as_ref(), msgs).await;
         return (0..n).map(|_| r.clone()).collect();
     }
-    let mut results = entry.broker.publish_batch(msgs.clone()).await;
+    let mut results = send_batch(entry, &msgs).await;
     let unavailable: Vec<usize> = results
         .iter()
         .enumerate()

@@ -5,5 +5,6 @@
 //! the broker).
 
 pub mod breaker;
+pub mod outbound;
 pub mod policy;
 pub mod retry;

@@ -103,7 +103,8 @@ impl RetryPolicy {
         }
     }
 
-    fn delays(&self) -> impl FnMut() -> Duration + '_ {
+    /// The waits between attempts, one per call.
+    pub fn delays(&self) -> impl FnMut() -> Duration + '_ {
         let mut doubling = match self.spacing {
             Spacing::Doubling { initial, max } => Backoff::new(initial, max),
             _ => Backoff::new(Duration::ZERO, Duration::ZERO),

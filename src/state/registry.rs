@@ -22,6 +22,8 @@ pub struct Pubsub {
     /// What waits in the outbox, per topic (kept by the publish path,
     /// cleared by the relay).
     pub backlog: super::backlog::Backlog,
+    /// Resiliency for publishes (`targets.components.<name>.outbound`).
+    pub outbound: crate::resilience::outbound::Outbound,
 }
 
 /// Components by name, with what runs them.
@@ -60,6 +62,10 @@ impl Registry {
                     broker,
                     outbox: c.outbox_store.as_ref().and_then(|n| stores.get(n).cloned()),
                     backlog: Default::default(),
+                    outbound: crate::resilience::outbound::Outbound::for_pubsub(
+                        &resources.resiliency,
+                        &c.name,
+                    ),
                 };
                 Ok((c.name.clone(), Arc::new(pubsub)))
             })
