@@ -17,6 +17,14 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// never expiring).
 pub const DEAD_LETTER_FROM: &str = "perch-dead-letter-from";
 
+/// Metadata of a dead letter: why it was dead-lettered (the app's DROP,
+/// the last failure when the retries ran out, not a CloudEvent, expired,
+/// no route), as `perch dlq list` shows it.
+pub const DEAD_LETTER_REASON: &str = "perch-dead-letter-reason";
+
+/// Metadata of a dead letter: how many times the app was called with it.
+pub const DEAD_LETTER_ATTEMPTS: &str = "perch-dead-letter-attempts";
+
 /// Header carrying the idempotency key to the app; set only by Perch
 /// (message metadata of that name is never forwarded).
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";

@@ -64,7 +64,16 @@ async fn drop_and_404_go_to_the_dead_letter_topic(b: &Bench) -> TestResult {
             let ev = r.json();
             assert_eq!(ev["topic"], b.topic("orders"), "the original message");
             assert_eq!(r.headers["perch-dead-letter-from"], b.topic("orders"));
-            dead.push(ev["data"]["how"].as_str().unwrap().to_owned());
+            // Why, and after how many calls, as `perch dlq list` shows it.
+            let how = ev["data"]["how"].as_str().unwrap().to_owned();
+            let reason = if how == "drop" {
+                "app answered DROP"
+            } else {
+                "app answered 404"
+            };
+            assert_eq!(r.headers["perch-dead-letter-reason"], reason);
+            assert_eq!(r.headers["perch-dead-letter-attempts"], "1");
+            dead.push(how);
         }
     }
     dead.sort();

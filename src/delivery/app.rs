@@ -90,8 +90,14 @@ impl AppClient {
             .collect();
         // A dead letter's origin, which only Perch writes (the publish API
         // strips `perch-*` metadata), told to the app by Perch.
-        if let Some(from) = metadata.get(crate::message::DEAD_LETTER_FROM) {
-            own.push((crate::message::DEAD_LETTER_FROM, from));
+        for k in [
+            crate::message::DEAD_LETTER_FROM,
+            crate::message::DEAD_LETTER_REASON,
+            crate::message::DEAD_LETTER_ATTEMPTS,
+        ] {
+            if let Some(v) = metadata.get(k) {
+                own.push((k, v));
+            }
         }
         self.post(
             path,

@@ -23,7 +23,7 @@ use serde_json::{json, Map};
 use tokio::sync::watch;
 
 use super::context::{BulkRequest, Ready, Sink};
-use super::dead_letter::finish_dropped;
+use super::dead_letter::{finish_dropped, Why};
 use super::idempotency::{idempotency_key, mark_finished, observe_store};
 use super::machine::{before_delivery, Before, Claimed};
 use super::prepare::prepare;
@@ -268,11 +268,17 @@ async fn claim_all(
                         Before::DeadLetterOverclaimed => {
                             tracing::warn!(topic = %ctx.sub.topic, key = %k.header(), ?claimed,
                                 "claimed more times than the retry policy allows (earlier attempts were cut short); dead-lettering");
+                            let attempts = match claimed {
+                                Claimed::Owned { attempts } => attempts,
+                                _ => 0,
+                            };
+                            let why = Why::new("its deliveries were cut short (crashes) more often than the retry policy allows", attempts);
                             finish_dropped(
                                 ctx,
                                 r.delivery,
                                 stop.clone(),
                                 Some((store, &k, Finish::Dead)),
+                                why,
                             )
                             .await;
                         }
@@ -333,11 +339,11 @@ async fn deliver_group(
     // A batch is ours while every entry left is (no partition revoked, no
     // channel lost); otherwise it goes back to the broker whole.
     let owned = || lock().entries.values().all(|e| e.ready.delivery.is_owned());
-    let first = std::sync::atomic::AtomicBool::new(true);
+    let attempts = std::sync::atomic::AtomicU32::new(0);
     let end = retry::run(&ctx.policy, &mut retry_stop, &owned, || async {
         let request = {
             let p = lock();
-            if first.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            if attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
                 // The claims' deliveries reach the app now: they count
                 // toward the over-claim limit (a claim alone does not).
                 if let Some(store) = store {
@@ -403,9 +409,11 @@ async fn deliver_group(
             let _ = e.ready.delivery.ack.ack().await;
         }
         // An app DROP is a final answer: the key is done.
+        let tried = attempts.load(std::sync::atomic::Ordering::Relaxed);
         for e in dropped {
             let mark = store.zip(e.key.as_ref()).map(|(s, k)| (s, k, Finish::Done));
-            finish_dropped(ctx, e.ready.delivery, stop.clone(), mark).await;
+            let why = Why::new("the app answered DROP", tried);
+            finish_dropped(ctx, e.ready.delivery, stop.clone(), mark, why).await;
         }
         let left = lock().entries.len();
         if left == 0 {
@@ -423,9 +431,11 @@ async fn deliver_group(
         RetryEnd::Done(()) => {}
         RetryEnd::Exhausted(reason) => {
             tracing::warn!(topic = %ctx.sub.topic, %reason, entries = left.len(), "bulk retries exhausted");
+            let tried = attempts.load(std::sync::atomic::Ordering::Relaxed);
             for (_, e) in left {
                 let mark = store.zip(e.key.as_ref()).map(|(s, k)| (s, k, Finish::Dead));
-                finish_dropped(ctx, e.ready.delivery, stop.clone(), mark).await;
+                let why = Why::new(reason.clone(), tried);
+                finish_dropped(ctx, e.ready.delivery, stop.clone(), mark, why).await;
             }
         }
         // Shutdown, or an entry no longer ours: the entries stay

@@ -26,6 +26,26 @@ pub(super) fn dead_letter_topic(ctx: &SubCtx) -> Option<String> {
 
 pub use crate::message::DEAD_LETTER_FROM;
 
+/// Why a message is dead-lettered, recorded on the dead letter
+/// ([`crate::message::DEAD_LETTER_REASON`], `..._ATTEMPTS`).
+pub(super) struct Why {
+    pub(super) reason: String,
+    /// App calls made with it.
+    pub(super) attempts: u32,
+}
+
+impl Why {
+    pub(super) fn new(reason: impl Into<String>, attempts: u32) -> Self {
+        Self {
+            reason: reason.into(),
+            attempts,
+        }
+    }
+}
+
+/// Longest reason recorded on a dead letter.
+const MAX_REASON: usize = 1024;
+
 /// With `mark`, the claimed key is marked (after the dead-letter publish,
 /// before the ack).
 pub(super) async fn finish_dropped(
@@ -33,6 +53,7 @@ pub(super) async fn finish_dropped(
     d: Delivery,
     mut stop: watch::Receiver<bool>,
     mark: Option<(&dyn Store, &Key, Finish)>,
+    why: Why,
 ) {
     let entry = ctx.entry();
     // The claim goes back whenever this sidecar stops owning the message
@@ -70,7 +91,23 @@ pub(super) async fn finish_dropped(
         topic: entry.component.broker_topic(&topic),
         data: d.data.clone(),
         content_type: d.content_type.clone(),
-        metadata: dead_letter_metadata(&d.metadata, &ctx.sub.topic),
+        metadata: {
+            let mut md = dead_letter_metadata(&d.metadata, &ctx.sub.topic);
+            let mut reason = why.reason;
+            if reason.len() > MAX_REASON {
+                let mut end = MAX_REASON;
+                while !reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                reason.truncate(end);
+            }
+            md.insert(crate::message::DEAD_LETTER_REASON.into(), reason);
+            md.insert(
+                crate::message::DEAD_LETTER_ATTEMPTS.into(),
+                why.attempts.to_string(),
+            );
+            md
+        },
     };
     let mut backoff = Backoff::new(retry::DEFAULT_INITIAL, retry::DEFAULT_MAX);
     loop {

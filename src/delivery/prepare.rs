@@ -7,7 +7,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::context::Ready;
-use super::dead_letter::{dead_letter_topic, finish_dropped, DEAD_LETTER_FROM};
+use super::dead_letter::{dead_letter_topic, finish_dropped, Why, DEAD_LETTER_FROM};
 use super::{retry, SubCtx};
 use crate::broker::Delivery;
 use crate::cloudevents::{self, Envelope};
@@ -38,14 +38,14 @@ pub(super) async fn prepare(
     };
     let Some(event) = event else {
         tracing::warn!(topic = %sub.topic, "message is not a JSON CloudEvent; dead-lettering");
-        finish_dropped(ctx, d, stop, None).await;
+        finish_dropped(ctx, d, stop, None, Why::new("not a JSON CloudEvent", 0)).await;
         return None;
     };
     // A dead letter keeps its `expiration`; it is delivered anyway, since
     // the dead-letter topic exists so that it can be inspected.
     if !d.metadata.contains_key(DEAD_LETTER_FROM) && cloudevents::has_expired(&event) {
         tracing::warn!(topic = %sub.topic, "dropping expired pub/sub event");
-        finish_dropped(ctx, d, stop, None).await;
+        finish_dropped(ctx, d, stop, None, Why::new("expired", 0)).await;
         return None;
     }
     let path = match ctx.router.route(&event) {
@@ -53,12 +53,19 @@ pub(super) async fn prepare(
         Ok(None) => {
             tracing::debug!(topic = %sub.topic, "no route matched; dropping");
             ctx.record_ingress("drop", "success", None);
-            finish_dropped(ctx, d, stop, None).await;
+            finish_dropped(ctx, d, stop, None, Why::new("no route matched", 0)).await;
             return None;
         }
         Err(e) if dead_letter_topic(ctx).is_some() => {
             tracing::warn!(topic = %sub.topic, error = %e, "routing failed; dead-lettering");
-            finish_dropped(ctx, d, stop, None).await;
+            finish_dropped(
+                ctx,
+                d,
+                stop,
+                None,
+                Why::new(format!("routing failed: {e}"), 0),
+            )
+            .await;
             return None;
         }
         Err(e) => {

@@ -10,7 +10,7 @@ use tokio::sync::{watch, Semaphore};
 
 use super::app;
 use super::context::InFlight;
-use super::dead_letter::finish_dropped;
+use super::dead_letter::{finish_dropped, Why};
 use super::idempotency::{claim, idempotency_key, mark_finished};
 use super::machine::{after_delivery, before_delivery, After, Before, Claimed};
 use super::outcome::{self, Outcome};
@@ -95,7 +95,15 @@ async fn deliver(
             tracing::warn!(topic = %ctx.sub.topic, key = %key.header(), ?claimed,
                 "claimed more times than the retry policy allows (earlier attempts were cut short); dead-lettering");
             let mark = Some((store.as_ref(), key, Finish::Dead));
-            return finish_dropped(ctx, ready.delivery, stop, mark).await;
+            let attempts = match claimed {
+                Claimed::Owned { attempts } => attempts,
+                _ => 0,
+            };
+            let why = Why::new(
+                "its deliveries were cut short (crashes) more often than the retry policy allows",
+                attempts,
+            );
+            return finish_dropped(ctx, ready.delivery, stop, mark, why).await;
         }
         Before::Deliver { claimed } => held.filter(|_| claimed).map(|(store, key, _)| (store, key)),
     };
@@ -209,7 +217,14 @@ async fn deliver(
             }
             let _ = d.ack.ack().await;
         }
-        After::DeadLetter { mark } => finish_dropped(ctx, d, stop, mark_of(mark)).await,
+        After::DeadLetter { mark } => {
+            let reason = match &end {
+                RetryEnd::Done(Outcome::Drop(r)) | RetryEnd::Exhausted(r) => r.clone(),
+                _ => String::new(),
+            };
+            let why = Why::new(reason, attempts.load(Ordering::Relaxed));
+            finish_dropped(ctx, d, stop, mark_of(mark), why).await
+        }
         // Shutdown is not exhaustion: leave the message unacked, and give
         // the claim back so another sidecar may take it at once.
         After::Release => {
