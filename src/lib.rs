@@ -35,6 +35,7 @@
 //! - [`http`]: the publish, bulk, health and metadata API on hyper.
 //! - [`sidecar`]: the life cycle that ties them together (build, serve, drain).
 //! - [`demo`]: the README's first command.
+//! - [`dlq`]: `perch dlq list` and `replay`, over a broker's dead letters.
 //! - [`injector`]: `perch injector`, the Kubernetes admission webhook (a
 //!   pure patch function and a thin HTTPS server).
 //! - [`cli`]: flags (daprd's names, env fallbacks) and the subcommands.
@@ -46,6 +47,7 @@ pub mod config;
 pub mod dapr_proto;
 pub mod delivery;
 pub mod demo;
+pub mod dlq;
 pub mod errors;
 pub mod expr;
 pub mod grpc;

@@ -139,6 +139,47 @@ pub trait Broker: Send + Sync {
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+    /// Opens what waits in the dead-letter `topic` (`perch dlq`) without
+    /// consuming it: Kafka from the `group`'s committed offsets, RabbitMQ
+    /// the queue `{group}-{topic}` Perch declares for it.
+    fn dead_letters<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn DeadLetters>, BrokerError>> {
+        let _ = (topic, group);
+        Box::pin(async {
+            Err(BrokerError::Rejected(
+                "this broker keeps no dead letters to read (in-memory)".into(),
+            ))
+        })
+    }
+}
+
+/// A message of a dead-letter topic, read and not consumed.
+#[derive(Debug, Clone)]
+pub struct Peeked {
+    /// Payload bytes.
+    pub data: Bytes,
+    /// Content type recorded with the message.
+    pub content_type: Option<String>,
+    /// Broker metadata, as a delivery's.
+    pub metadata: BTreeMap<String, String>,
+    /// When the broker took it (ms since the epoch), if it says.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// What waits in a dead-letter topic when the session opened, in order:
+/// each message read is left where it is unless removed.
+pub trait DeadLetters: Send {
+    /// The next message; `None` at the end of what was there at the start.
+    fn next(&mut self) -> BoxFuture<'_, Result<Option<Peeked>, BrokerError>>;
+    /// Removes the message `next` returned last (it was replayed): RabbitMQ
+    /// acks it; Kafka moves the group's committed offset past it once every
+    /// message before it in its partition was removed.
+    fn remove(&mut self) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Ends the session: what was not removed stays.
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()>;
 }
 
 /// Publish metadata that travels with a message: everything but Perch's

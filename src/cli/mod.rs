@@ -33,6 +33,8 @@ enum Command {
     Demo(crate::demo::DemoArgs),
     /// The Kubernetes mutating admission webhook that injects the sidecar.
     Injector(Box<crate::injector::InjectorArgs>),
+    /// Lists or replays what sits in a dead-letter topic.
+    Dlq(crate::dlq::DlqArgs),
 }
 
 /// Flags of `perch run` (daprd's names and defaults).
@@ -276,6 +278,10 @@ pub fn main() -> ExitCode {
         Command::Demo(a) => {
             crate::telemetry::logging::init("warn", false);
             rt.block_on(crate::demo::run(a))
+        }
+        Command::Dlq(a) => {
+            crate::telemetry::logging::init("warn", false);
+            rt.block_on(crate::dlq::run(a))
         }
         Command::Injector(a) => {
             crate::telemetry::logging::init(&a.log_level, a.log_as_json);

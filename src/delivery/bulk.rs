@@ -408,10 +408,11 @@ async fn deliver_group(
         for e in succeeded {
             let _ = e.ready.delivery.ack.ack().await;
         }
-        // An app DROP is a final answer: the key is done.
+        // An app DROP: dead, as a single delivery's (a replay reaches the
+        // app again).
         let tried = attempts.load(std::sync::atomic::Ordering::Relaxed);
         for e in dropped {
-            let mark = store.zip(e.key.as_ref()).map(|(s, k)| (s, k, Finish::Done));
+            let mark = store.zip(e.key.as_ref()).map(|(s, k)| (s, k, Finish::Dead));
             let why = Why::new("the app answered DROP", tried);
             finish_dropped(ctx, e.ready.delivery, stop.clone(), mark, why).await;
         }

@@ -10,7 +10,7 @@
 //!   │  ──claimed more often than the policy allows──> dead letter, mark dead
 //!   v
 //! deliver (attempts, retries) ──success──> mark done, ack
-//!                             ──drop──> dead letter, mark done, ack
+//!                             ──drop──> dead letter, mark dead, ack
 //!                             ──retries exhausted──> dead letter, mark dead, ack
 //!                             ──shutdown, revoked──> release the claim, leave (unacked)
 //! ```
@@ -89,9 +89,11 @@ pub fn after_delivery(end: &RetryEnd<Outcome>, claimed: bool) -> After {
         RetryEnd::Done(Outcome::Success) => After::Ack {
             mark: mark(Finish::Done),
         },
-        // An app DROP (or 404) is a final answer: the key is done.
+        // An app DROP (or 404) is final for this delivery, but the event
+        // was not processed: the key is dead, so a replay of the dead
+        // letter reaches the app again (`perch dlq replay`).
         RetryEnd::Done(_) => After::DeadLetter {
-            mark: mark(Finish::Done),
+            mark: mark(Finish::Dead),
         },
         RetryEnd::Exhausted(_) => After::DeadLetter {
             mark: mark(Finish::Dead),
@@ -152,7 +154,7 @@ mod tests {
                 &dropped,
                 true,
                 DeadLetter {
-                    mark: Some(Finish::Done),
+                    mark: Some(Finish::Dead),
                 },
             ),
             (&dropped, false, DeadLetter { mark: None }),

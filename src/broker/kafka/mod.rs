@@ -38,6 +38,7 @@
 
 pub mod config;
 mod consumer;
+mod dead_letters;
 mod ledger;
 mod producer;
 mod rebalance;
@@ -264,6 +265,14 @@ pub fn topic_name(topic: &str) -> Result<(), String> {
 }
 
 impl Broker for KafkaBroker {
+    fn dead_letters<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn crate::broker::DeadLetters>, BrokerError>> {
+        Box::pin(dead_letters::open(client_config(&self.cfg), topic, group))
+    }
+
     fn validate(&self, msg: &Message) -> Result<(), String> {
         topic_name(&msg.topic)?;
         crate::broker::validate_metadata(msg)

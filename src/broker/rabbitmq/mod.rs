@@ -37,6 +37,7 @@ mod acks;
 pub mod config;
 mod connection;
 mod consumer;
+mod dead_letters;
 mod properties;
 mod publisher;
 mod topology;
@@ -147,6 +148,17 @@ impl Inner {
 }
 
 impl Broker for RabbitBroker {
+    fn dead_letters<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn crate::broker::DeadLetters>, BrokerError>> {
+        Box::pin(async move {
+            let live = self.inner.connected().await?;
+            dead_letters::open(&live.conn, format!("{group}-{topic}"), topic).await
+        })
+    }
+
     fn publish(&self, msg: Message) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
             let inner = &self.inner;
