@@ -3,8 +3,8 @@
 # installs (when missing) and starts PostgreSQL, RabbitMQ and Apache Kafka
 # (scripts/services.sh), installs the pinned Dapr SDK clients the gRPC tests
 # drive (scripts/sdk.sh), runs fmt, clippy and every test, validates the
-# Kubernetes and KEDA manifests (scripts/k8s-validate.sh), and stops at the
-# end what it started.
+# Kubernetes and KEDA manifests (scripts/k8s-validate.sh), runs the
+# examples (examples/smoke.sh), and stops at the end what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t_start=$SECONDS
@@ -53,4 +53,6 @@ python3 scripts/module-dag.py --inner
 cargo test --all-targets
 # Every manifest under k8s/ and keda/, without a cluster.
 ./scripts/k8s-validate.sh "$CARGO_TARGET_DIR/debug/perch"
+# Every example under examples/, end to end against this build.
+PERCH_BIN="$CARGO_TARGET_DIR/debug/perch" ./examples/smoke.sh
 echo "test.sh: finished in $((SECONDS - t_start)) s"

@@ -399,3 +399,73 @@ spec:
     );
     Ok(())
 }
+
+/// Every CloudEvent Perch delivers parses with the CloudEvents SDK's HTTP
+/// binding (structured mode, as Dapr delivers) with the attributes Perch
+/// put in it: JSON, text and binary data, an app's own CloudEvent with an
+/// extension, and a raw payload's envelope.
+#[tokio::test]
+async fn every_delivered_cloudevent_parses_with_the_cloudevents_sdk() -> TestResult {
+    use cloudevents::{AttributesReader, Data};
+    let raw = "apiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata: {name: raw}\nspec:\n  pubsubname: pubsub\n  topic: raw\n  routes: {default: /raw}\n  metadata: {rawPayload: \"true\"}\n";
+    let dir = resources(&[
+        ("pubsub.yaml", PUBSUB),
+        ("s.yaml", &subscription("s", "orders", "/orders")),
+        ("raw.yaml", raw),
+    ]);
+    let mut app = TestApp::ok(None).await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let own = r#"{"specversion":"1.0","id":"own-1","source":"/app","type":"com.example.own","datacontenttype":"application/json","data":{"a":1},"myext":"x"}"#;
+    let sent: [(&str, &str, &str); 5] = [
+        ("orders", "application/json", r#"{"n":1,"s":"é"}"#),
+        ("orders", "text/plain", "plain text"),
+        ("orders", "application/octet-stream", "\u{0}\u{1}binary"),
+        ("orders", "application/cloudevents+json", own),
+        ("raw", "application/json", r#"{"raw":true}"#),
+    ];
+    for (topic, ct, body) in sent {
+        let (status, _, _) = sc
+            .call(
+                "POST",
+                &format!("/v1.0/publish/pubsub/{topic}"),
+                &[("content-type", ct)],
+                body,
+            )
+            .await?;
+        assert_eq!(status, 204, "{ct}");
+    }
+    for _ in 0..sent.len() {
+        let r = app.next(10).await?;
+        let mut headers = hyper::HeaderMap::new();
+        for (k, v) in &r.headers {
+            headers.insert(
+                hyper::header::HeaderName::try_from(k.as_str())?,
+                hyper::header::HeaderValue::try_from(v.as_str())?,
+            );
+        }
+        let event = cloudevents::binding::http::to_event(&headers, r.body.to_vec())
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&r.body)));
+        let ours = r.json();
+        assert_eq!(event.id(), ours["id"].as_str().unwrap());
+        assert_eq!(event.source().to_string(), ours["source"].as_str().unwrap());
+        assert_eq!(event.ty(), ours["type"].as_str().unwrap());
+        assert_eq!(event.specversion().to_string(), "1.0");
+        assert_eq!(event.datacontenttype(), ours["datacontenttype"].as_str());
+        let data = event.data().expect("data");
+        match ours["datacontenttype"].as_str().unwrap() {
+            "application/json" if r.path == "/orders" && ours["id"] == "own-1" => {
+                assert_eq!(event.ty(), "com.example.own");
+                assert_eq!(
+                    event.extension("myext").map(|e| e.to_string()),
+                    Some("x".into())
+                );
+                assert_eq!(data, &Data::Json(serde_json::json!({"a": 1})));
+            }
+            "application/json" => assert_eq!(data, &Data::Json(ours["data"].clone())),
+            "text/plain" => assert_eq!(data, &Data::String("plain text".into())),
+            // Binary and raw payloads travel as data_base64.
+            _ => assert!(matches!(data, Data::Binary(_)), "{data:?}"),
+        }
+    }
+    Ok(())
+}
