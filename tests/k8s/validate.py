@@ -1,6 +1,6 @@
 """Validates every Kubernetes manifest Perch ships, without a cluster.
 
-Usage: validate.py --perch PATH_TO_PERCH_BINARY [--kubectl KUBECTL]
+Usage: validate.py --perch PATH_TO_PERCH_BINARY [--kubectl KUBECTL] [--node-modules DIR]
 
 What it checks (scripts/k8s-validate.sh runs it; scripts/test.sh runs that):
 - every document of k8s/**/*.yaml and keda/*.yaml (but k8s/monitoring, which
@@ -14,7 +14,9 @@ What it checks (scripts/k8s-validate.sh runs it; scripts/test.sh runs that):
   caBundle filled in).
 Core kinds go through kubernetes-validate against Kubernetes 1.37 in strict
 mode (unknown fields are errors); Dapr and KEDA kinds through JSON Schema
-(tests/k8s/schemas, copied from the CRDs catalog). A kind with no schema is a
+(tests/k8s/schemas, copied from the CRDs catalog); cert-manager kinds
+through the schemas of @kubernetes-models/cert-manager (npm, pinned in
+tests/k8s/package-lock.json; validate-crd.mjs). A kind with no schema is a
 failure, never a pass. Every ConfigMap named perch-resources (or with the
 label perch.io/resources) is also loaded by `perch validate`, as the sidecar
 would load it. Prints every problem, then `N passed, N failed`; exits 1 when
@@ -37,6 +39,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SCHEMAS = os.path.join(ROOT, "tests", "k8s", "schemas")
 K8S_VERSION = "1.37"
 CRD_GROUPS = ("dapr.io", "keda.sh")
+# Validated by tests/k8s/validate-crd.mjs with cert-manager's schemas.
+NODE_GROUPS = ("cert-manager.io",)
+NODE_MODULES = None
 
 passed = 0
 failed = 0
@@ -73,6 +78,8 @@ def check_doc(doc, perch):
         return ["not a Kubernetes object (no kind or apiVersion)"]
     group = doc["apiVersion"].rpartition("/")[0]
     problems = []
+    if group in NODE_GROUPS:
+        return node_validate(doc)
     if group in CRD_GROUPS:
         schema, path = crd_schema(doc)
         if schema is None:
@@ -92,6 +99,24 @@ def check_doc(doc, perch):
     if doc["kind"] == "ConfigMap" and is_resources(doc):
         problems += perch_validate(doc, perch)
     return problems
+
+
+def node_validate(doc):
+    """A cert-manager document through validate-crd.mjs."""
+    if NODE_MODULES is None:
+        return ["no cert-manager schemas: pass --node-modules"]
+    script = os.path.join(ROOT, "tests", "k8s", "validate-crd.mjs")
+    # ESM resolves packages next to the script: run a copy beside them.
+    copy = os.path.join(os.path.dirname(NODE_MODULES), "validate-crd.mjs")
+    with open(script) as src, open(copy, "w") as dst:
+        dst.write(src.read())
+    r = subprocess.run(["node", copy], input=json.dumps([doc]), capture_output=True, text=True)
+    if r.returncode != 0:
+        return [f"validate-crd.mjs failed: {r.stderr.strip()}"]
+    result = json.loads(r.stdout)[0]
+    if result is None:
+        return [f"no schema for {doc['apiVersion']} {doc['kind']}"]
+    return result
 
 
 def is_resources(doc):
@@ -160,7 +185,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--perch", required=True)
     ap.add_argument("--kubectl", default="kubectl")
+    ap.add_argument("--node-modules", help="node_modules with @kubernetes-models/cert-manager")
     a = ap.parse_args()
+    global NODE_MODULES
+    NODE_MODULES = a.node_modules
     files = []
     for pattern in ("k8s/**/*.yaml", "keda/*.yaml"):
         files += glob.glob(os.path.join(ROOT, pattern), recursive=True)
