@@ -54,6 +54,25 @@ pub(crate) fn http1() -> hyper::server::conn::http1::Builder {
     b
 }
 
+/// Serves one HTTP/1 connection with Perch's limits until the client is
+/// done or `stop` changes; then lets the request in progress finish.
+pub(crate) async fn serve_http1<I, S>(io: I, svc: S, stop: &mut tokio::sync::watch::Receiver<bool>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Full<Bytes>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = http1().serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
 /// Accepts connections until `shutdown`, at most [`MAX_CONNECTIONS`]
 /// served at once; an accept error (out of file descriptors, say) backs
 /// off instead of spinning. Each connection gets a permit and the stop
@@ -172,15 +191,7 @@ pub async fn serve_on(
                     Ok::<_, Infallible>(route(req, api).await)
                 }
             });
-            let conn = http1().serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
+            serve_http1(stream, svc, &mut stop).await;
         }
     })
     .await

@@ -284,16 +284,7 @@ pub async fn run(a: InjectorArgs) -> ExitCode {
                     let settings = settings.clone();
                     async move { Ok::<_, Infallible>(handle(req, &settings).await) }
                 });
-                let conn =
-                    crate::http::http1().serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = stop.changed() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
-                }
+                crate::http::serve_http1(tls, svc, &mut stop).await;
             }
         },
     )
