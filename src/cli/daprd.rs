@@ -119,14 +119,99 @@ daprd_only! {
 }
 
 /// What Perch takes from a Dapr `Configuration` document.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Configuration {
     /// `spec.metrics.enabled`, when set.
     pub metrics_enabled: Option<bool>,
     /// `spec.logging.apiLogging.enabled`, when set.
     pub api_logging: Option<bool>,
+    /// `spec.tracing` with an `otel` exporter, when set.
+    pub tracing: Option<crate::telemetry::otel::TracingConfig>,
     /// `spec.*` sections Perch does not use, for one warning.
     pub ignored: Vec<String>,
+}
+
+/// `spec.tracing`: `samplingRate` (a number as a string, as Dapr writes
+/// it; absent is 0: nothing sampled, as daprd) and `otel` (`endpointAddress`,
+/// `isSecure`, `protocol` grpc or http, default http). `zipkin` and
+/// `stdout` are named as unused.
+fn read_tracing(
+    section: &serde_yaml::Value,
+    c: &mut Configuration,
+    at: &dyn Fn(String) -> String,
+) -> Result<(), String> {
+    use crate::telemetry::otel::{Protocol, TracingConfig};
+    let text = |v: &serde_yaml::Value| match v {
+        serde_yaml::Value::String(s) => Some(s.clone()),
+        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    let rate = match section.get("samplingRate").and_then(text) {
+        None => 0.0,
+        Some(r) if r.trim().is_empty() => 0.0,
+        Some(r) => match r.trim().parse::<f64>() {
+            Ok(x) if (0.0..=1.0).contains(&x) => x,
+            _ => {
+                return Err(at(format!(
+                    "spec.tracing.samplingRate: {r:?} is not a number from 0 to 1"
+                )))
+            }
+        },
+    };
+    for unused in ["zipkin", "stdout"] {
+        if section.get(unused).is_some() {
+            c.ignored.push(format!(
+                "tracing.{unused} (Perch exports traces over OTLP only: tracing.otel)"
+            ));
+        }
+    }
+    let Some(otel) = section.get("otel") else {
+        return Ok(());
+    };
+    let endpoint = otel
+        .get("endpointAddress")
+        .and_then(text)
+        .filter(|e| !e.trim().is_empty())
+        .ok_or_else(|| {
+            at("spec.tracing.otel.endpointAddress: required (host:port of the collector)".into())
+        })?;
+    // Dapr writes host:port; a scheme given anyway is taken off.
+    let endpoint = endpoint
+        .trim()
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_owned();
+    let secure = match otel.get("isSecure").and_then(text) {
+        None => false,
+        Some(v) => crate::util::parse_go_bool(&v).ok_or_else(|| {
+            at(format!(
+                "spec.tracing.otel.isSecure: must be true or false, got {v:?}"
+            ))
+        })?,
+    };
+    let protocol = match otel
+        .get("protocol")
+        .and_then(text)
+        .as_deref()
+        .map(str::trim)
+    {
+        None | Some("") | Some("http") => Protocol::Http,
+        Some("grpc") => Protocol::Grpc,
+        Some(other) => {
+            return Err(at(format!(
+                "spec.tracing.otel.protocol: {other:?} is not grpc or http"
+            )))
+        }
+    };
+    c.tracing = Some(TracingConfig {
+        sampling_rate: rate,
+        endpoint,
+        secure,
+        protocol,
+    });
+    Ok(())
 }
 
 /// Reads a `--config` file: a `kind: Configuration` document (the one
@@ -165,9 +250,7 @@ pub fn read_configuration(path: &Path) -> Result<Configuration, String> {
                     "spec.logging.apiLogging.enabled",
                 )?
             }
-            "tracing" => c
-                .ignored
-                .push("tracing (Perch propagates W3C trace context; it exports no spans)".into()),
+            "tracing" => read_tracing(section, &mut c, &at)?,
             other => c.ignored.push(other.to_owned()),
         }
     }
@@ -224,7 +307,35 @@ mod tests {
         let c = read_configuration(&p).unwrap();
         assert_eq!(c.metrics_enabled, None);
         assert_eq!(c.ignored.len(), 1);
-        assert!(c.ignored[0].starts_with("tracing"));
+        assert!(
+            c.ignored[0].starts_with("tracing.zipkin"),
+            "{:?}",
+            c.ignored
+        );
+        assert_eq!(c.tracing, None, "zipkin only: nothing exported");
+        std::fs::write(
+            &p,
+            "kind: Configuration\nspec:\n  tracing:\n    samplingRate: \"0.5\"\n    otel:\n      endpointAddress: localhost:4317\n      isSecure: false\n      protocol: grpc\n",
+        )
+        .unwrap();
+        let t = read_configuration(&p).unwrap().tracing.unwrap();
+        assert_eq!(
+            (t.sampling_rate, t.endpoint.as_str(), t.secure, t.protocol),
+            (
+                0.5,
+                "localhost:4317",
+                false,
+                crate::telemetry::otel::Protocol::Grpc
+            )
+        );
+        std::fs::write(
+            &p,
+            "kind: Configuration\nspec:\n  tracing:\n    samplingRate: \"2\"\n",
+        )
+        .unwrap();
+        assert!(read_configuration(&p)
+            .unwrap_err()
+            .contains("spec.tracing.samplingRate"));
         std::fs::write(
             &p,
             "kind: Configuration\nspec:\n  metrics: {enabled: false}\n  logging: {apiLogging: {enabled: true}}\n  features: [{name: x, enabled: true}]\n",

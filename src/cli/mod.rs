@@ -321,9 +321,13 @@ async fn run(mut a: RunArgs) -> ExitCode {
             list.join("; ")
         );
     }
+    let mut tracing_cfg = None;
     for path in a.config.clone() {
         match daprd::read_configuration(&path) {
             Ok(c) => {
+                if c.tracing.is_some() {
+                    tracing_cfg = c.tracing.clone();
+                }
                 if c.metrics_enabled == Some(false) {
                     a.enable_metrics = false;
                 }
@@ -339,6 +343,15 @@ async fn run(mut a: RunArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+    }
+    if let Some(t) = tracing_cfg.as_ref().filter(|t| t.sampling_rate > 0.0) {
+        if let Err(e) = crate::telemetry::otel::init(t, &a.app_id) {
+            eprintln!("--config: {e}");
+            return ExitCode::FAILURE;
+        }
+        tracing::info!(endpoint = %t.endpoint, protocol = ?t.protocol, sampling_rate = t.sampling_rate, "traces exported over OTLP");
+    } else if tracing_cfg.is_some() {
+        tracing::warn!("spec.tracing.samplingRate is 0 (or absent): no spans are exported");
     }
     let opts = LoadOptions::from_env(&a.app_id, a.secrets_path.clone());
     let resources = match config::load(&a.resources_path, &opts) {
@@ -449,6 +462,8 @@ async fn run(mut a: RunArgs) -> ExitCode {
         sidecar::shutdown_signal(),
     )
     .await;
+    // The spans still queued go out before the process ends.
+    let _ = tokio::task::spawn_blocking(crate::telemetry::otel::shutdown).await;
     ExitCode::SUCCESS
 }
 

@@ -142,6 +142,7 @@ async fn deliver(
             .is_none_or(|o| o.load(std::sync::atomic::Ordering::Acquire))
     };
     let outgoing = ready.outgoing();
+    let mut span = deliver_span(ctx, &ready);
     let end = retry::run(&ctx.policy, &mut retry_stop, &is_owned, || async {
         if attempts.fetch_add(1, Ordering::Relaxed) > 0 {
             ctx.count(&metrics().redeliveries);
@@ -182,16 +183,20 @@ async fn deliver(
     })
     .await;
     let d = ready.delivery;
-    tracing::Span::current().record(
-        "outcome",
-        match &end {
-            RetryEnd::Done(Outcome::Success) => "success",
-            RetryEnd::Done(_) => "drop",
-            RetryEnd::Exhausted(_) => "exhausted",
-            RetryEnd::Stopped => "stopped",
-            RetryEnd::Revoked => "revoked",
-        },
-    );
+    let outcome_label = match &end {
+        RetryEnd::Done(Outcome::Success) => "success",
+        RetryEnd::Done(_) => "drop",
+        RetryEnd::Exhausted(_) => "exhausted",
+        RetryEnd::Stopped => "stopped",
+        RetryEnd::Revoked => "revoked",
+    };
+    tracing::Span::current().record("outcome", outcome_label);
+    if let Some(mut s) = span.take() {
+        s.outcome(
+            outcome_label,
+            matches!(end, RetryEnd::Done(Outcome::Success)),
+        );
+    }
     match &end {
         RetryEnd::Done(Outcome::Success) | RetryEnd::Stopped => {}
         RetryEnd::Revoked => {
@@ -235,4 +240,46 @@ async fn deliver(
         }
         After::Leave => {}
     }
+}
+
+/// The exported `deliver` span (when tracing is configured): the ids of
+/// the trace context sent to the app, the event's `traceparent` (its
+/// publish span) as parent.
+fn deliver_span(
+    ctx: &SubCtx,
+    ready: &super::context::Ready,
+) -> Option<crate::telemetry::otel::Span> {
+    use crate::telemetry::trace::TraceParent;
+    if !crate::telemetry::otel::enabled() {
+        return None;
+    }
+    let this = TraceParent::parse(ready.traceparent.as_deref()?)?;
+    let parent = ready
+        .event
+        .get("traceparent")
+        .and_then(serde_json::Value::as_str)
+        .and_then(TraceParent::parse);
+    let id = ready
+        .event
+        .get("id")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    let mut attributes = crate::telemetry::otel::messaging_attributes(
+        &ctx.entry().component.type_name,
+        &ctx.sub.pubsubname,
+        &ctx.sub.topic,
+        id,
+        "process",
+    );
+    attributes.push(opentelemetry::KeyValue::new(
+        "perch.route",
+        ready.path.clone(),
+    ));
+    crate::telemetry::otel::start(
+        format!("deliver {}", ctx.sub.topic),
+        opentelemetry::trace::SpanKind::Consumer,
+        &this,
+        parent.as_ref(),
+        attributes,
+    )
 }

@@ -98,9 +98,11 @@ pub async fn single(t: &Target<'_>, app_id: &str, req: Single) -> Result<(), Api
     let name = t.pubsub.component.name.as_str();
     let md = req.metadata;
     let raw = raw_payload(name, &md)?;
+    let mut span = None;
     let (data, ct) = if raw {
         (req.body, req.content_type)
     } else {
+        let trace = TraceParent::child_of(req.traceparent.as_deref());
         let ev = cloudevents::envelope_for_publish(&PublishInput {
             app_id,
             pubsub: name,
@@ -108,10 +110,11 @@ pub async fn single(t: &Target<'_>, app_id: &str, req: Single) -> Result<(), Api
             content_type: req.content_type.as_deref(),
             body: &req.body,
             metadata: &md,
-            trace: TraceParent::child_of(req.traceparent.as_deref()),
+            trace,
             tracestate: req.tracestate.as_deref(),
         })
         .map_err(|e| ApiError::cloud_event_creation(name, app_id, &e.to_string()))?;
+        span = publish_span(t, &ev, req.traceparent.as_deref());
         (
             Bytes::from(to_go_json(&ev)),
             Some(CLOUDEVENT_CONTENT_TYPE.to_owned()),
@@ -125,9 +128,39 @@ pub async fn single(t: &Target<'_>, app_id: &str, req: Single) -> Result<(), Api
         metadata: without_perch_keys(md),
     };
     validate(t, &msg)?;
-    outbox::publish(t.pubsub, app_id, msg)
-        .await
-        .map_err(|e| ApiError::publish_failed(name, &t.topic, &e.to_string()))
+    let r = outbox::publish(t.pubsub, app_id, msg).await;
+    if let Some(span) = span.as_mut() {
+        span.outcome(if r.is_ok() { "published" } else { "failed" }, r.is_ok());
+    }
+    r.map_err(|e| ApiError::publish_failed(name, &t.topic, &e.to_string()))
+}
+
+/// The exported `publish` span of the CloudEvent `ev` (when tracing is
+/// configured): the ids of its `traceparent`, the request's as parent.
+fn publish_span(
+    t: &Target<'_>,
+    ev: &cloudevents::Envelope,
+    request_parent: Option<&str>,
+) -> Option<crate::telemetry::otel::Span> {
+    if !crate::telemetry::otel::enabled() {
+        return None;
+    }
+    let this = TraceParent::parse(ev.get("traceparent")?.as_str()?)?;
+    let parent = request_parent.and_then(TraceParent::parse);
+    let id = ev.get("id").and_then(Value::as_str).unwrap_or_default();
+    crate::telemetry::otel::start(
+        format!("publish {}", t.topic),
+        opentelemetry::trace::SpanKind::Producer,
+        &this,
+        parent.as_ref(),
+        crate::telemetry::otel::messaging_attributes(
+            &t.pubsub.component.type_name,
+            &t.pubsub.component.name,
+            &t.topic,
+            id,
+            "send",
+        ),
+    )
 }
 
 /// A bulk entry's event as its transport carries it.
@@ -185,6 +218,7 @@ pub async fn bulk(
     }
     let raw = raw_payload(name, md)?;
     let mut msgs = Vec::with_capacity(req.entries.len());
+    let mut spans = Vec::with_capacity(req.entries.len());
     for e in &req.entries {
         let bytes = match &e.event {
             EntryEvent::Json(v) => event_bytes(v, &e.content_type)
@@ -202,6 +236,7 @@ pub async fn bulk(
             None => BTreeMap::new(),
         };
         let (data, ct) = if raw {
+            spans.push(None);
             (Bytes::from(bytes), Some(e.content_type.clone()))
         } else {
             let ev = cloudevents::envelope_for_publish(&PublishInput {
@@ -215,6 +250,7 @@ pub async fn bulk(
                 tracestate: req.tracestate.as_deref(),
             })
             .map_err(|e| ApiError::cloud_event_creation(name, app_id, &e.to_string()))?;
+            spans.push(publish_span(t, &ev, req.traceparent.as_deref()));
             (
                 Bytes::from(to_go_json(&ev)),
                 Some(CLOUDEVENT_CONTENT_TYPE.to_owned()),
@@ -233,6 +269,12 @@ pub async fn bulk(
     }
     check_scope(t, app_id)?;
     let results = outbox::publish_batch(t.pubsub, app_id, msgs).await;
+    for (span, r) in spans.iter_mut().zip(&results) {
+        if let Some(span) = span {
+            span.outcome(if r.is_ok() { "published" } else { "failed" }, r.is_ok());
+        }
+    }
+    drop(spans);
     Ok(req
         .entries
         .into_iter()

@@ -2,6 +2,7 @@
 
 pub mod logging;
 pub mod metrics;
+pub mod otel;
 pub mod trace;
 
 /// `NAMESPACE` (Dapr's `namespace` metric label), empty when unset.
