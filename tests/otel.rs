@@ -34,9 +34,31 @@ fn collect(req: &ExportTraceServiceRequest, into: &Spans) {
     }
 }
 
-/// An OTLP receiver on a free port: `/v1/traces` (HTTP, protobuf) and the
-/// gRPC `Export` method (h2c), one server per protocol.
-async fn receiver(grpc: bool) -> (u16, Spans) {
+/// The test CA's serving certificate (`tests/fixtures/tls/a`, valid for
+/// 127.0.0.1) as a TLS acceptor speaking h2.
+fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls/a");
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(dir.join("tls.crt"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(dir.join("tls.key")).unwrap();
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut cfg = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
+/// An OTLP receiver on a free port: `/v1/traces` (HTTP, protobuf) or the
+/// gRPC `Export` method (h2c, or h2 over TLS with `tls`).
+async fn receiver(grpc: bool, tls: bool) -> (u16, Spans) {
+    let acceptor = tls.then(tls_acceptor);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let spans: Spans = Arc::default();
@@ -47,6 +69,7 @@ async fn receiver(grpc: bool) -> (u16, Spans) {
                 return;
             };
             let s = s.clone();
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
@@ -91,6 +114,17 @@ async fn receiver(grpc: bool) -> (u16, Spans) {
                         }
                     },
                 );
+                if let Some(acceptor) = acceptor {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+                    return;
+                }
                 let io = hyper_util::rt::TokioIo::new(stream);
                 if grpc {
                     let _ = hyper::server::conn::http2::Builder::new(
@@ -137,11 +171,19 @@ fn attr(span: &Span, key: &str) -> Option<String> {
         })
 }
 
-async fn spans_reach_the_collector(protocol: &str) -> TestResult {
-    let (port, spans) = receiver(protocol == "grpc").await;
+async fn spans_reach_the_collector(protocol: &str, secure: bool) -> TestResult {
+    let (port, spans) = receiver(protocol == "grpc", secure).await;
     let config = format!(
-        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {{name: tracing}}\nspec:\n  tracing:\n    samplingRate: \"1\"\n    otel:\n      endpointAddress: \"127.0.0.1:{port}\"\n      isSecure: false\n      protocol: {protocol}\n"
+        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {{name: tracing}}\nspec:\n  tracing:\n    samplingRate: \"1\"\n    otel:\n      endpointAddress: \"127.0.0.1:{port}\"\n      isSecure: {secure}\n      protocol: {protocol}\n"
     );
+    // With TLS the collector's certificate is trusted through the system's
+    // roots: SSL_CERT_FILE names the test CA.
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/a/ca.crt");
+    let env: &[(&str, &str)] = if secure {
+        &[("SSL_CERT_FILE", ca)]
+    } else {
+        &[]
+    };
     let cfg = tempfile::NamedTempFile::new()?;
     std::fs::write(cfg.path(), config)?;
     let dir = resources(&[
@@ -150,7 +192,7 @@ async fn spans_reach_the_collector(protocol: &str) -> TestResult {
     ]);
     let mut app = TestApp::ok(None).await;
     let cfg_path = cfg.path().display().to_string();
-    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &["--config", &cfg_path]).await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), env, &["--config", &cfg_path]).await;
     let client = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let (status, _, _) = sc
         .call(
@@ -227,10 +269,17 @@ async fn spans_reach_the_collector(protocol: &str) -> TestResult {
 
 #[tokio::test]
 async fn spans_are_exported_over_otlp_http() -> TestResult {
-    spans_reach_the_collector("http").await
+    spans_reach_the_collector("http", false).await
 }
 
 #[tokio::test]
 async fn spans_are_exported_over_otlp_grpc() -> TestResult {
-    spans_reach_the_collector("grpc").await
+    spans_reach_the_collector("grpc", false).await
+}
+
+/// `isSecure: true`: OTLP/gRPC over TLS, the collector's certificate
+/// checked against the system's roots.
+#[tokio::test]
+async fn spans_are_exported_over_otlp_grpc_with_tls() -> TestResult {
+    spans_reach_the_collector("grpc", true).await
 }

@@ -80,11 +80,23 @@ impl opentelemetry_sdk::trace::IdGenerator for Ids {
 pub fn init(cfg: &TracingConfig, service: &str) -> Result<(), String> {
     let scheme = if cfg.secure { "https" } else { "http" };
     let exporter = match cfg.protocol {
-        Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(format!("{scheme}://{}", cfg.endpoint))
-            .with_timeout(Duration::from_secs(10))
-            .build(),
+        Protocol::Grpc => {
+            use opentelemetry_otlp::WithTonicConfig;
+            let b = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(format!("{scheme}://{}", cfg.endpoint))
+                .with_timeout(Duration::from_secs(10));
+            if cfg.secure {
+                // The system's roots (SSL_CERT_FILE / SSL_CERT_DIR honoured).
+                b.with_tls_config(
+                    opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new()
+                        .with_native_roots(),
+                )
+                .build()
+            } else {
+                b.build()
+            }
+        }
         Protocol::Http => {
             if cfg.secure {
                 return Err("spec.tracing.otel: isSecure with protocol http is not supported; use protocol grpc for TLS to the collector".into());
