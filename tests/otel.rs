@@ -283,3 +283,52 @@ async fn spans_are_exported_over_otlp_grpc() -> TestResult {
 async fn spans_are_exported_over_otlp_grpc_with_tls() -> TestResult {
     spans_reach_the_collector("grpc", true).await
 }
+
+/// A bulk subscription's entries get their delivery spans too, children
+/// of their publish spans.
+#[tokio::test]
+async fn bulk_entries_get_delivery_spans() -> TestResult {
+    let (port, spans) = receiver(false, false).await;
+    let config = format!(
+        "kind: Configuration\nspec:\n  tracing:\n    samplingRate: \"1\"\n    otel: {{endpointAddress: \"127.0.0.1:{port}\", protocol: http}}\n"
+    );
+    let cfg = tempfile::NamedTempFile::new()?;
+    std::fs::write(cfg.path(), config)?;
+    let bulk = "apiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata: {name: bulk}\nspec:\n  pubsubname: pubsub\n  topic: bulk\n  bulkSubscribe: {enabled: true, maxMessagesCount: 10, maxAwaitDurationMs: 50}\n  routes: {default: /bulk}\n";
+    let dir = resources(&[("pubsub.yaml", PUBSUB), ("s.yaml", bulk)]);
+    let mut app = TestApp::start(
+        None,
+        Arc::new(|r| {
+            let statuses: Vec<serde_json::Value> = r.json()["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| serde_json::json!({"entryId": e["entryId"], "status": "SUCCESS"}))
+                .collect();
+            (200, serde_json::json!({ "statuses": statuses }).to_string())
+        }),
+    )
+    .await;
+    let cfg_path = cfg.path().display().to_string();
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &["--config", &cfg_path]).await;
+    assert_eq!(sc.publish_json("pubsub/bulk", r#"{"n":1}"#).await, 204);
+    app.next(10).await?;
+    for _ in 0..150 {
+        if spans.lock().unwrap().len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let spans = spans.lock().unwrap().clone();
+    let find = |n: &str| spans.iter().find(|s| s.name == n).cloned();
+    let (Some(publish), Some(deliver)) = (find("publish bulk"), find("deliver bulk")) else {
+        panic!(
+            "spans: {:?}",
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+        );
+    };
+    assert_eq!(deliver.trace_id, publish.trace_id);
+    assert_eq!(deliver.parent_span_id, publish.span_id);
+    assert_eq!(attr(&deliver, "perch.outcome").as_deref(), Some("success"));
+    Ok(())
+}

@@ -132,6 +132,25 @@ struct BulkAnswer {
 struct Entry {
     ready: Ready,
     key: Option<Key>,
+    /// Its exported `deliver` span, when tracing is configured.
+    span: Option<crate::telemetry::otel::Span>,
+}
+
+impl Entry {
+    fn new(ready: Ready, key: Option<Key>) -> Self {
+        Self {
+            ready,
+            key,
+            span: None,
+        }
+    }
+
+    /// Records how the entry ended on its span.
+    fn ended(&mut self, outcome: &str) {
+        if let Some(s) = self.span.as_mut() {
+            s.outcome(outcome, outcome == "success");
+        }
+    }
 }
 
 /// Delivers a batch: each message is prepared (expired and unroutable ones
@@ -148,7 +167,7 @@ pub async fn process_batch(ctx: &SubCtx, batch: Vec<Delivery>, stop: watch::Rece
     let Some(store) = ctx.store.clone() else {
         let entries = ready
             .into_iter()
-            .map(|ready| Entry { ready, key: None })
+            .map(|ready| Entry::new(ready, None))
             .collect();
         return deliver_claimed(ctx, entries, stop).await;
     };
@@ -236,10 +255,7 @@ async fn claim_all(
     for r in ready {
         match idempotency_key(ctx, &r) {
             Some(k) => waiting.push((r, k)),
-            None => out.push(Entry {
-                ready: r,
-                key: None,
-            }),
+            None => out.push(Entry::new(r, None)),
         }
     }
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -282,10 +298,7 @@ async fn claim_all(
                             )
                             .await;
                         }
-                        Before::Deliver { .. } | Before::Leave => out.push(Entry {
-                            ready: r,
-                            key: Some(k),
-                        }),
+                        Before::Deliver { .. } | Before::Leave => out.push(Entry::new(r, Some(k))),
                     }
                 }
                 waiting = busy;
@@ -327,7 +340,10 @@ async fn deliver_group(
     let pending = Mutex::new(Pending {
         entries: entries
             .into_iter()
-            .map(|e| (uuid::Uuid::new_v4().to_string(), e))
+            .map(|mut e| {
+                e.span = super::process::deliver_span(ctx, &e.ready);
+                (uuid::Uuid::new_v4().to_string(), e)
+            })
             .collect(),
     });
     let lock = || {
@@ -405,13 +421,15 @@ async fn deliver_group(
                 };
             }
         }
-        for e in succeeded {
+        for mut e in succeeded {
+            e.ended("success");
             let _ = e.ready.delivery.ack.ack().await;
         }
         // An app DROP: dead, as a single delivery's (a replay reaches the
         // app again).
         let tried = attempts.load(std::sync::atomic::Ordering::Relaxed);
-        for e in dropped {
+        for mut e in dropped {
+            e.ended("drop");
             let mark = store.zip(e.key.as_ref()).map(|(s, k)| (s, k, Finish::Dead));
             let why = Why::new("the app answered DROP", tried);
             finish_dropped(ctx, e.ready.delivery, stop.clone(), mark, why).await;
@@ -427,13 +445,14 @@ async fn deliver_group(
         }
     })
     .await;
-    let left = std::mem::take(&mut lock().entries);
+    let mut left = std::mem::take(&mut lock().entries);
     match end {
         RetryEnd::Done(()) => {}
         RetryEnd::Exhausted(reason) => {
             tracing::warn!(topic = %ctx.sub.topic, %reason, entries = left.len(), "bulk retries exhausted");
             let tried = attempts.load(std::sync::atomic::Ordering::Relaxed);
-            for (_, e) in left {
+            for (_, mut e) in left {
+                e.ended("exhausted");
                 let mark = store.zip(e.key.as_ref()).map(|(s, k)| (s, k, Finish::Dead));
                 let why = Why::new(reason.clone(), tried);
                 finish_dropped(ctx, e.ready.delivery, stop.clone(), mark, why).await;
@@ -442,6 +461,13 @@ async fn deliver_group(
         // Shutdown, or an entry no longer ours: the entries stay
         // unacknowledged for redelivery, their claims given back at once.
         RetryEnd::Stopped | RetryEnd::Revoked => {
+            for e in left.values_mut() {
+                e.ended(if matches!(end, RetryEnd::Stopped) {
+                    "stopped"
+                } else {
+                    "revoked"
+                });
+            }
             if let Some(store) = store {
                 let keys: Vec<Key> = left.values().filter_map(|e| e.key.clone()).collect();
                 if !keys.is_empty() {

@@ -245,7 +245,7 @@ async fn deliver(
 /// The exported `deliver` span (when tracing is configured): the ids of
 /// the trace context sent to the app, the event's `traceparent` (its
 /// publish span) as parent.
-fn deliver_span(
+pub(super) fn deliver_span(
     ctx: &SubCtx,
     ready: &super::context::Ready,
 ) -> Option<crate::telemetry::otel::Span> {
