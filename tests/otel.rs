@@ -118,11 +118,18 @@ async fn receiver(grpc: bool, tls: bool) -> (u16, Spans) {
                     let Ok(tls) = acceptor.accept(stream).await else {
                         return;
                     };
-                    let _ = hyper::server::conn::http2::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                    .await;
+                    let io = hyper_util::rt::TokioIo::new(tls);
+                    if grpc {
+                        let _ = hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(io, svc)
+                        .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, svc)
+                            .await;
+                    }
                     return;
                 }
                 let io = hyper_util::rt::TokioIo::new(stream);
@@ -275,6 +282,13 @@ async fn spans_are_exported_over_otlp_http() -> TestResult {
 #[tokio::test]
 async fn spans_are_exported_over_otlp_grpc() -> TestResult {
     spans_reach_the_collector("grpc", false).await
+}
+
+/// `isSecure: true` with OTLP/HTTP: HTTPS to `/v1/traces`, the
+/// collector's certificate checked against the system's roots.
+#[tokio::test]
+async fn spans_are_exported_over_otlp_http_with_tls() -> TestResult {
+    spans_reach_the_collector("http", true).await
 }
 
 /// `isSecure: true`: OTLP/gRPC over TLS, the collector's certificate

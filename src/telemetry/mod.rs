@@ -3,6 +3,7 @@
 pub mod logging;
 pub mod metrics;
 pub mod otel;
+mod otel_tls;
 pub mod trace;
 
 /// `NAMESPACE` (Dapr's `namespace` metric label), empty when unset.

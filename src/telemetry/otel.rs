@@ -98,14 +98,23 @@ pub fn init(cfg: &TracingConfig, service: &str) -> Result<(), String> {
             }
         }
         Protocol::Http => {
-            if cfg.secure {
-                return Err("spec.tracing.otel: isSecure with protocol http is not supported; use protocol grpc for TLS to the collector".into());
-            }
-            opentelemetry_otlp::SpanExporter::builder()
+            use opentelemetry_otlp::WithHttpConfig;
+            let b = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_endpoint(format!("{scheme}://{}/v1/traces", cfg.endpoint))
-                .with_timeout(Duration::from_secs(10))
+                .with_timeout(Duration::from_secs(10));
+            if cfg.secure {
+                let connector = super::otel_tls::TlsConnector::new()
+                    .map_err(|e| format!("spec.tracing.otel.isSecure: {e}"))?;
+                b.with_http_client(opentelemetry_http::hyper::HyperClient::new(
+                    connector,
+                    Duration::from_secs(10),
+                    None,
+                ))
                 .build()
+            } else {
+                b.build()
+            }
         }
     }
     .map_err(|e| format!("spec.tracing.otel: {e}"))?;
