@@ -182,6 +182,25 @@ async fn rabbitmq_dead_letters_are_listed_and_replayed() -> TestResult {
 
 /// A broker that cannot be reached is said so, with the component's name.
 #[tokio::test]
+async fn an_unreachable_kafka_is_a_clear_error() -> TestResult {
+    let dir = resources(&[(
+        "pubsub.yaml",
+        &component(
+            "pubsub",
+            &[("brokers", "127.0.0.1:1"), ("authType", "none")],
+        )
+        .replace("pubsub.in-memory", "pubsub.kafka"),
+    )]);
+    let (code, _, err) = dlq(dir.path(), &["list", "--topic", "orders.dlq"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("pubsub (pubsub.kafka) cannot be reached"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn an_unreachable_broker_is_a_clear_error() -> TestResult {
     let dir = resources(&[(
         "pubsub.yaml",
