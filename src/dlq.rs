@@ -250,12 +250,12 @@ async fn list(a: ListArgs) -> Result<(), String> {
         let messages: Vec<Value> = all
             .iter()
             .map(|s| {
-                json!({"id": s.id, "type": s.r#type, "source": s.source, "time": s.time.map(|_| when(s.time)),
+                json!({"id": s.id, "type": s.r#type, "source": s.source, "time": s.time.map(|t| when(Some(t))),
                        "from": s.from, "reason": s.reason, "attempts": s.attempts.parse::<u64>().ok(), "size": s.size})
             })
             .collect();
         let out = json!({"pubsub": c.name, "topic": a.target.topic, "count": count,
-                         "oldest": oldest.map(|_| when(oldest)), "newest": newest.map(|_| when(newest)),
+                         "oldest": oldest.map(|t| when(Some(t))), "newest": newest.map(|t| when(Some(t))),
                          "messages": messages});
         println!("{out}");
         return Ok(());

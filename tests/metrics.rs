@@ -63,13 +63,7 @@ spec:
         None,
         Arc::new(move |r| {
             if r.path == "/bulk" {
-                let statuses: Vec<serde_json::Value> = r.json()["entries"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|e| json!({"entryId": e["entryId"], "status": "SUCCESS"}))
-                    .collect();
-                return (200, json!({ "statuses": statuses }).to_string());
+                return (200, bulk_success(r));
             }
             match r.json()["data"]["kind"].as_str().unwrap_or("") {
                 "retry-once" if r2.fetch_add(1, Ordering::SeqCst) == 0 => {

@@ -310,19 +310,7 @@ async fn bulk_entries_get_delivery_spans() -> TestResult {
     std::fs::write(cfg.path(), config)?;
     let bulk = "apiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata: {name: bulk}\nspec:\n  pubsubname: pubsub\n  topic: bulk\n  bulkSubscribe: {enabled: true, maxMessagesCount: 10, maxAwaitDurationMs: 50}\n  routes: {default: /bulk}\n";
     let dir = resources(&[("pubsub.yaml", PUBSUB), ("s.yaml", bulk)]);
-    let mut app = TestApp::start(
-        None,
-        Arc::new(|r| {
-            let statuses: Vec<serde_json::Value> = r.json()["entries"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| serde_json::json!({"entryId": e["entryId"], "status": "SUCCESS"}))
-                .collect();
-            (200, serde_json::json!({ "statuses": statuses }).to_string())
-        }),
-    )
-    .await;
+    let mut app = TestApp::bulk_ok(None).await;
     let cfg_path = cfg.path().display().to_string();
     let sc = Sidecar::start(dir.path(), Some(app.port), &[], &["--config", &cfg_path]).await;
     assert_eq!(sc.publish_json("pubsub/bulk", r#"{"n":1}"#).await, 204);

@@ -64,18 +64,11 @@ fn outbox_setup(b: &Bench, proxy: &Proxy) -> (PgStore, tempfile::TempDir) {
 
 /// RabbitMQ through `proxy`, with the outbox in PostgreSQL.
 fn rabbit_outbox(b: &Bench, proxy: &Proxy) -> String {
-    let uri = format!("amqp://guest:guest@127.0.0.1:{}", proxy.port);
-    component(
-        "pubsub",
-        &[
-            ("connectionString", &uri),
-            ("consumerID", &format!("g-{}", b.id)),
-            ("reconnectWaitSeconds", "1"),
-            ("outboxStore", "store"),
-            ("deliveryOrder", "key"),
-        ],
+    rabbit_through(
+        b,
+        proxy,
+        &[("outboxStore", "store"), ("deliveryOrder", "key")],
     )
-    .replace("pubsub.in-memory", "pubsub.rabbitmq")
 }
 
 async fn metadata(sc: &Sidecar) -> serde_json::Value {

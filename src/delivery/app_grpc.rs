@@ -13,7 +13,7 @@
 //! RETRY.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,15 +29,27 @@ use crate::dapr_proto as pb;
 
 type Channel = Client<HttpConnector, tonic::body::Body>;
 
+/// The app's bulk method: not known yet, `OnBulkTopicEvent`, or the
+/// Alpha1 one.
+const UNKNOWN: u8 = 0;
+const STABLE: u8 = 1;
+const ALPHA: u8 = 2;
+
+/// A failed bulk call other than UNIMPLEMENTED: retried.
+fn bulk_failed(s: &tonic::Status) -> AppAnswer {
+    tracing::debug!(code = ?s.code(), message = s.message(), "OnBulkTopicEvent failed; retried");
+    None
+}
+
 /// One pooled h2c client to the app.
 #[derive(Clone)]
 pub struct GrpcAppClient {
     channel: Channel,
     origin: tonic::codegen::http::Uri,
     token: Option<String>,
-    /// The app answered `OnBulkTopicEvent` with `UNIMPLEMENTED` and
-    /// `OnBulkTopicEventAlpha1` worked: batches go to that one first.
-    bulk_alpha: Arc<AtomicBool>,
+    /// Which bulk method the app serves, once known ([`UNKNOWN`],
+    /// [`STABLE`], [`ALPHA`]).
+    bulk_method: Arc<AtomicU8>,
 }
 
 impl GrpcAppClient {
@@ -56,7 +68,7 @@ impl GrpcAppClient {
             channel,
             origin,
             token,
-            bulk_alpha: Arc::default(),
+            bulk_method: Arc::default(),
         }
     }
 
@@ -145,44 +157,63 @@ impl GrpcAppClient {
     }
 
     /// One batch to `OnBulkTopicEvent`, or `OnBulkTopicEventAlpha1` when
-    /// the app does not implement it (the order is remembered). The answer
-    /// in the HTTP bulk form the batch code reads: 200 with the statuses
-    /// as JSON; 404 (every entry dropped) when the app implements neither
-    /// method, as daprd; `None` (the batch retried) on any other error.
+    /// the app does not implement it. The answer in the HTTP bulk form the
+    /// batch code reads: 200 with the statuses as JSON; 404 (every entry
+    /// dropped) when the app implements neither method, as daprd; `None`
+    /// (the batch retried) on any other error. Until the app's method is
+    /// known the request is copied for the fallback; after, it is sent as
+    /// it is, and an UNIMPLEMENTED from the known method (the app changed)
+    /// forgets it and retries the batch.
     pub async fn deliver_bulk(&self, request: pb::TopicEventBulkRequest) -> AppAnswer {
-        let alpha_first = self.bulk_alpha.load(Ordering::Relaxed);
-        for alpha in [alpha_first, !alpha_first] {
-            let call = self.request(request.clone(), &BTreeMap::new());
-            let answer = if alpha {
-                pb::app_callback_alpha_client::AppCallbackAlphaClient::with_origin(
-                    self.channel.clone(),
-                    self.origin.clone(),
-                )
-                .on_bulk_topic_event_alpha1(call)
-                .await
-            } else {
-                pb::app_callback_client::AppCallbackClient::with_origin(
-                    self.channel.clone(),
-                    self.origin.clone(),
-                )
-                .on_bulk_topic_event(call)
-                .await
+        let known = self.bulk_method.load(Ordering::Relaxed);
+        if known != UNKNOWN {
+            return match self.call_bulk(known == ALPHA, request).await {
+                Ok(r) => Some((200, statuses_json(r))),
+                Err(s) if s.code() == tonic::Code::Unimplemented => {
+                    self.bulk_method.store(UNKNOWN, Ordering::Relaxed);
+                    None
+                }
+                Err(s) => bulk_failed(&s),
             };
-            match answer {
+        }
+        for alpha in [false, true] {
+            match self.call_bulk(alpha, request.clone()).await {
                 Ok(r) => {
-                    self.bulk_alpha.store(alpha, Ordering::Relaxed);
-                    return Some((200, statuses_json(r.into_inner())));
+                    self.bulk_method
+                        .store(if alpha { ALPHA } else { STABLE }, Ordering::Relaxed);
+                    return Some((200, statuses_json(r)));
                 }
                 Err(s) if s.code() == tonic::Code::Unimplemented => continue,
-                Err(s) => {
-                    tracing::debug!(topic = %request.topic, code = ?s.code(), message = s.message(), "OnBulkTopicEvent failed; retried");
-                    return None;
-                }
+                Err(s) => return bulk_failed(&s),
             }
         }
         tracing::warn!(topic = %request.topic, path = %request.path, entries = request.entries.len(),
             "the app implements neither OnBulkTopicEvent nor OnBulkTopicEventAlpha1 for the batch; dropped");
         Some((404, Bytes::new()))
+    }
+
+    async fn call_bulk(
+        &self,
+        alpha: bool,
+        request: pb::TopicEventBulkRequest,
+    ) -> Result<pb::TopicEventBulkResponse, tonic::Status> {
+        let call = self.request(request, &BTreeMap::new());
+        let answer = if alpha {
+            pb::app_callback_alpha_client::AppCallbackAlphaClient::with_origin(
+                self.channel.clone(),
+                self.origin.clone(),
+            )
+            .on_bulk_topic_event_alpha1(call)
+            .await
+        } else {
+            pb::app_callback_client::AppCallbackClient::with_origin(
+                self.channel.clone(),
+                self.origin.clone(),
+            )
+            .on_bulk_topic_event(call)
+            .await
+        };
+        answer.map(tonic::Response::into_inner)
     }
 
     /// `HealthCheck`; 200 when it answers, `None` on any error.

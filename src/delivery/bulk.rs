@@ -174,9 +174,16 @@ pub async fn process_batch(ctx: &SubCtx, batch: Vec<Delivery>, stop: watch::Rece
     // Copies of one event in one batch: the first is claimed and
     // delivered; the others wait for it to finish, then are claimed in
     // turn (a duplicate then, unless the first was given back).
-    let mut todo = ready;
+    // Each key is computed once (a SHA-256 per message).
+    let mut todo: Vec<(Ready, Option<Key>)> = ready
+        .into_iter()
+        .map(|r| {
+            let k = idempotency_key(ctx, &r);
+            (r, k)
+        })
+        .collect();
     while !todo.is_empty() {
-        let (now, later) = first_copies(ctx, todo);
+        let (now, later) = first_copies(todo);
         match claim_all(ctx, store.as_ref(), now, stop.clone()).await {
             Some(entries) => deliver_claimed(ctx, entries, stop.clone()).await,
             None => return,
@@ -185,12 +192,15 @@ pub async fn process_batch(ctx: &SubCtx, batch: Vec<Delivery>, stop: watch::Rece
     }
 }
 
+/// Messages of a batch with their idempotency keys.
+type Keyed = Vec<(Ready, Option<Key>)>;
+
 /// Splits off the later copies of a key that appears more than once.
-fn first_copies(ctx: &SubCtx, ready: Vec<Ready>) -> (Vec<Ready>, Vec<Ready>) {
+fn first_copies(ready: Keyed) -> (Keyed, Keyed) {
     let mut seen = std::collections::HashSet::new();
     ready
         .into_iter()
-        .partition(|r| idempotency_key(ctx, r).is_none_or(|k| seen.insert(k.msg_key)))
+        .partition(|(_, k)| k.as_ref().is_none_or(|k| seen.insert(k.msg_key.clone())))
 }
 
 /// Delivers claimed (or unclaimed) entries, grouped per route path.
@@ -247,13 +257,13 @@ impl Drop for ReleaseOnDrop {
 async fn claim_all(
     ctx: &SubCtx,
     store: &dyn Store,
-    ready: Vec<Ready>,
+    ready: Keyed,
     mut stop: watch::Receiver<bool>,
 ) -> Option<Vec<Entry>> {
     let mut out = Vec::with_capacity(ready.len());
     let mut waiting = vec![];
-    for r in ready {
-        match idempotency_key(ctx, &r) {
+    for (r, k) in ready {
+        match k {
             Some(k) => waiting.push((r, k)),
             None => out.push(Entry::new(r, None)),
         }

@@ -18,7 +18,8 @@ use crate::broker::BrokerError;
 use crate::config::resiliency::Resiliency;
 
 /// What is said of a publish the open breaker did not let through.
-pub const BREAKER_OPEN: &str = "circuit breaker is open";
+pub const BREAKER_OPEN: &str =
+    "circuit breaker is open (the broker failed as the policy's trip says; publishes are tried again after its timeout)";
 
 /// A pubsub's outbound policies.
 #[derive(Default)]

@@ -153,6 +153,11 @@ impl TestApp {
     }
 
     /// An app that answers SUCCESS to everything.
+    /// An app that answers SUCCESS for every entry of a bulk request.
+    pub async fn bulk_ok(subscribe: Option<serde_json::Value>) -> Self {
+        Self::start(subscribe, Arc::new(|r| (200, bulk_success(r)))).await
+    }
+
     pub async fn ok(subscribe: Option<serde_json::Value>) -> Self {
         Self::start(
             subscribe,
@@ -178,6 +183,19 @@ pub struct Sidecar {
     /// `--dapr-public-port`, on 127.0.0.1 in tests.
     pub public_port: u16,
     pub child: Child,
+}
+
+/// Dapr's bulk answer with SUCCESS for every entry of request `r`.
+pub fn bulk_success(r: &Received) -> String {
+    let statuses: Vec<serde_json::Value> = r.json()["entries"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| serde_json::json!({"entryId": e["entryId"], "status": "SUCCESS"}))
+                .collect()
+        })
+        .unwrap_or_default();
+    serde_json::json!({ "statuses": statuses }).to_string()
 }
 
 pub fn perch_bin() -> &'static str {

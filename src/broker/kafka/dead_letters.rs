@@ -127,7 +127,7 @@ impl DeadLetters for KafkaDeadLetters {
                 }
                 let m = tokio::time::timeout(WAIT, self.consumer.recv())
                     .await
-                    .map_err(|_| BrokerError::Unavailable("kafka: no record within 10 s".into()))?
+                    .map_err(|_| BrokerError::Unavailable("kafka returned no record within 10 s although the partitions hold more: check that the brokers are up, then run the command again (nothing was removed that was not replayed)".into()))?
                     .map_err(|e| BrokerError::Unavailable(format!("kafka: {e}")))?;
                 let Some(p) = self.parts.get_mut(&m.partition()) else {
                     continue;
