@@ -204,12 +204,7 @@ async fn open(
     let group = match &c.kind {
         Spec::Kafka(_) => t.group.clone(),
         // The queue Perch declares for the dead letters: `{consumerID}-{topic}`.
-        _ => c
-            .metadata
-            .get("consumerGroup")
-            .or_else(|| c.metadata.get("consumerID"))
-            .cloned()
-            .unwrap_or_else(|| t.app_id.clone()),
+        _ => c.consumer_group(&t.app_id),
     };
     let topic = c.broker_topic(&t.topic);
     let dl = broker

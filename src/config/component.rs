@@ -83,6 +83,16 @@ impl PubsubComponent {
         format!("{}{topic}", self.topic_prefix)
     }
 
+    /// The consumer group (Kafka) or queue prefix (RabbitMQ) of `app_id`'s
+    /// subscriptions: `consumerGroup`, else `consumerID`, else the app id.
+    pub fn consumer_group(&self, app_id: &str) -> String {
+        self.metadata
+            .get("consumerGroup")
+            .or_else(|| self.metadata.get("consumerID"))
+            .cloned()
+            .unwrap_or_else(|| app_id.to_owned())
+    }
+
     /// The dead-letter topic for `topic` when a subscription names none.
     pub fn default_dead_letter_topic(&self, topic: &str) -> Option<String> {
         self.dead_letter_default

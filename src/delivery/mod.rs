@@ -242,14 +242,9 @@ impl Engine {
                     .unwrap_or(true)
             })
             .and_then(|name| deps.registry.stores.get(name).cloned());
-        let md = &entry.component.metadata;
         let req = SubscribeRequest {
             topic: entry.component.broker_topic(&sub.topic),
-            group: md
-                .get("consumerGroup")
-                .or_else(|| md.get("consumerID"))
-                .cloned()
-                .unwrap_or_else(|| deps.settings.app_id.clone()),
+            group: entry.component.consumer_group(&deps.settings.app_id),
             metadata: sub.metadata.clone(),
             // A bulk subscription needs whole batches handed out at once.
             window: if sub.bulk.enabled {
