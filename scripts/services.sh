@@ -6,6 +6,8 @@
 #   PostgreSQL  127.0.0.1:5432  trust auth for local TCP, database `test`
 #   RabbitMQ    127.0.0.1:5672  guest/guest, started without systemd
 #   Kafka       127.0.0.1:9092  Apache Kafka 4.x in KRaft mode (kafka.sh)
+#   Redis       127.0.0.1:6379  Debian redis-server, append-only file on
+#                               (fsync every second), data in $REDIS_DIR
 #
 # Run directly, it injects a fault: `scripts/services.sh kafka kill`
 # (see `fault` at the end); the fault tests call it.
@@ -47,6 +49,7 @@ stop_services() {
       kafka) kafka_stop ;;
       rabbitmq) rabbitmqctl stop >/dev/null 2>&1 || true ;;
       postgres) pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" main stop >/dev/null 2>&1 || true ;;
+      redis) redis_stop ;;
     esac
   done
   [ -n "$STARTED_SERVICES" ] && svc_log "stopped $STARTED_SERVICES"
@@ -128,16 +131,51 @@ start_kafka() {
   STARTED_SERVICES="kafka $STARTED_SERVICES"
 }
 
+# --- Redis -----------------------------------------------------------------
+# Its own server on a data directory of the run (not Debian's service): the
+# append-only file keeps every acknowledged write across a clean restart
+# (SHUTDOWN writes it out) and all but the last second across a kill, as a
+# production Redis for pub/sub is set up.
+REDIS_DIR="${REDIS_DIR:-/tmp/perch-redis}"
+redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
+redis_run() {
+  mkdir -p "$REDIS_DIR"
+  redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --dir "$REDIS_DIR" \
+    --appendonly yes --appendfsync everysec --save "" \
+    --logfile "$REDIS_DIR/redis.log" --pidfile "$REDIS_DIR/redis.pid" >/dev/null
+  local i
+  for i in $(seq 1 100); do redis_up && return 0; sleep 0.1; done
+  svc_log "redis: did not start (log: $REDIS_DIR/redis.log)"; return 1
+}
+redis_stop() { redis-cli -h 127.0.0.1 -p 6379 shutdown >/dev/null 2>&1 || true
+  local i; for i in $(seq 1 100); do port_up 6379 || return 0; sleep 0.1; done; }
+redis_kill() { [ -f "$REDIS_DIR/redis.pid" ] && kill -9 "$(cat "$REDIS_DIR/redis.pid")" 2>/dev/null
+  local i; for i in $(seq 1 100); do port_up 6379 || return 0; sleep 0.1; done; }
+start_redis() {
+  command -v redis-server >/dev/null || apt_install redis-server
+  if port_up 6379; then
+    svc_log "redis: something already listens on 127.0.0.1:6379; using it"
+    return 0
+  fi
+  local t0=$SECONDS
+  # A run starts on an empty data directory; restarts within it keep data.
+  rm -rf "$REDIS_DIR"
+  redis_run || return 1
+  STARTED_SERVICES="redis $STARTED_SERVICES"
+  svc_log "redis $(redis-server --version | sed -n 's/.*v=\([0-9.]*\).*/\1/p') started in $((SECONDS - t0)) s"
+}
+
 start_services() {
   local t0=$SECONDS
   start_postgres
   start_rabbitmq
   start_kafka
+  start_redis
   svc_log "all up in $((SECONDS - t0)) s"
 }
 
 # --- Faults, for the tests that restart or kill a service --------------------
-# scripts/services.sh <postgres|rabbitmq|kafka> <restart|kill>
+# scripts/services.sh <postgres|rabbitmq|kafka|redis> <restart|kill>
 #   restart: a clean stop and start; kill: SIGKILL (PostgreSQL: an immediate
 #   shutdown, which is a crash for its WAL) and start. Waits until the
 #   service answers again; always leaves it running.
@@ -160,7 +198,9 @@ fault() {
       start_rabbitmq ;;
     kafka/restart) kafka_stop && kafka_start ;;
     kafka/kill) kafka_kill && kafka_start ;;
-    *) echo "usage: scripts/services.sh <postgres|rabbitmq|kafka> <restart|kill>" >&2; return 2 ;;
+    redis/restart) redis_stop && redis_run ;;
+    redis/kill) redis_kill && redis_run ;;
+    *) echo "usage: scripts/services.sh <postgres|rabbitmq|kafka|redis> <restart|kill>" >&2; return 2 ;;
   esac
   svc_log "$svc $how done in $((SECONDS - t0)) s"
 }

@@ -782,3 +782,11 @@ suite!(
         shutdown_acknowledges_what_finishes_in_the_grace_period
     ]
 );
+suite!(
+    redis,
+    Backend::Redis,
+    [
+        shutdown_leaves_unfinished_messages_for_redelivery,
+        shutdown_acknowledges_what_finishes_in_the_grace_period
+    ]
+);

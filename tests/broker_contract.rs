@@ -39,6 +39,7 @@ async fn subscribe(broker: &dyn Broker, b: &Bench, topic: &str) -> DeliveryStrea
         .subscribe(SubscribeRequest {
             topic: topic.to_owned(),
             group: format!("g-{}", b.id),
+            consumer: "test".into(),
             metadata: Default::default(),
             window: 16,
             dead_letter_topic: None,
@@ -148,3 +149,4 @@ macro_rules! contract {
 contract!(memory, Backend::Memory);
 contract!(kafka, Backend::Kafka);
 contract!(rabbitmq, Backend::Rabbit);
+contract!(redis, Backend::Redis);

@@ -1,5 +1,5 @@
 //! The fault suite (issue 16, item 6), written once and run against Apache
-//! Kafka and RabbitMQ with the PostgreSQL inbox and outbox on.
+//! Kafka, RabbitMQ and Redis with the PostgreSQL inbox and outbox on.
 //!
 //! Publishers send CloudEvents over 8 keys through the sidecar (one per
 //! key, in order, retrying a publish until it is answered 204, with the
@@ -244,6 +244,7 @@ impl Report {
             match self.backend {
                 Backend::Kafka => "Kafka",
                 Backend::Rabbit => "RabbitMQ",
+                Backend::Redis => "Redis",
                 Backend::Memory => "in-memory",
             },
             self.published,
@@ -280,6 +281,7 @@ fn resources_for(b: &Bench, store: &PgStore) -> tempfile::TempDir {
             ("heartbeatInterval", "1s"),
         ]),
         Backend::Rabbit => md.extend([("deliveryOrder", "key"), ("reconnectWaitSeconds", "1")]),
+        Backend::Redis => md.push(("deliveryOrder", "key")),
         Backend::Memory => {}
     }
     let sub = subscription_with_dead_letter("s", &orders, "/orders", &dead);
@@ -293,8 +295,19 @@ fn resources_for(b: &Bench, store: &PgStore) -> tempfile::TempDir {
 }
 
 async fn start_sidecar(dir: &Path, app_port: u16) -> Sidecar {
+    start_replica(dir, app_port, "first").await
+}
+
+/// A sidecar in pod `pod` (its Redis consumer is named after it).
+async fn start_replica(dir: &Path, app_port: u16, pod: &str) -> Sidecar {
     let log = std::env::var("PERCH_FAULTS_LOG").unwrap_or_else(|_| "warn".into());
-    Sidecar::start(dir, Some(app_port), &[("RUST_LOG", &log)], &[]).await
+    Sidecar::start(
+        dir,
+        Some(app_port),
+        &[("RUST_LOG", &log), ("POD_NAME", pod)],
+        &[],
+    )
+    .await
 }
 
 async fn run(backend: Backend, plan: Plan) -> Report {
@@ -356,6 +369,7 @@ async fn run(backend: Backend, plan: Plan) -> Report {
     }
     let broker = match backend {
         Backend::Kafka => "kafka",
+        Backend::Redis => "redis",
         _ => "rabbitmq",
     };
     for (i, fault) in faults.iter().enumerate() {
@@ -378,7 +392,7 @@ async fn run(backend: Backend, plan: Plan) -> Report {
             Fault::Rebalance => {
                 // A second sidecar of the app joins the group, takes a
                 // share of the work for a while, and leaves (SIGTERM).
-                let second = start_sidecar(dir.path(), app.port).await;
+                let second = start_replica(dir.path(), app.port, "second").await;
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 let pid = second.child.id().expect("pid");
                 let _ = std::process::Command::new("kill")
@@ -477,7 +491,7 @@ async fn run(backend: Backend, plan: Plan) -> Report {
     // the broker hands each its share, and order per key holds within each
     // replica only (as with daprd). Kafka moves whole partitions, so order
     // holds across a rebalance.
-    let order_holds = !(backend == Backend::Rabbit && plan.rebalances > 0);
+    let order_holds = !(matches!(backend, Backend::Rabbit | Backend::Redis) && plan.rebalances > 0);
     for (key, seqs) in l.first_order.iter().filter(|_| order_holds) {
         if let Some(i) = seqs.windows(2).position(|w| w[0] > w[1]) {
             let from = i.saturating_sub(5);
@@ -573,6 +587,11 @@ async fn tier0_rabbitmq() {
     run(Backend::Rabbit, TIER0).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier0_redis() {
+    run(Backend::Redis, TIER0).await;
+}
+
 /// Tier 1, both brokers, with the table; `scripts/faults.sh` runs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "tier 1: run by scripts/faults.sh"]
@@ -589,6 +608,7 @@ async fn tier1_table() {
     for backend in brokers.split_whitespace().map(|b| match b {
         "kafka" => Backend::Kafka,
         "rabbitmq" => Backend::Rabbit,
+        "redis" => Backend::Redis,
         other => panic!("PERCH_FAULTS_BROKERS: unknown broker {other}"),
     }) {
         rows.push(run(backend, plan).await.row());

@@ -429,6 +429,7 @@ async fn lag_counts_what_the_group_has_not_finished() -> TestResult {
         .subscribe(SubscribeRequest {
             topic: topic.clone(),
             group: format!("g-{}", b.id),
+            consumer: "test".into(),
             metadata: Default::default(),
             window: 100,
             dead_letter_topic: None,

@@ -365,6 +365,7 @@ async fn lag_is_the_queue_depth() -> TestResult {
         .subscribe(SubscribeRequest {
             topic: topic.clone(),
             group: format!("g-{}", b.id),
+            consumer: "test".into(),
             metadata: Default::default(),
             window: 1,
             dead_letter_topic: None,

@@ -184,3 +184,108 @@ pub(crate) async fn direct_rabbit_drain(n: usize, every: usize) -> f64 {
         .await;
     rate
 }
+
+/// A connection to the test Redis server.
+async fn redis_conn() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://{REDIS_HOST}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// The same load appended straight to Redis with the redis crate, Dapr's
+/// field layout: `requests` rounds of `per_request` `XADD`s (one pipeline)
+/// from `c` tasks, each on its own connection.
+pub(crate) async fn direct_redis(
+    topic: &str,
+    body: &str,
+    requests: usize,
+    per_request: usize,
+    c: usize,
+) -> Run {
+    let mut clients = vec![];
+    for w in 0..c {
+        let mut conn = redis_conn().await;
+        let (t, b) = (topic.to_owned(), body.to_owned());
+        let share = share(requests, c, w);
+        clients.push(async move {
+            let mut lat = vec![];
+            for _ in 0..share {
+                let t0 = Instant::now();
+                let mut pipe = redis::pipe();
+                for _ in 0..per_request {
+                    pipe.cmd("XADD").arg(&t).arg("*").arg("data").arg(&b);
+                }
+                pipe.query_async::<Vec<String>>(&mut conn).await.unwrap();
+                lat.push(t0.elapsed());
+            }
+            lat
+        });
+    }
+    run_clients(requests * per_request, clients).await
+}
+
+/// Redis's own drain rate with no app in the way: one consumer of a group
+/// reads a backlog of `n` 1 KiB entries 64 at a time (`XREADGROUP`, the
+/// window Perch uses) and acks each read's entries in one `XACK`.
+pub(crate) async fn direct_redis_drain(n: usize) -> f64 {
+    let mut conn = redis_conn().await;
+    let stream = format!("bench-drain-{}", uuid::Uuid::new_v4().simple());
+    let body = payload();
+    for chunk in 0..n.div_ceil(500) {
+        let mut pipe = redis::pipe();
+        for _ in 0..500.min(n - chunk * 500) {
+            pipe.cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg("data")
+                .arg(&body);
+        }
+        pipe.query_async::<Vec<String>>(&mut conn).await.unwrap();
+    }
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("g")
+        .arg("0")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut got = 0;
+    while got < n {
+        let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("c")
+            .arg("COUNT")
+            .arg(64)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let ids: Vec<String> = reply
+            .keys
+            .into_iter()
+            .flat_map(|k| k.ids)
+            .map(|e| e.id)
+            .collect();
+        got += ids.len();
+        redis::cmd("XACK")
+            .arg(&stream)
+            .arg("g")
+            .arg(&ids)
+            .query_async::<i64>(&mut conn)
+            .await
+            .unwrap();
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let _ = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async::<i64>(&mut conn)
+        .await;
+    rate
+}

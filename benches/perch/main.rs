@@ -94,10 +94,15 @@ async fn main() {
     };
     let brokers = std::env::var("PERCH_BENCH_BROKERS").unwrap_or_default();
     let broker = |name: &str| brokers.is_empty() || brokers.split(',').any(|b| name.starts_with(b));
-    let backends: Vec<Backend> = [Backend::Memory, Backend::Kafka, Backend::Rabbit]
-        .into_iter()
-        .filter(|b| broker(&format!("{b:?}")))
-        .collect();
+    let backends: Vec<Backend> = [
+        Backend::Memory,
+        Backend::Kafka,
+        Backend::Rabbit,
+        Backend::Redis,
+    ]
+    .into_iter()
+    .filter(|b| broker(&format!("{b:?}")))
+    .collect();
     let mut rows: Rows = vec![];
     let mut peak_rss = 0;
     if want("publish") {

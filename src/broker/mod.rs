@@ -6,6 +6,7 @@
 pub mod kafka;
 pub mod memory;
 pub mod rabbitmq;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -34,6 +35,11 @@ pub struct SubscribeRequest {
     pub topic: String,
     /// Competing-consumer group (app id by default).
     pub group: String,
+    /// This sidecar's name among the group's consumers, the same across
+    /// its restarts (`{POD_NAME or HOSTNAME}-{app port}`): Redis names its
+    /// stream consumer so, and a restarted sidecar resumes what it held
+    /// first, in order.
+    pub consumer: String,
     /// Subscription metadata.
     pub metadata: BTreeMap<String, String>,
     /// Most deliveries of one lane (partition or queue) handed out and not
@@ -219,6 +225,8 @@ pub enum Spec {
     Kafka(Box<kafka::config::KafkaConfig>),
     /// `pubsub.rabbitmq`.
     Rabbit(Box<rabbitmq::config::RabbitConfig>),
+    /// `pubsub.redis` (Redis Streams).
+    Redis(Box<self::redis::config::RedisConfig>),
 }
 
 /// Builds the broker of component `name`. Connecting happens in the
@@ -230,5 +238,6 @@ pub fn build(name: &str, spec: &Spec) -> Result<Arc<dyn Broker>, BrokerError> {
         Spec::InMemory { max_messages } => Arc::new(memory::MemoryBroker::new(name, *max_messages)),
         Spec::Kafka(cfg) => Arc::new(kafka::KafkaBroker::new(name, cfg)?),
         Spec::Rabbit(cfg) => Arc::new(rabbitmq::RabbitBroker::new(name, cfg)),
+        Spec::Redis(cfg) => Arc::new(self::redis::RedisBroker::new(name, cfg)?),
     })
 }

@@ -12,6 +12,7 @@ use super::scopes::Scoping;
 use super::value;
 use crate::broker::kafka::config as kafka;
 use crate::broker::rabbitmq::config as rabbitmq;
+use crate::broker::redis::config as redis;
 use crate::broker::Spec as PubsubKind;
 use crate::report::DocCtx;
 use crate::store::config as store;
@@ -157,10 +158,17 @@ pub fn read(ctx: &mut DocCtx<'_>, name: &str, doc: &Mapping, opts: &LoadOptions)
         .chain(rabbitmq::DAPR_ONLY.iter().map(|(k, _)| *k))
         .chain(crate::report::meta::BACKOFF_KEYS.iter().map(|(k, _)| *k))
         .collect();
+    let redis_keys: Vec<&str> = redis::KEYS
+        .iter()
+        .copied()
+        .chain(redis::DAPR_ONLY.iter().map(|(k, _)| *k))
+        .chain(crate::report::meta::BACKOFF_KEYS.iter().map(|(k, _)| *k))
+        .collect();
     let (own_keys, passthrough): (&[&str], Option<&str>) = match type_name.as_str() {
         "pubsub.in-memory" => (&["maxMessages"], None),
         "pubsub.kafka" => (&kafka_keys, Some(kafka::PASSTHROUGH)),
         "pubsub.rabbitmq" => (&rabbit_keys, None),
+        "pubsub.redis" => (&redis_keys, None),
         t @ ("store.postgresql" | "store.in-memory") => {
             let keys = if t == "store.postgresql" {
                 store::POSTGRES_KEYS
@@ -177,7 +185,7 @@ pub fn read(ctx: &mut DocCtx<'_>, name: &str, doc: &Mapping, opts: &LoadOptions)
         t => {
             ctx.problem(
                 "spec.type",
-                format!("unknown type {t:?}; supported: pubsub.in-memory, pubsub.kafka, pubsub.rabbitmq, store.postgresql, store.in-memory"),
+                format!("unknown type {t:?}; supported: pubsub.in-memory, pubsub.kafka, pubsub.rabbitmq, pubsub.redis, store.postgresql, store.in-memory"),
             );
             return None;
         }
@@ -205,7 +213,8 @@ pub fn read(ctx: &mut DocCtx<'_>, name: &str, doc: &Mapping, opts: &LoadOptions)
             }
         },
     };
-    let max_in_flight = positive(ctx, "maxInFlight", DEFAULT_MAX_IN_FLIGHT);
+    let max_in_flight_set = get("maxInFlight").is_some();
+    let mut max_in_flight = positive(ctx, "maxInFlight", DEFAULT_MAX_IN_FLIGHT);
     let max_messages = positive(ctx, "maxMessages", DEFAULT_MEMORY_MAX_MESSAGES);
     let kind = match type_name.as_str() {
         "pubsub.kafka" => match kafka::read(ctx, &metadata) {
@@ -222,6 +231,20 @@ pub fn read(ctx: &mut DocCtx<'_>, name: &str, doc: &Mapping, opts: &LoadOptions)
                 PubsubKind::InMemory { max_messages }
             }
         },
+        "pubsub.redis" => match redis::read(ctx, &metadata) {
+            Some(r) => {
+                // Dapr's `concurrency` (workers per subscription) is the
+                // in-flight window unless maxInFlight says otherwise.
+                if let (Some(c), false) = (r.concurrency, max_in_flight_set) {
+                    max_in_flight = c;
+                }
+                PubsubKind::Redis(Box::new(r))
+            }
+            None => {
+                ok = false;
+                PubsubKind::InMemory { max_messages }
+            }
+        },
         _ => PubsubKind::InMemory { max_messages },
     };
     let default_order = match &kind {
@@ -231,7 +254,10 @@ pub fn read(ctx: &mut DocCtx<'_>, name: &str, doc: &Mapping, opts: &LoadOptions)
         PubsubKind::Rabbit(r) if r.concurrency_mode.as_deref() == Some("single") => {
             DeliveryOrder::Partition
         }
-        PubsubKind::Rabbit(_) | PubsubKind::InMemory { .. } => DeliveryOrder::None,
+        // Dapr's Redis workers take the stream's entries concurrently.
+        PubsubKind::Rabbit(_) | PubsubKind::Redis(_) | PubsubKind::InMemory { .. } => {
+            DeliveryOrder::None
+        }
     };
     let delivery_order = match get("deliveryOrder") {
         None => default_order,
@@ -339,6 +365,7 @@ fn read_metadata(
 mod tests {
     use super::*;
     use crate::report::DocCtx;
+    use std::time::Duration;
 
     fn load(yaml: &str, ns: Option<&str>) -> (Option<PubsubComponent>, Vec<String>) {
         let (c, problems, _) = load_warned(yaml, ns);
@@ -468,6 +495,75 @@ mod tests {
             problems.len(),
             2,
             "caCert without amqps, autoAck: {problems:?}"
+        );
+    }
+
+    /// Issue 22: Dapr's `pubsub.redis` keys, with Dapr's defaults and its
+    /// duration forms (whole milliseconds or a Go duration); `concurrency`
+    /// is the in-flight window unless maxInFlight is set; what Perch cannot
+    /// do (cluster, Sentinel) is an error naming the key, pool sizes a
+    /// warning.
+    #[test]
+    fn redis_keys_load_with_daprs_defaults_and_forms() {
+        let (c, problems) = load(
+            "spec: {type: pubsub.redis, version: v1, metadata: [{name: redisHost, value: 'localhost:6379'},
+             {name: redisPassword, value: ''}]}",
+            None,
+        );
+        let c = c.unwrap_or_else(|| panic!("{problems:?}"));
+        assert_eq!(c.delivery_order, DeliveryOrder::None);
+        assert_eq!(c.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
+        let PubsubKind::Redis(r) = c.kind else {
+            panic!("not redis")
+        };
+        assert_eq!(r.addr, "localhost:6379");
+        assert_eq!(r.password, None, "an empty password is none");
+        assert_eq!(r.processing_timeout, Duration::from_secs(60));
+        assert_eq!(r.redeliver_interval, Duration::from_secs(15));
+        assert_eq!((r.queue_depth, r.max_len_approx), (100, None));
+        let (c, problems, warnings) = load_warned(
+            "spec: {type: pubsub.redis, version: v1, metadata: [{name: redisHost, value: redis},
+             {name: redisPort, value: '6380'}, {name: processingTimeout, value: '30000'},
+             {name: redeliverInterval, value: 2s}, {name: concurrency, value: '5'},
+             {name: maxLenApprox, value: '1000'}, {name: poolSize, value: '20'}, {name: redisDB, value: '2'}]}",
+            None,
+        );
+        let c = c.unwrap_or_else(|| panic!("{problems:?}"));
+        assert_eq!(c.max_in_flight, 5, "concurrency is the window");
+        assert_eq!(warnings.len(), 1, "poolSize: {warnings:?}");
+        let PubsubKind::Redis(r) = c.kind else {
+            panic!("not redis")
+        };
+        assert_eq!(r.addr, "redis:6380");
+        assert_eq!(r.db, 2);
+        assert_eq!(
+            r.processing_timeout,
+            Duration::from_secs(30),
+            "milliseconds"
+        );
+        assert_eq!(r.redeliver_interval, Duration::from_secs(2));
+        assert_eq!(r.max_len_approx, Some(1000));
+        let (c, problems) = load(
+            "spec: {type: pubsub.redis, version: v1, metadata: [{name: redisHost, value: 'redis://h:1'},
+             {name: redisType, value: cluster}, {name: failover, value: 'true'},
+             {name: processingTimeout, value: soon}]}",
+            None,
+        );
+        assert!(c.is_none());
+        for key in ["redisHost", "redisType", "failover", "processingTimeout"] {
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.starts_with(&format!("spec.metadata.{key}"))),
+                "{key}: {problems:?}"
+            );
+        }
+        let (_, problems) = load("spec: {type: pubsub.redis, version: v1}", None);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("spec.metadata.redisHost") && p.contains("required")),
+            "{problems:?}"
         );
     }
 

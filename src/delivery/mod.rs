@@ -245,6 +245,7 @@ impl Engine {
         let req = SubscribeRequest {
             topic: entry.component.broker_topic(&sub.topic),
             group: entry.component.consumer_group(&deps.settings.app_id),
+            consumer: consumer_name(deps.settings.app_port),
             metadata: sub.metadata.clone(),
             // A bulk subscription needs whole batches handed out at once.
             window: if sub.bulk.enabled {
@@ -374,3 +375,20 @@ pub enum StartError {
 /// the store's round trips would sit inside the app's window (by Little's
 /// law, claim and mark latency cut throughput in proportion).
 const STORE_WINDOW: usize = 8;
+
+/// This sidecar's consumer name (see `SubscribeRequest::consumer`): the
+/// pod (or host) and the app's port, which tell the app's instances apart
+/// on one host and stay when the sidecar restarts.
+fn consumer_name(app_port: Option<u16>) -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "perch".into());
+    format!("{host}-{}", app_port.unwrap_or(0))
+}

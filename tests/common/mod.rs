@@ -523,6 +523,8 @@ pub enum Backend {
     Kafka,
     /// `pubsub.rabbitmq` on the RabbitMQ server at 127.0.0.1:5672.
     Rabbit,
+    /// `pubsub.redis` on the Redis server at 127.0.0.1:6379.
+    Redis,
 }
 
 /// One test's view of a backend: component YAML and topic names unique to
@@ -570,12 +572,21 @@ impl Bench {
                 ("connectionString", RABBIT_URI),
                 ("consumerID", group.as_str()),
             ],
+            // What a killed sidecar held is taken over after 5 s (Dapr's
+            // default is 60 s), looked for every second.
+            Backend::Redis => vec![
+                ("redisHost", REDIS_HOST),
+                ("consumerID", group.as_str()),
+                ("processingTimeout", "5s"),
+                ("redeliverInterval", "1s"),
+            ],
         };
         md.extend_from_slice(metadata);
         let ty = match self.backend {
             Backend::Memory => "pubsub.in-memory",
             Backend::Kafka => "pubsub.kafka",
             Backend::Rabbit => "pubsub.rabbitmq",
+            Backend::Redis => "pubsub.redis",
         };
         component("pubsub", &md).replace("pubsub.in-memory", ty)
     }
@@ -587,17 +598,41 @@ impl Bench {
 }
 
 pub const RABBIT_URI: &str = "amqp://guest:guest@127.0.0.1:5672";
+pub const REDIS_HOST: &str = "127.0.0.1:6379";
+
+/// Runs one command on the test Redis server.
+pub async fn redis_cmd<T: redis::FromRedisValue>(cmd: &redis::Cmd) -> redis::RedisResult<T> {
+    let client = redis::Client::open(format!("redis://{REDIS_HOST}"))?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    cmd.query_async(&mut conn).await
+}
 
 impl Drop for Bench {
-    /// Deletes the test's exchanges and queues (`g-{id}-{topic}`, and the
-    /// same for `{topic}.dlq`) from the RabbitMQ server.
+    /// Deletes the test's streams from the Redis server, and its exchanges
+    /// and queues (`g-{id}-{topic}`, and the same for `{topic}.dlq`) from
+    /// the RabbitMQ server.
     fn drop(&mut self) {
-        if self.backend != Backend::Rabbit {
-            return;
-        }
         let mut topics = std::mem::take(&mut *self.topics.lock().unwrap());
         topics.sort();
         topics.dedup();
+        if self.backend == Backend::Redis && !topics.is_empty() {
+            let keys: Vec<String> = topics
+                .iter()
+                .flat_map(|t| [t.clone(), format!("{t}.dlq"), format!("{t}.dlq.dlq")])
+                .collect();
+            let _ = std::thread::spawn(move || {
+                let Ok(client) = redis::Client::open(format!("redis://{REDIS_HOST}")) else {
+                    return;
+                };
+                if let Ok(mut conn) = client.get_connection() {
+                    let _ = redis::cmd("DEL").arg(&keys).query::<i64>(&mut conn);
+                }
+            })
+            .join();
+        }
+        if self.backend != Backend::Rabbit {
+            return;
+        }
         let group = format!("g-{}", self.id);
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()

@@ -44,6 +44,24 @@ pub(crate) async fn run(backends: &[Backend], s: &Sizes, rows: &mut Rows) -> u64
                 one.peak_rss_kib.max(bulk.peak_rss_kib) / 1024
             ),
         );
+        if t == Backend::Redis {
+            // The broker's own ceiling, with no HTTP and no app.
+            let direct = direct_redis_drain(n).await;
+            row(
+                rows,
+                format!(
+                    "Redis drain with no app: XREADGROUP 64 at a time and one XACK per read, backlog of {n} x 1 KiB"
+                ),
+                format!("Perch {:.0}/s; bulk {:.0}/s", one.rate, bulk.rate),
+                format!("direct {direct:.0}/s"),
+                format!(
+                    "{:.2}x; bulk {:.2}x the direct drain",
+                    one.rate / direct,
+                    bulk.rate / direct
+                ),
+                "".into(),
+            );
+        }
         if t == Backend::Rabbit {
             // The broker's own ceiling, with no HTTP and no app.
             let each = direct_rabbit_drain(n, 1).await;

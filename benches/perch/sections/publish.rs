@@ -21,6 +21,7 @@ pub(crate) async fn publish_rows(b: Backend, s: &Sizes, rows: &mut Rows) {
     let direct = match b {
         Backend::Kafka => Some(direct_kafka(&topic, &body, s.publish, 1, c).await),
         Backend::Rabbit => Some(direct_rabbit(&topic, &body, s.publish, 1, c).await),
+        Backend::Redis => Some(direct_redis(&topic, &body, s.publish, 1, c).await),
         Backend::Memory => None,
     };
     let (base, ratio, note) = match &direct {
@@ -98,6 +99,7 @@ pub(crate) async fn publish_rows(b: Backend, s: &Sizes, rows: &mut Rows) {
     let direct = match b {
         Backend::Kafka => Some(direct_kafka(&topic, &body, reqs, 100, c).await),
         Backend::Rabbit => Some(direct_rabbit(&topic, &body, reqs, 100, c).await),
+        Backend::Redis => Some(direct_redis(&topic, &body, reqs, 100, c).await),
         Backend::Memory => None,
     };
     let (base, ratio) = match &direct {
