@@ -127,6 +127,7 @@ fn shipped_component_folders_are_valid() {
         "components/in-memory",
         "components/kafka",
         "components/rabbitmq",
+        "components/redis",
     ] {
         let out = std::process::Command::new(perch_bin())
             .args(["validate", "--app-id", "demo", dir])

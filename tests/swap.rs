@@ -1,7 +1,7 @@
 //! Swapping brokers is a YAML change: the same app and the same
-//! subscription file, run once with the shipped Kafka component and once
-//! with the shipped RabbitMQ component (`components/*/pubsub.yaml`,
-//! unchanged), give the same deliveries.
+//! subscription file, run with the shipped Kafka, RabbitMQ and Redis
+//! components in turn (`components/*/pubsub.yaml`, unchanged), give the
+//! same deliveries.
 
 mod common;
 
@@ -61,15 +61,17 @@ async fn run_with(
 }
 
 #[tokio::test]
-async fn the_same_app_gets_the_same_events_on_kafka_and_rabbitmq() -> TestResult {
+async fn the_same_app_gets_the_same_events_on_kafka_rabbitmq_and_redis() -> TestResult {
     let run = uuid::Uuid::new_v4().to_string();
     let kafka = run_with("kafka", &run).await?;
     let rabbit = run_with("rabbitmq", &run).await?;
+    let redis = run_with("redis", &run).await?;
     assert_eq!(kafka.len(), 20);
     assert_eq!(
         kafka, rabbit,
         "same CloudEvents, whichever broker carried them"
     );
+    assert_eq!(kafka, redis, "same CloudEvents on Redis");
     assert_eq!(kafka[&0]["source"], "test-app");
     assert_eq!(kafka[&0]["topic"], "orders");
     Ok(())

@@ -252,26 +252,25 @@ impl Sidecar {
         let metrics_port = free_port();
         let public_port = free_port();
         let mut cmd = Command::new(perch_bin());
-        cmd.args([
-            "run",
-            "--app-id",
-            "test-app",
-            "--dapr-http-port",
-            &port.to_string(),
-        ])
-        .args(["--metrics-port", &metrics_port.to_string()])
-        .args(["--dapr-grpc-port", &grpc_port.to_string()])
-        .args(["--dapr-public-port", &public_port.to_string()])
-        .args(["--dapr-public-listen-address", "127.0.0.1"])
-        .arg("--resources-path")
-        .arg(resources)
-        .args(extra)
-        .env_remove("DAPR_API_TOKEN")
-        .env_remove("APP_API_TOKEN")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
+        cmd.arg("run");
+        // The app id is test-app unless the test names one.
+        if !extra.contains(&"--app-id") {
+            cmd.args(["--app-id", "test-app"]);
+        }
+        cmd.args(["--dapr-http-port", &port.to_string()])
+            .args(["--metrics-port", &metrics_port.to_string()])
+            .args(["--dapr-grpc-port", &grpc_port.to_string()])
+            .args(["--dapr-public-port", &public_port.to_string()])
+            .args(["--dapr-public-listen-address", "127.0.0.1"])
+            .arg("--resources-path")
+            .arg(resources)
+            .args(extra)
+            .env_remove("DAPR_API_TOKEN")
+            .env_remove("APP_API_TOKEN")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
         if let Some(p) = app_port {
             cmd.args(["--app-port", &p.to_string()]);
         }
@@ -574,12 +573,15 @@ impl Bench {
             ],
             // What a killed sidecar held is taken over after 5 s (Dapr's
             // default is 60 s), looked for every second.
-            Backend::Redis => vec![
+            Backend::Redis => [
                 ("redisHost", REDIS_HOST),
                 ("consumerID", group.as_str()),
                 ("processingTimeout", "5s"),
                 ("redeliverInterval", "1s"),
-            ],
+            ]
+            .into_iter()
+            .filter(|(k, _)| !metadata.iter().any(|(m, _)| m == k))
+            .collect(),
         };
         md.extend_from_slice(metadata);
         let ty = match self.backend {

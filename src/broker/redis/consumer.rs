@@ -415,8 +415,16 @@ impl Sub {
             else {
                 return;
             };
-            if !reply.claimed.is_empty() {
-                tracing::info!(topic = %self.topic, n = reply.claimed.len(), "redis messages of a consumer gone quiet taken over");
+            let fresh = {
+                let held = self.held();
+                reply
+                    .claimed
+                    .iter()
+                    .filter(|e| !held.contains_key(&e.id))
+                    .count()
+            };
+            if fresh > 0 {
+                tracing::info!(topic = %self.topic, n = fresh, "redis messages of a consumer gone quiet taken over");
             }
             self.emit_all(reply.claimed, permits, settle);
             cursor = reply.next_stream_id;
