@@ -196,6 +196,10 @@ impl Inner {
         if is_final(e) {
             BrokerError::Rejected(text)
         } else {
+            if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+                // Reported at once; the next PING says when it is back.
+                self.healthy.store(false, Ordering::Release);
+            }
             BrokerError::Unavailable(text)
         }
     }
