@@ -6,7 +6,9 @@
 //!   through [`crate::broker::Broker::dead_letters`]: nothing is consumed
 //!   by reading. Kafka reads from a replay group's committed offsets
 //!   (`--group`, default `perch-dlq`); RabbitMQ from the queue
-//!   `{consumerID}-{topic}` Perch declared for the dead letters.
+//!   `{consumerID}-{topic}` Perch declared for the dead letters; Redis
+//!   the entries of the dead-letter stream the app's group has not
+//!   finished, read as the group's consumer `perch-dlq`.
 //! - `list` shows the count, the oldest and newest, and per message the
 //!   CloudEvent's id, type and source, the topic it was dead-lettered from,
 //!   the reason and attempt count Perch recorded, and its size.

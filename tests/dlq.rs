@@ -1,4 +1,4 @@
-//! `perch dlq list` and `replay` on real Kafka and RabbitMQ: messages the
+//! `perch dlq list` and `replay` on real Kafka, RabbitMQ and Redis: messages the
 //! app dropped are listed (again and again: reading consumes nothing) with
 //! what Perch recorded, replayed selectively back to their topic, removed
 //! from the dead-letter topic once republished, and, with the PostgreSQL
@@ -178,6 +178,11 @@ async fn kafka_dead_letters_are_listed_and_replayed() -> TestResult {
 #[tokio::test]
 async fn rabbitmq_dead_letters_are_listed_and_replayed() -> TestResult {
     round_trip(&Bench::new(Backend::Rabbit)).await
+}
+
+#[tokio::test]
+async fn redis_dead_letters_are_listed_and_replayed() -> TestResult {
+    round_trip(&Bench::new(Backend::Redis)).await
 }
 
 /// A broker that cannot be reached is said so, with the component's name.

@@ -69,7 +69,8 @@ pub struct Delivery {
     pub content_type: Option<String>,
     /// Broker metadata (forwarded to the app as headers).
     pub metadata: BTreeMap<String, String>,
-    /// The ordering lane: the partition (Kafka), or 0 for a single queue.
+    /// The ordering lane: the partition (Kafka), or 0 for a single queue
+    /// or stream.
     /// Order is kept per lane, and a slow lane never holds up another.
     pub lane: i32,
     /// Turns false when the broker took the message back (its partition was
@@ -102,7 +103,8 @@ pub struct Lag {
     /// Partition (0 for a queue).
     pub partition: i32,
     /// Messages not yet finished by the group: high watermark minus the
-    /// committed offset (Kafka), or queue depth (RabbitMQ).
+    /// committed offset (Kafka), queue depth (RabbitMQ), or the group's
+    /// pending plus unread entries (Redis).
     pub messages: i64,
 }
 
@@ -147,7 +149,8 @@ pub trait Broker: Send + Sync {
     }
     /// Opens what waits in the dead-letter `topic` (`perch dlq`) without
     /// consuming it: Kafka from the `group`'s committed offsets, RabbitMQ
-    /// the queue `{group}-{topic}` Perch declares for it.
+    /// the queue `{group}-{topic}` Perch declares for it, Redis the
+    /// entries the `group` has not finished.
     fn dead_letters<'a>(
         &'a self,
         topic: &'a str,
@@ -181,7 +184,7 @@ pub trait DeadLetters: Send {
     /// The next message; `None` at the end of what was there at the start.
     fn next(&mut self) -> BoxFuture<'_, Result<Option<Peeked>, BrokerError>>;
     /// Removes the message `next` returned last (it was replayed): RabbitMQ
-    /// acks it; Kafka moves the group's committed offset past it once every
+    /// and Redis ack it; Kafka moves the group's committed offset past it once every
     /// message before it in its partition was removed.
     fn remove(&mut self) -> BoxFuture<'_, Result<(), BrokerError>>;
     /// Ends the session: what was not removed stays.

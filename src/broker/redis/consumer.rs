@@ -62,14 +62,14 @@ struct Sub {
 }
 
 /// Stream ids compare as (milliseconds, sequence).
-fn id_key(id: &str) -> (u64, u64) {
+pub(super) fn id_key(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
 /// Creates the group at the stream's start (the stream too), as Dapr does;
 /// an existing group is fine.
-async fn create_group(
+pub(super) async fn create_group(
     conn: &mut ConnectionManager,
     topic: &str,
     group: &str,

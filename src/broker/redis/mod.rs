@@ -39,6 +39,7 @@
 
 pub mod config;
 mod consumer;
+mod dead_letters;
 mod entry;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -253,6 +254,14 @@ fn is_final(e: &redis::RedisError) -> bool {
 }
 
 impl Broker for RedisBroker {
+    fn dead_letters<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn crate::broker::DeadLetters>, BrokerError>> {
+        Box::pin(dead_letters::open(self.inner.conn.clone(), topic, group))
+    }
+
     fn publish(&self, msg: Message) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
             let inner = &self.inner;
