@@ -398,9 +398,10 @@ async fn known_backlog(backend: Backend) -> TestResult {
         );
     }
     app.next(30).await?;
-    // Kafka counts what the group has not committed (all 6); RabbitMQ the
-    // queue depth (5 ready, 1 out unacknowledged).
-    let expected = if backend == Backend::Kafka { 6 } else { 5 };
+    // Kafka counts what the group has not committed (all 6), Redis what
+    // the group has not acked (1 pending, 5 unread); RabbitMQ the queue
+    // depth (5 ready, 1 out unacknowledged).
+    let expected = if backend == Backend::Rabbit { 5 } else { 6 };
     let mut lag = serde_json::Value::Null;
     for _ in 0..50 {
         lag = lag_of(&sc, &topic).await?;
@@ -436,4 +437,9 @@ async fn lag_matches_a_known_backlog_on_kafka() -> TestResult {
 #[tokio::test]
 async fn lag_matches_a_known_backlog_on_rabbitmq() -> TestResult {
     known_backlog(Backend::Rabbit).await
+}
+
+#[tokio::test]
+async fn lag_matches_a_known_backlog_on_redis() -> TestResult {
+    known_backlog(Backend::Redis).await
 }
