@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the benchmark harness at full size (release build) and prints its
 # table. Starts what the tests start (scripts/services.sh): PostgreSQL,
-# RabbitMQ and Apache Kafka, installed when missing, stopped at the end.
+# RabbitMQ, Apache Kafka and Redis, installed when missing, stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/perch-target}"

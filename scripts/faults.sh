@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The fault suite's tier 1 (issue 16): 100,000 messages per broker (Apache
-# Kafka, then RabbitMQ) through the sidecar with the PostgreSQL inbox and
+# Kafka, RabbitMQ, then Redis) through the sidecar with the PostgreSQL inbox and
 # outbox on, while the sidecar is SIGKILLed 10 times, the broker restarted
 # 3 times and killed 3 times, PostgreSQL restarted 3 times, and a second
 # sidecar joins and leaves twice. Prints the table the README carries.

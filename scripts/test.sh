@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: checks the toolchain,
-# installs (when missing) and starts PostgreSQL, RabbitMQ and Apache Kafka
-# (scripts/services.sh), installs the pinned Dapr SDK clients the gRPC tests
+# installs (when missing) and starts PostgreSQL, RabbitMQ, Apache Kafka and
+# Redis (scripts/services.sh), installs the pinned Dapr SDK clients the gRPC tests
 # drive (scripts/sdk.sh), runs fmt, clippy and every test, validates the
 # Kubernetes and KEDA manifests (scripts/k8s-validate.sh), runs the
 # examples (examples/smoke.sh), and stops at the end what it started.
@@ -32,8 +32,9 @@ fi
 . "$(dirname "$0")/services.sh"
 start_services
 # Tools the tests call: psql (clean-up), openssl (TLS test certificates),
-# pg_ctlcluster and rabbitmqctl (tests that stop and start the services).
-for tool in psql openssl pg_ctlcluster rabbitmqctl; do
+# pg_ctlcluster, rabbitmqctl, redis-server and redis-cli (tests that stop
+# and start the services).
+for tool in psql openssl pg_ctlcluster rabbitmqctl redis-server redis-cli; do
   command -v "$tool" >/dev/null || { echo "$tool is required by the tests"; exit 1; }
 done
 

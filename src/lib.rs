@@ -15,7 +15,8 @@
 //! - [`report`]: reading YAML documents field by field, every problem reported.
 //!
 //! Backends, behind small traits, each folder with its own `config`:
-//! - [`broker`]: the broker trait and its backends (`memory`, `kafka/`, `rabbitmq/`).
+//! - [`broker`]: the broker trait and its backends (`memory`, `kafka/`, `rabbitmq/`,
+//!   `redis/`).
 //! - [`store`]: idempotency stores (inbox) and the publish outbox (`memory`, `postgres/`).
 //!
 //! Resources:

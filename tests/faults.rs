@@ -603,7 +603,8 @@ async fn tier1_table() {
         },
         Err(_) => TIER1,
     };
-    let brokers = std::env::var("PERCH_FAULTS_BROKERS").unwrap_or_else(|_| "kafka rabbitmq".into());
+    let brokers =
+        std::env::var("PERCH_FAULTS_BROKERS").unwrap_or_else(|_| "kafka rabbitmq redis".into());
     let mut rows = vec![];
     for backend in brokers.split_whitespace().map(|b| match b {
         "kafka" => Backend::Kafka,

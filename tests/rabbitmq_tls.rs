@@ -12,84 +12,6 @@ use std::time::Duration;
 use common::*;
 use tokio_rustls::rustls;
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate.
-fn make_certs(dir: &Path) {
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=perch-test-ca",
-        ],
-    );
-    for (name, cn) in [("server", "127.0.0.1"), ("client", "perch-sidecar")] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                &format!("/CN={cn}"),
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &format!("{name}.pem"),
-                "-days",
-                "2",
-                "-extfile",
-                &format!("{name}.ext"),
-            ],
-        );
-    }
-}
-
 /// Terminates TLS (client certificate required) and forwards to RabbitMQ.
 async fn tls_proxy(dir: &Path) -> u16 {
     use rustls_pki_types::pem::PemObject;
@@ -161,7 +83,7 @@ fn tls_component(b: &Bench, port: u16, pems: &[(&str, String)]) -> String {
 #[tokio::test]
 async fn mutual_tls_with_the_configured_ca_and_client_certificate() -> TestResult {
     let certs = tempfile::tempdir()?;
-    make_certs(certs.path());
+    make_test_certs(certs.path());
     let port = tls_proxy(certs.path()).await;
     let read = |f: &str| std::fs::read_to_string(certs.path().join(f)).unwrap();
     let b = Bench::new(Backend::Rabbit);
@@ -198,7 +120,7 @@ async fn mutual_tls_with_the_configured_ca_and_client_certificate() -> TestResul
 async fn an_unknown_server_certificate_or_missing_client_certificate_does_not_connect() -> TestResult
 {
     let certs = tempfile::tempdir()?;
-    make_certs(certs.path());
+    make_test_certs(certs.path());
     let port = tls_proxy(certs.path()).await;
     let read = |f: &str| std::fs::read_to_string(certs.path().join(f)).unwrap();
     let b = Bench::new(Backend::Rabbit);
