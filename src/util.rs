@@ -167,6 +167,25 @@ where
     });
 }
 
+/// Takes the tasks out of `tasks` and waits for all of them, at most
+/// `grace`; false when some were still running.
+pub async fn join_within(
+    tasks: &std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    grace: Duration,
+) -> bool {
+    let tasks = std::mem::take(
+        &mut *tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    let all = async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    };
+    tokio::time::timeout(grace, all).await.is_ok()
+}
+
 /// The message of a task's panic (or why it ended otherwise).
 pub fn panic_text(e: tokio::task::JoinError) -> String {
     match e.try_into_panic() {

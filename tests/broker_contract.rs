@@ -11,18 +11,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use perch::broker::{Broker, Delivery, DeliveryStream, Message, SubscribeRequest};
+use perch::broker::{Broker, Delivery, DeliveryStream, Message};
 
 fn broker_for(b: &Bench) -> Arc<dyn Broker> {
-    let dir = resources(&[("pubsub.yaml", &b.pubsub(&[]))]);
-    let opts = perch::config::LoadOptions {
-        app_id: "contract".into(),
-        secrets_path: None,
-        namespace: None,
-        pod_name: None,
-    };
-    let res = perch::config::load(&[dir.path().to_owned()], &opts).expect("component loads");
-    perch::broker::build(&res.pubsubs[0].name, &res.pubsubs[0].kind).expect("broker builds")
+    b.broker(&[])
 }
 
 fn msg(topic: &str, n: u32) -> Message {
@@ -35,17 +27,7 @@ fn msg(topic: &str, n: u32) -> Message {
 }
 
 async fn subscribe(broker: &dyn Broker, b: &Bench, topic: &str) -> DeliveryStream {
-    broker
-        .subscribe(SubscribeRequest {
-            topic: topic.to_owned(),
-            group: format!("g-{}", b.id),
-            consumer: "test".into(),
-            metadata: Default::default(),
-            window: 16,
-            dead_letter_topic: None,
-        })
-        .await
-        .expect("subscribe")
+    b.subscribe(broker, topic, 16).await
 }
 
 async fn next(stream: &mut DeliveryStream) -> Result<Delivery, String> {

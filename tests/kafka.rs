@@ -415,26 +415,10 @@ async fn injected_produce_errors_are_retried_or_answered() -> TestResult {
 
 #[tokio::test]
 async fn lag_counts_what_the_group_has_not_finished() -> TestResult {
-    use perch::broker::SubscribeRequest;
     let b = Bench::new(Backend::Kafka);
-    let dir = resources(&[("pubsub.yaml", &b.pubsub(&[("topicPartitions", "1")]))]);
-    let opts = perch::config::LoadOptions {
-        app_id: "lag".into(),
-        ..Default::default()
-    };
-    let res = perch::config::load(&[dir.path().to_owned()], &opts).expect("loads");
-    let broker = perch::broker::build(&res.pubsubs[0].name, &res.pubsubs[0].kind)?;
+    let broker = b.broker(&[("topicPartitions", "1")]);
     let topic = b.topic("lag");
-    let mut stream = broker
-        .subscribe(SubscribeRequest {
-            topic: topic.clone(),
-            group: format!("g-{}", b.id),
-            consumer: "test".into(),
-            metadata: Default::default(),
-            window: 100,
-            dead_letter_topic: None,
-        })
-        .await?;
+    let mut stream = b.subscribe(broker.as_ref(), &topic, 100).await;
     for n in 0..10u32 {
         broker
             .publish(perch::broker::Message {

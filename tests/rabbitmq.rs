@@ -351,26 +351,11 @@ async fn message_properties_reach_the_app_as_metadata_when_asked() -> TestResult
 
 #[tokio::test]
 async fn lag_is_the_queue_depth() -> TestResult {
-    use perch::broker::{Message, SubscribeRequest};
+    use perch::broker::Message;
     let b = Bench::new(Backend::Rabbit);
-    let dir = resources(&[("pubsub.yaml", &b.pubsub(&[]))]);
-    let opts = perch::config::LoadOptions {
-        app_id: "lag".into(),
-        ..Default::default()
-    };
-    let res = perch::config::load(&[dir.path().to_owned()], &opts).expect("loads");
-    let broker = perch::broker::build(&res.pubsubs[0].name, &res.pubsubs[0].kind)?;
+    let broker = b.broker(&[]);
     let topic = b.topic("lag");
-    let mut stream = broker
-        .subscribe(SubscribeRequest {
-            topic: topic.clone(),
-            group: format!("g-{}", b.id),
-            consumer: "test".into(),
-            metadata: Default::default(),
-            window: 1,
-            dead_letter_topic: None,
-        })
-        .await?;
+    let mut stream = b.subscribe(broker.as_ref(), &topic, 1).await;
     for n in 0..5u32 {
         broker
             .publish(Message {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use perch::broker::{Message, SubscribeRequest};
+use perch::broker::Message;
 use serde_json::{json, Value};
 
 /// A stream entry's field/value pairs, as `XRANGE` answers them.
@@ -282,24 +282,9 @@ async fn max_len_approx_trims_the_stream() -> TestResult {
 #[tokio::test]
 async fn lag_is_pending_plus_unread() -> TestResult {
     let b = Bench::new(Backend::Redis);
-    let dir = resources(&[("pubsub.yaml", &b.pubsub(&[]))]);
-    let opts = perch::config::LoadOptions {
-        app_id: "lag".into(),
-        ..Default::default()
-    };
-    let res = perch::config::load(&[dir.path().to_owned()], &opts).expect("loads");
-    let broker = perch::broker::build(&res.pubsubs[0].name, &res.pubsubs[0].kind)?;
+    let broker = b.broker(&[]);
     let topic = b.topic("lag");
-    let mut stream = broker
-        .subscribe(SubscribeRequest {
-            topic: topic.clone(),
-            group: format!("g-{}", b.id),
-            consumer: "test".into(),
-            metadata: Default::default(),
-            window: 1,
-            dead_letter_topic: None,
-        })
-        .await?;
+    let mut stream = b.subscribe(broker.as_ref(), &topic, 1).await;
     for n in 0..5u32 {
         broker
             .publish(Message {

@@ -126,6 +126,28 @@ pub fn flag(
     }
 }
 
+/// A whole-number key from `min` to `max`, `None` when unset (or wrong,
+/// with a problem naming the key and the range).
+pub fn whole_number(
+    ctx: &mut DocCtx<'_>,
+    metadata: &BTreeMap<String, String>,
+    key: &str,
+    min: i64,
+    max: i64,
+) -> Option<i64> {
+    let v = lookup(metadata, key).filter(|v| !v.is_empty())?;
+    match v.parse::<i64>() {
+        Ok(n) if (min..=max).contains(&n) => Some(n),
+        _ => {
+            ctx.problem(
+                field(key),
+                format!("must be a whole number from {min} to {max}, got {v:?}"),
+            );
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -597,6 +597,39 @@ impl Bench {
     pub fn subscription(&self, name: &str, base: &str, route: &str) -> String {
         subscription(name, &self.topic(base), route)
     }
+
+    /// This backend's broker, built straight from `pubsub(metadata)`, with
+    /// no sidecar (the broker contract, lag).
+    pub fn broker(&self, metadata: &[(&str, &str)]) -> Arc<dyn perch::broker::Broker> {
+        let dir = resources(&[("pubsub.yaml", &self.pubsub(metadata))]);
+        let opts = perch::config::LoadOptions {
+            app_id: "direct".into(),
+            ..Default::default()
+        };
+        let res = perch::config::load(&[dir.path().to_owned()], &opts).expect("component loads");
+        perch::broker::build(&res.pubsubs[0].name, &res.pubsubs[0].kind).expect("broker builds")
+    }
+
+    /// Subscribes this test's group to `topic` on `broker`, `window`
+    /// deliveries handed out at most.
+    pub async fn subscribe(
+        &self,
+        broker: &dyn perch::broker::Broker,
+        topic: &str,
+        window: usize,
+    ) -> perch::broker::DeliveryStream {
+        broker
+            .subscribe(perch::broker::SubscribeRequest {
+                topic: topic.to_owned(),
+                group: format!("g-{}", self.id),
+                consumer: "test".into(),
+                metadata: Default::default(),
+                window,
+                dead_letter_topic: None,
+            })
+            .await
+            .expect("subscribe")
+    }
 }
 
 pub const RABBIT_URI: &str = "amqp://guest:guest@127.0.0.1:5672";

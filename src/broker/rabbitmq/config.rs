@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::report::meta::{dapr_keys, field, flag, lookup, DaprKey, DaprKey::*, BACKOFF_KEYS};
+use crate::report::meta::{
+    dapr_keys, field, flag, lookup, whole_number, DaprKey, DaprKey::*, BACKOFF_KEYS,
+};
 use crate::report::DocCtx;
 use crate::util::parse_go_duration;
 
@@ -172,18 +174,8 @@ pub fn read(ctx: &mut DocCtx<'_>, metadata: &BTreeMap<String, String>) -> Option
     // requeueInFailure is read and has no effect: the sidecar retries and
     // dead-letters; a broker nack always requeues.
     let _ = flag(ctx, "requeueInFailure", false);
-    let number = |ctx: &mut DocCtx<'_>, key: &str, min: i64, max: i64| -> Option<i64> {
-        let v = get(key)?;
-        match v.parse::<i64>() {
-            Ok(n) if (min..=max).contains(&n) => Some(n),
-            _ => {
-                ctx.problem(
-                    field(key),
-                    format!("must be a whole number from {min} to {max}, got {v:?}"),
-                );
-                None
-            }
-        }
+    let number = |ctx: &mut DocCtx<'_>, key: &str, min: i64, max: i64| {
+        whole_number(ctx, metadata, key, min, max)
     };
     let delivery_mode = number(ctx, "deliveryMode", 0, 2).unwrap_or(2) as u8;
     let delivery_mode = if delivery_mode == 0 { 2 } else { delivery_mode };

@@ -333,19 +333,7 @@ impl Broker for RabbitBroker {
             // settles what it handed out (the last acks of a clean
             // shutdown) and closes its channel. Wait for that, a bounded
             // time, before the connection closes under them.
-            let loops = std::mem::take(
-                &mut *self
-                    .inner
-                    .loops
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-            );
-            let all = async {
-                for l in loops {
-                    let _ = l.await;
-                }
-            };
-            if tokio::time::timeout(CLOSE_GRACE, all).await.is_err() {
+            if !crate::util::join_within(&self.inner.loops, CLOSE_GRACE).await {
                 tracing::warn!(pubsub = %self.inner.name, "rabbitmq consumers still settling at close; what they hold is redelivered");
             }
             self.inner.closed.store(true, Ordering::Release);

@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::report::meta::{dapr_keys, field, flag, lookup, DaprKey, DaprKey::*, BACKOFF_KEYS};
+use crate::report::meta::{
+    dapr_keys, field, flag, lookup, whole_number, DaprKey, DaprKey::*, BACKOFF_KEYS,
+};
 use crate::report::DocCtx;
 use crate::util::parse_go_duration;
 
@@ -130,18 +132,8 @@ pub fn read(ctx: &mut DocCtx<'_>, metadata: &BTreeMap<String, String>) -> Option
     let get = |k: &str| lookup(metadata, k).filter(|v| !v.is_empty());
     dapr_keys(ctx, metadata, DAPR_ONLY, "Redis");
     dapr_keys(ctx, metadata, BACKOFF_KEYS, "Redis");
-    let number = |ctx: &mut DocCtx<'_>, key: &str, min: i64, max: i64| -> Option<i64> {
-        let v = get(key)?;
-        match v.parse::<i64>() {
-            Ok(n) if (min..=max).contains(&n) => Some(n),
-            _ => {
-                ctx.problem(
-                    field(key),
-                    format!("must be a whole number from {min} to {max}, got {v:?}"),
-                );
-                None
-            }
-        }
+    let number = |ctx: &mut DocCtx<'_>, key: &str, min: i64, max: i64| {
+        whole_number(ctx, metadata, key, min, max)
     };
     let dur = |ctx: &mut DocCtx<'_>, key: &str, default: Duration| match get(key) {
         None => default,

@@ -408,19 +408,7 @@ impl Broker for RedisBroker {
             // The engine dropped its subscriptions: each hands back what it
             // read and did not finish and writes its last acks.
             self.inner.closed.store(true, Ordering::Release);
-            let tasks = std::mem::take(
-                &mut *self
-                    .inner
-                    .tasks
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-            );
-            let all = async {
-                for t in tasks {
-                    let _ = t.await;
-                }
-            };
-            if tokio::time::timeout(CLOSE_GRACE, all).await.is_err() {
+            if !crate::util::join_within(&self.inner.tasks, CLOSE_GRACE).await {
                 tracing::warn!(pubsub = %self.inner.name, "redis subscriptions still settling at close; what they hold is redelivered after processingTimeout");
             }
         })
