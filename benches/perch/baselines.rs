@@ -1,5 +1,6 @@
-//! The baselines: the same load produced straight to Kafka (rdkafka) and
-//! RabbitMQ (lapin, with confirms), and RabbitMQ's own drain ceiling.
+//! The baselines: the same load produced straight to Kafka (rdkafka),
+//! RabbitMQ (lapin, with confirms) and Redis (the redis crate), and
+//! RabbitMQ's and Redis's own drain ceilings.
 
 use super::*;
 

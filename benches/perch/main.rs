@@ -2,17 +2,18 @@
 //!
 //! Files: `load` (load generator, percentiles, process stats), `app` (the
 //! app rows drain into), `setup` (a sidecar per row, drains, latency),
-//! `baselines` (direct rdkafka and lapin), `table`, and one file per
+//! `baselines` (direct rdkafka, lapin and redis), `table`, and one file per
 //! section under `sections/`.
 //!
 //! `cargo bench --bench perch` runs the full sizes (release build);
 //! under `cargo test` (no `--bench` argument) it runs a quick smoke with
 //! small counts, to prove the harness works; it asserts no timing.
 //! Needs what the test suite needs: Apache Kafka on 127.0.0.1:9092,
-//! RabbitMQ and PostgreSQL (started by scripts/test.sh, or scripts/bench.sh).
+//! RabbitMQ, Redis and PostgreSQL (started by scripts/test.sh, or
+//! scripts/bench.sh).
 //!
 //! `PERCH_BENCH_ONLY=publish,deliver,latency,idempotency,ordering,memory`
-//! runs some sections only, `PERCH_BENCH_BROKERS=Memory,Kafka,Rabbit` some
+//! runs some sections only, `PERCH_BENCH_BROKERS=Memory,Kafka,Rabbit,Redis` some
 //! brokers only; `PERCH_BENCH_SOAK_SECS` sets the length of the
 //! sustained run that samples RSS (default 60 s in full mode; DESIGN.md
 //! asks for a 10-minute soak: `PERCH_BENCH_SOAK_SECS=600`);
