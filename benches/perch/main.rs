@@ -20,6 +20,10 @@
 //! `PERCH_BENCH_BACKLOG` sets the delivery backlog on every broker
 //! (default 20000; larger makes a drain long enough to profile).
 //!
+//! `PERCH_BENCH_PEER=/path/to/sidecar` runs every row that goes through
+//! Perch again through that daprd-compatible binary and adds a Perch /
+//! peer column (see `table`).
+//!
 //! Every delivery row drains a backlog that is already in the broker: the
 //! app holds the first requests until the backlog is published, and the
 //! clock starts when it lets them go.
@@ -122,7 +126,7 @@ async fn main() {
         sections::ordering::run(&s, &mut rows).await;
     }
     if want("memory") {
-        sections::memory::run(&s, &mut rows, peak_rss).await;
+        sections::memory::run(&backends, &s, &mut rows, peak_rss).await;
     }
 
     println!(
@@ -130,8 +134,31 @@ async fn main() {
         if full { "full" } else { "quick (smoke)" },
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!("| measurement | Perch | baseline | ratio | notes |\n|---|---|---|---|---|");
-    for r in rows {
-        println!("| {} | {} | {} | {} | {} |", r[0], r[1], r[2], r[3], r[4]);
+    match peer() {
+        None => {
+            println!("| measurement | Perch | baseline | ratio | notes |\n|---|---|---|---|---|");
+            for r in &rows {
+                println!("| {} | {} | {} | {} | {} |", r[0], r[1], r[2], r[3], r[4]);
+            }
+        }
+        Some(p) => {
+            println!("\npeer: {p} (Perch / peer: throughput above 1 is Perch faster; latency, CPU and RSS below 1 is Perch lower)");
+            println!("| measurement | Perch | baseline | ratio | notes | Perch / peer |\n|---|---|---|---|---|---|");
+            for r in &rows {
+                println!(
+                    "| {} | {} | {} | {} | {} | {} |",
+                    r[0], r[1], r[2], r[3], r[4], r[5]
+                );
+            }
+            // The column's mechanics: every row that went through Perch
+            // went through the peer too (or says why it could not).
+            for r in &rows {
+                assert!(
+                    r[1].is_empty() || !r[5].is_empty(),
+                    "row {:?} ran through Perch and has no peer cell",
+                    r[0]
+                );
+            }
+        }
     }
 }

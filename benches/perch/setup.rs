@@ -12,6 +12,16 @@ pub(crate) fn pubsub_yaml(backend: Backend, bench: &Bench, md: &[(&str, &str)]) 
     bench.pubsub(&md)
 }
 
+/// The sidecar of this measurement: Perch (`perch run`), or the peer
+/// started as daprd is (inside the peer half of `both`).
+pub(crate) async fn start_sc(dir: &std::path::Path, app_port: Option<u16>) -> Sidecar {
+    let extra = ["--log-level", "warn", "--app-id", "bench"];
+    match current_peer() {
+        Some(bin) => Sidecar::start_daprd_style(bin, dir, app_port, &extra).await,
+        None => Sidecar::start(dir, app_port, &[], &extra).await,
+    }
+}
+
 /// A running sidecar with its app and files.
 pub(crate) struct Setup {
     pub(crate) app: BenchApp,
@@ -65,7 +75,7 @@ pub(crate) async fn setup(backend: Backend, o: SetupOpts<'_>) -> Setup {
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
     let dir = resources(&refs);
-    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &["--log-level", "warn"]).await;
+    let sc = start_sc(dir.path(), Some(app.port)).await;
     Setup {
         app,
         sc,
@@ -80,6 +90,18 @@ pub(crate) struct Drained {
     pub(crate) rate: f64,
     pub(crate) peak_rss_kib: u64,
     pub(crate) cpu_s: f64,
+}
+
+impl Drained {
+    /// As a `Measure` of a drain of `n` messages.
+    pub(crate) fn measure(&self, n: usize) -> Measure {
+        Measure {
+            rate: Some(self.rate),
+            cpu_per_10k: Some(self.cpu_s * 10000.0 / n as f64),
+            rss_peak_kib: Some(self.peak_rss_kib),
+            ..Measure::default()
+        }
+    }
 }
 
 /// Fills the broker with `n` events, then times Perch delivering them all

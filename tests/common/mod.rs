@@ -233,14 +233,37 @@ impl Sidecar {
         ready_path: &str,
     ) -> Self {
         for _ in 0..5 {
-            if let Some(sc) = Self::try_start(resources, app_port, env, extra, ready_path).await {
+            if let Some(sc) =
+                Self::try_start(None, resources, app_port, env, extra, ready_path).await
+            {
                 return sc;
             }
         }
         panic!("perch did not start on a free port five times");
     }
 
+    /// Starts `bin` as daprd is started (no subcommand; `--app-id`,
+    /// `--app-port`, `--dapr-http-port`, `--dapr-grpc-port`,
+    /// `--metrics-port`, `--resources-path` and `extra`): any
+    /// daprd-compatible sidecar, Perch included (the bench's peer column).
+    pub async fn start_daprd_style(
+        bin: &str,
+        resources: &Path,
+        app_port: Option<u16>,
+        extra: &[&str],
+    ) -> Self {
+        for _ in 0..5 {
+            if let Some(sc) =
+                Self::try_start(Some(bin), resources, app_port, &[], extra, "/v1.0/healthz").await
+            {
+                return sc;
+            }
+        }
+        panic!("{bin} did not start on a free port five times");
+    }
+
     async fn try_start(
+        daprd_style: Option<&str>,
         resources: &Path,
         app_port: Option<u16>,
         env: &[(&str, &str)],
@@ -251,18 +274,22 @@ impl Sidecar {
         let grpc_port = free_port();
         let metrics_port = free_port();
         let public_port = free_port();
-        let mut cmd = Command::new(perch_bin());
-        cmd.arg("run");
+        let mut cmd = Command::new(daprd_style.unwrap_or(perch_bin()));
+        if daprd_style.is_none() {
+            cmd.arg("run");
+        }
         // The app id is test-app unless the test names one.
         if !extra.contains(&"--app-id") {
             cmd.args(["--app-id", "test-app"]);
         }
         cmd.args(["--dapr-http-port", &port.to_string()])
             .args(["--metrics-port", &metrics_port.to_string()])
-            .args(["--dapr-grpc-port", &grpc_port.to_string()])
-            .args(["--dapr-public-port", &public_port.to_string()])
-            .args(["--dapr-public-listen-address", "127.0.0.1"])
-            .arg("--resources-path")
+            .args(["--dapr-grpc-port", &grpc_port.to_string()]);
+        if daprd_style.is_none() {
+            cmd.args(["--dapr-public-port", &public_port.to_string()])
+                .args(["--dapr-public-listen-address", "127.0.0.1"]);
+        }
+        cmd.arg("--resources-path")
             .arg(resources)
             .args(extra)
             .env_remove("DAPR_API_TOKEN")

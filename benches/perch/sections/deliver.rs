@@ -22,8 +22,13 @@ pub(crate) async fn run(backends: &[Backend], s: &Sizes, rows: &mut Rows) -> u64
     );
     for &t in backends {
         let n = s.deliver;
-        let one = drain(t, n, &[], false, None).await;
-        let bulk = drain(t, n, &[], true, None).await;
+        let ((one, bulk), peer) = both(|| async {
+            (
+                drain(t, n, &[], false, None).await,
+                drain(t, n, &[], true, None).await,
+            )
+        })
+        .await;
         peak_rss = peak_rss.max(one.peak_rss_kib).max(bulk.peak_rss_kib);
         row(
             rows,
@@ -44,6 +49,16 @@ pub(crate) async fn run(backends: &[Backend], s: &Sizes, rows: &mut Rows) -> u64
                 one.peak_rss_kib.max(bulk.peak_rss_kib) / 1024
             ),
         );
+        if let Some((p1, pb)) = &peer {
+            peer_cell(
+                rows,
+                format!(
+                    "per message: {}; bulk: {}",
+                    versus(&one.measure(n), &p1.measure(n)),
+                    versus(&bulk.measure(n), &pb.measure(n))
+                ),
+            );
+        }
         if t == Backend::Redis {
             // The broker's own ceiling, with no HTTP and no app.
             let direct = direct_redis_drain(n).await;
@@ -61,6 +76,7 @@ pub(crate) async fn run(backends: &[Backend], s: &Sizes, rows: &mut Rows) -> u64
                 ),
                 "".into(),
             );
+            drain_peer_cell(rows, peer.as_ref(), direct);
         }
         if t == Backend::Rabbit {
             // The broker's own ceiling, with no HTTP and no app.
@@ -82,7 +98,24 @@ pub(crate) async fn run(backends: &[Backend], s: &Sizes, rows: &mut Rows) -> u64
                 ),
                 "".into(),
             );
+            drain_peer_cell(rows, peer.as_ref(), each);
         }
     }
     peak_rss
+}
+
+/// The peer's drains against the broker's own, for a drain row.
+fn drain_peer_cell(rows: &mut Rows, peer: Option<&(Drained, Drained)>, direct: f64) {
+    if let Some((p1, pb)) = peer {
+        peer_cell(
+            rows,
+            format!(
+                "peer {:.0}/s ({:.2}x direct), bulk {:.0}/s ({:.2}x)",
+                p1.rate,
+                p1.rate / direct,
+                pb.rate,
+                pb.rate / direct
+            ),
+        );
+    }
 }

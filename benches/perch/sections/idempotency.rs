@@ -39,5 +39,6 @@ pub(crate) async fn run(backends: &[Backend], s: &Sizes, rows: &mut Rows) {
                 off.cpu_s * 10000.0 / s.deliver as f64
             ),
         );
+        peer_lacks(rows, "the idempotencyStore (store.postgresql)");
     }
 }

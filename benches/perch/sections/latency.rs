@@ -5,7 +5,7 @@ use crate::*;
 pub(crate) async fn run(backends: &[Backend], s: &Sizes, rows: &mut Rows) {
     for &t in backends {
         let (rate, msgs) = (s.latency_rate, s.latency_msgs);
-        let (p50, p99) = end_to_end(t, rate, msgs).await;
+        let ((p50, p99), peer) = both(|| end_to_end(t, rate, msgs)).await;
         row(
             rows,
             format!("end to end {t:?}: publish POST to app receipt, {rate}/s, {msgs} x 1 KiB"),
@@ -14,5 +14,11 @@ pub(crate) async fn run(backends: &[Backend], s: &Sizes, rows: &mut Rows) {
             "".into(),
             "".into(),
         );
+        let m = |(p50, p99): (f64, f64)| Measure {
+            p50_ms: Some(p50),
+            p99_ms: Some(p99),
+            ..Measure::default()
+        };
+        peer_cell(rows, peer_text(&m((p50, p99)), peer.map(m).as_ref()));
     }
 }

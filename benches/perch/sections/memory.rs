@@ -1,9 +1,19 @@
-//! RSS: sampled over a sustained run, idle, and the peak of every row.
+//! RSS: sampled over a sustained run, idle on each broker, and the peak of
+//! every row.
 
 use crate::*;
 
+/// What a sustained run measured of one sidecar.
+struct Soak {
+    /// RSS samples, KiB.
+    rss: Vec<u64>,
+    sent: usize,
+    delivered: usize,
+    cpu_per_10k: f64,
+}
+
 /// RSS sampled over a sustained publish-and-deliver run on RabbitMQ.
-pub(crate) async fn soak(s: &Sizes, rows: &mut Rows) -> u64 {
+async fn soak_run(s: &Sizes) -> Soak {
     let st = setup(
         Backend::Rabbit,
         SetupOpts::new(&[("deliveryOrder", "none"), ("maxInFlight", "64")]),
@@ -12,9 +22,8 @@ pub(crate) async fn soak(s: &Sizes, rows: &mut Rows) -> u64 {
     let url = st.sc.url(&format!("/v1.0/publish/pubsub/{}", st.topic));
     let pid = st.sc.child.id().unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let clients = 8;
     let mut pubs = tokio::task::JoinSet::new();
-    for _ in 0..clients {
+    for _ in 0..SOAK_CLIENTS {
         let (url, stop) = (url.clone(), stop.clone());
         pubs.spawn(async move {
             let mut sent = 0;
@@ -25,11 +34,10 @@ pub(crate) async fn soak(s: &Sizes, rows: &mut Rows) -> u64 {
             sent
         });
     }
-    let samples = 10;
     let mut rss = vec![];
     let (_, cpu0) = proc_stats(pid);
-    for _ in 0..samples {
-        tokio::time::sleep(s.soak / samples).await;
+    for _ in 0..SOAK_SAMPLES {
+        tokio::time::sleep(s.soak / SOAK_SAMPLES).await;
         rss.push(proc_stats(pid).0);
     }
     stop.store(true, Ordering::Relaxed);
@@ -38,47 +46,87 @@ pub(crate) async fn soak(s: &Sizes, rows: &mut Rows) -> u64 {
         sent += n.unwrap();
     }
     let (_, cpu1) = proc_stats(pid);
-    let (lo, hi) = (*rss.iter().min().unwrap(), *rss.iter().max().unwrap());
+    let delivered = st.app.acked();
+    Soak {
+        rss,
+        sent,
+        delivered,
+        cpu_per_10k: (cpu1 - cpu0) * 10000.0 / (sent + delivered).max(1) as f64 * 2.0,
+    }
+}
+
+const SOAK_CLIENTS: usize = 8;
+const SOAK_SAMPLES: u32 = 10;
+
+/// RSS (KiB) of a sidecar connected to `b` with one subscription, once it
+/// delivered a few events and went quiet.
+async fn idle_rss(b: Backend) -> u64 {
+    let st = setup(b, SetupOpts::new(&[])).await;
+    backlog(&st.sc, &st.topic, 10, None).await;
+    while st.app.acked() < 10 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proc_stats(st.sc.child.id().unwrap()).0
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+pub(crate) async fn run(backends: &[Backend], s: &Sizes, rows: &mut Rows, peak_rss: u64) {
+    let (soak, other) = both(|| soak_run(s)).await;
+    let hi = *soak.rss.iter().max().unwrap();
+    let lo = *soak.rss.iter().min().unwrap();
     row(
         rows,
         format!(
-            "RSS over {} s sustained RabbitMQ publish + delivery, 1 KiB, {clients} clients, every {} s",
+            "RSS over {} s sustained RabbitMQ publish + delivery, 1 KiB, {SOAK_CLIENTS} clients, every {} s",
             s.soak.as_secs(),
-            (s.soak / samples).as_secs_f64()
+            (s.soak / SOAK_SAMPLES).as_secs_f64()
         ),
-        rss.iter()
-            .map(|k| format!("{:.1}", *k as f64 / 1024.0))
+        soak.rss
+            .iter()
+            .map(|k| format!("{:.1}", mib(*k)))
             .collect::<Vec<_>>()
             .join(", ")
             + " MiB",
         "".into(),
         "".into(),
         format!(
-            "{sent} published, {} delivered; spread {:.1} MiB; {:.2} CPU s per 10k (publish + delivery)",
-            st.app.acked(),
-            (hi - lo) as f64 / 1024.0,
-            (cpu1 - cpu0) * 10000.0 / (sent + st.app.acked()).max(1) as f64 * 2.0
+            "{} published, {} delivered; spread {:.1} MiB; {:.2} CPU s per 10k (publish + delivery)",
+            soak.sent,
+            soak.delivered,
+            mib(hi - lo),
+            soak.cpu_per_10k
         ),
     );
-    hi
-}
-
-pub(crate) async fn run(s: &Sizes, rows: &mut Rows, peak_rss: u64) {
-    let peak_rss = peak_rss.max(soak(s, rows).await);
-    let dir = resources(&[("pubsub.yaml", PUBSUB)]);
-    let idle = Sidecar::start(dir.path(), None, &[], &["--log-level", "warn"]).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (idle_rss, _) = proc_stats(idle.child.id().unwrap());
+    let m = |k: &Soak| Measure {
+        rss_peak_kib: k.rss.iter().max().copied(),
+        cpu_per_10k: Some(k.cpu_per_10k),
+        ..Measure::default()
+    };
+    peer_cell(rows, peer_text(&m(&soak), other.as_ref().map(m).as_ref()));
+    let peak_rss = peak_rss.max(hi);
+    // Idle, on each broker: connected, one subscription, quiet.
+    let mut idle = vec![];
+    let mut cells = vec![];
+    for &b in backends {
+        let (perch, other) = both(|| idle_rss(b)).await;
+        idle.push(format!("{b:?} {:.1}", mib(perch)));
+        if let Some(o) = other {
+            cells.push(format!("{b:?} {:.2}x", perch as f64 / o as f64));
+        }
+    }
     row(
         rows,
-        "RSS of the perch process".into(),
-        format!(
-            "idle {:.1} MiB, peak {:.1} MiB",
-            idle_rss as f64 / 1024.0,
-            peak_rss as f64 / 1024.0
-        ),
+        "RSS of the sidecar: idle with one subscription on each broker (after 10 events); peak over every run above".into(),
+        format!("idle {} MiB; peak {:.1} MiB", idle.join(", "), mib(peak_rss)),
         "".into(),
         "".into(),
-        "peak over every run above".into(),
+        "".into(),
     );
+    if peer().is_some() {
+        peer_cell(rows, format!("RSS idle {}", cells.join(", ")));
+    }
 }

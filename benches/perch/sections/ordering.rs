@@ -44,4 +44,5 @@ pub(crate) async fn run(s: &Sizes, rows: &mut Rows) {
         format!("key {:.1}x partition", modes[1].1 / modes[0].1),
         "".into(),
     );
+    peer_lacks(rows, "deliveryOrder");
 }

@@ -1,11 +1,42 @@
-//! Publish through Perch against the direct client, per message and bulk.
+//! Publish through Perch against the direct client, per message and bulk,
+//! over HTTP and gRPC (and through the peer, with `PERCH_BENCH_PEER`).
 
 use crate::*;
 
-pub(crate) async fn publish_rows(b: Backend, s: &Sizes, rows: &mut Rows) {
+/// One sidecar's publish runs: HTTP single, gRPC single, HTTP bulk and
+/// gRPC bulk, each with the sidecar's CPU seconds per 10k messages.
+struct Publishes {
+    topic: String,
+    http: (Run, f64),
+    grpc: (Run, f64),
+    bulk: (Run, f64),
+    grpc_bulk: (Run, f64),
+    /// Bulk requests sent.
+    reqs: usize,
+    peak_rss_kib: u64,
+    /// Kept until the direct runs are done: they publish to the topic
+    /// (on RabbitMQ, the exchange) the sidecar created.
+    _bench: Bench,
+}
+
+impl Publishes {
+    fn measure(run: &(Run, f64), peak: u64) -> Measure {
+        Measure {
+            rate: Some(run.0.rate()),
+            p50_ms: Some(run.0.pct(0.5)),
+            p99_ms: Some(run.0.pct(0.99)),
+            cpu_per_10k: Some(run.1),
+            rss_peak_kib: Some(peak),
+            ..Measure::default()
+        }
+    }
+}
+
+/// The four publish runs through the sidecar of this measurement.
+async fn publishes(b: Backend, s: &Sizes) -> Publishes {
     let bench = Bench::new(b);
     let dir = resources(&[("pubsub.yaml", &bench.pubsub(&[]))]);
-    let sc = Sidecar::start(dir.path(), None, &[], &["--log-level", "warn"]).await;
+    let sc = start_sc(dir.path(), None).await;
     let topic = bench.topic("pub");
     let url = sc.url(&format!("/v1.0/publish/pubsub/{topic}"));
     let body = payload();
@@ -13,15 +44,81 @@ pub(crate) async fn publish_rows(b: Backend, s: &Sizes, rows: &mut Rows) {
     load(&url, &body, "application/json", 20, 2).await;
     let c = s.concurrency;
     let pid = sc.child.id().unwrap();
-    // Perch's CPU seconds per 10 000 messages over a run of `n`.
+    // The sidecar's CPU seconds per 10 000 messages over a run of `n`.
     let cpu_per_10k = |cpu0: f64, n: usize| (proc_stats(pid).1 - cpu0) * 10000.0 / n as f64;
     let cpu0 = proc_stats(pid).1;
-    let perch = load(&url, &body, "application/json", s.publish, c).await;
-    let cpu = cpu_per_10k(cpu0, s.publish);
+    let http = load(&url, &body, "application/json", s.publish, c).await;
+    let http = (http, cpu_per_10k(cpu0, s.publish));
+    // The same publishes over Dapr's gRPC API, as the Python, Go, Java and
+    // .NET SDK clients make them.
+    let cpu0 = proc_stats(pid).1;
+    let grpc = load_grpc(sc.grpc_port, &topic, &body, s.publish, c, 1).await;
+    let grpc = (grpc, cpu_per_10k(cpu0, s.publish));
+    // Bulk publish: 100 entries per request.
+    let entries: Vec<serde_json::Value> = (0..100)
+        .map(|i| json!({"entryId": i.to_string(), "event": {"pad": "x".repeat(1000)}, "contentType": "application/json"}))
+        .collect();
+    let bulk_url = sc.url(&format!("/v1.0-alpha1/publish/bulk/pubsub/{topic}"));
+    let reqs = (s.publish * 2 / 100).max(c);
+    let bulk_body = serde_json::Value::Array(entries).to_string();
+    let cpu0 = proc_stats(pid).1;
+    let bulk = load(&bulk_url, &bulk_body, "application/json", reqs, c).await;
+    let bulk = (
+        Run {
+            count: reqs * 100,
+            ..bulk
+        },
+        cpu_per_10k(cpu0, reqs * 100),
+    );
+    // The same over gRPC's BulkPublishEvent.
+    let cpu0 = proc_stats(pid).1;
+    let grpc_bulk = load_grpc(
+        sc.grpc_port,
+        &topic,
+        &json!({"pad": "x".repeat(1000)}).to_string(),
+        reqs,
+        c,
+        100,
+    )
+    .await;
+    let grpc_bulk = (
+        Run {
+            count: reqs * 100,
+            ..grpc_bulk
+        },
+        cpu_per_10k(cpu0, reqs * 100),
+    );
+    Publishes {
+        peak_rss_kib: proc_stats(pid).0,
+        topic,
+        http,
+        grpc,
+        bulk,
+        grpc_bulk,
+        reqs,
+        _bench: bench,
+    }
+}
+
+pub(crate) async fn publish_rows(b: Backend, s: &Sizes, rows: &mut Rows) {
+    let (p, peer) = both(|| publishes(b, s)).await;
+    let c = s.concurrency;
+    let body = payload();
+    let peer_of = |pick: fn(&Publishes) -> &(Run, f64)| {
+        peer.as_ref()
+            .map(|q| Publishes::measure(pick(q), q.peak_rss_kib))
+    };
+    let cell = |pick: fn(&Publishes) -> &(Run, f64)| {
+        peer_text(
+            &Publishes::measure(pick(&p), p.peak_rss_kib),
+            peer_of(pick).as_ref(),
+        )
+    };
+    let (perch, cpu) = (&p.http.0, p.http.1);
     let direct = match b {
-        Backend::Kafka => Some(direct_kafka(&topic, &body, s.publish, 1, c).await),
-        Backend::Rabbit => Some(direct_rabbit(&topic, &body, s.publish, 1, c).await),
-        Backend::Redis => Some(direct_redis(&topic, &body, s.publish, 1, c).await),
+        Backend::Kafka => Some(direct_kafka(&p.topic, &body, s.publish, 1, c).await),
+        Backend::Rabbit => Some(direct_rabbit(&p.topic, &body, s.publish, 1, c).await),
+        Backend::Redis => Some(direct_redis(&p.topic, &body, s.publish, 1, c).await),
         Backend::Memory => None,
     };
     let (base, ratio, note) = match &direct {
@@ -47,11 +144,8 @@ pub(crate) async fn publish_rows(b: Backend, s: &Sizes, rows: &mut Rows) {
         ratio,
         note,
     );
-    // The same publishes over Dapr's gRPC API, as the Python, Go, Java and
-    // .NET SDK clients make them.
-    let cpu0 = proc_stats(pid).1;
-    let grpc = load_grpc(sc.grpc_port, &topic, &body, s.publish, c, 1).await;
-    let grpc_cpu = cpu_per_10k(cpu0, s.publish);
+    peer_cell(rows, cell(|p| &p.http));
+    let (grpc, grpc_cpu) = (&p.grpc.0, p.grpc.1);
     row(
         rows,
         format!(
@@ -63,45 +157,18 @@ pub(crate) async fn publish_rows(b: Backend, s: &Sizes, rows: &mut Rows) {
         format!("{:.2}x", grpc.rate() / perch.rate()),
         format!(
             "{}Perch {grpc_cpu:.2} CPU s per 10k",
-            vs_direct(&grpc, direct.as_ref())
+            vs_direct(grpc, direct.as_ref())
         ),
     );
-    // Bulk publish: 100 entries per request.
-    let entries: Vec<serde_json::Value> = (0..100)
-        .map(|i| json!({"entryId": i.to_string(), "event": {"pad": "x".repeat(1000)}, "contentType": "application/json"}))
-        .collect();
-    let bulk_url = sc.url(&format!("/v1.0-alpha1/publish/bulk/pubsub/{topic}"));
-    let reqs = (s.publish * 2 / 100).max(c);
-    let bulk_body = serde_json::Value::Array(entries).to_string();
-    let cpu0 = proc_stats(pid).1;
-    let bulk = load(&bulk_url, &bulk_body, "application/json", reqs, c).await;
-    let bulk_cpu = cpu_per_10k(cpu0, reqs * 100);
-    let bulk = Run {
-        count: reqs * 100,
-        ..bulk
-    };
-    // The same over gRPC's BulkPublishEvent.
-    let cpu0 = proc_stats(pid).1;
-    let grpc_bulk = load_grpc(
-        sc.grpc_port,
-        &topic,
-        &json!({"pad": "x".repeat(1000)}).to_string(),
-        reqs,
-        c,
-        100,
-    )
-    .await;
-    let grpc_bulk_cpu = cpu_per_10k(cpu0, reqs * 100);
-    let grpc_bulk = Run {
-        count: reqs * 100,
-        ..grpc_bulk
-    };
+    peer_cell(rows, cell(|p| &p.grpc));
+    let reqs = p.reqs;
     let direct = match b {
-        Backend::Kafka => Some(direct_kafka(&topic, &body, reqs, 100, c).await),
-        Backend::Rabbit => Some(direct_rabbit(&topic, &body, reqs, 100, c).await),
-        Backend::Redis => Some(direct_redis(&topic, &body, reqs, 100, c).await),
+        Backend::Kafka => Some(direct_kafka(&p.topic, &body, reqs, 100, c).await),
+        Backend::Rabbit => Some(direct_rabbit(&p.topic, &body, reqs, 100, c).await),
+        Backend::Redis => Some(direct_redis(&p.topic, &body, reqs, 100, c).await),
         Backend::Memory => None,
     };
+    let (bulk, bulk_cpu) = (&p.bulk.0, p.bulk.1);
     let (base, ratio) = match &direct {
         Some(d) => (
             format!("direct, 100 sent then awaited: {}", d.summary("msgs")),
@@ -120,6 +187,8 @@ pub(crate) async fn publish_rows(b: Backend, s: &Sizes, rows: &mut Rows) {
             bulk.rate() / perch.rate()
         ),
     );
+    peer_cell(rows, cell(|p| &p.bulk));
+    let (grpc_bulk, grpc_bulk_cpu) = (&p.grpc_bulk.0, p.grpc_bulk.1);
     row(
         rows,
         format!(
@@ -130,9 +199,10 @@ pub(crate) async fn publish_rows(b: Backend, s: &Sizes, rows: &mut Rows) {
         format!("{:.2}x", grpc_bulk.rate() / bulk.rate()),
         format!(
             "{}Perch {grpc_bulk_cpu:.2} CPU s per 10k",
-            vs_direct(&grpc_bulk, direct.as_ref())
+            vs_direct(grpc_bulk, direct.as_ref())
         ),
     );
+    peer_cell(rows, cell(|p| &p.grpc_bulk));
 }
 
 /// "`x`x direct; " when there is a direct client to compare with.
