@@ -113,16 +113,29 @@ pub(crate) async fn load(url: &str, body: &str, content_type: &str, n: usize, c:
 /// Publishes `n` 1 KiB events through Perch's bulk API, 100 per request from
 /// 4 clients; `keys` spreads them over that many partition keys.
 pub(crate) async fn backlog(sc: &Sidecar, topic: &str, n: usize, keys: Option<usize>) {
+    backlog_of(sc, topic, n, keys, 1000).await;
+}
+
+/// Like `backlog`, with `pad` bytes of padding per event (about its size),
+/// and as many per request as keep a request near 1 MiB (100 at most).
+pub(crate) async fn backlog_of(
+    sc: &Sidecar,
+    topic: &str,
+    n: usize,
+    keys: Option<usize>,
+    pad: usize,
+) {
     let url = sc.url(&format!("/v1.0-alpha1/publish/bulk/pubsub/{topic}"));
-    let chunks: Vec<usize> = (0..n).step_by(100).collect();
+    let per = (1_000_000 / pad.max(1)).clamp(1, 100);
+    let chunks: Vec<usize> = (0..n).step_by(per).collect();
     let mut tasks = tokio::task::JoinSet::new();
     for part in chunks.chunks(chunks.len().div_ceil(4).max(1)) {
         let (url, part) = (url.clone(), part.to_vec());
         tasks.spawn(async move {
             for from in part {
-                let entries: Vec<serde_json::Value> = (from..(from + 100).min(n))
+                let entries: Vec<serde_json::Value> = (from..(from + per).min(n))
                     .map(|i| {
-                        let mut e = json!({"entryId": i.to_string(), "event": {"seq": i, "pad": "x".repeat(1000)}, "contentType": "application/json"});
+                        let mut e = json!({"entryId": i.to_string(), "event": {"seq": i, "pad": "x".repeat(pad)}, "contentType": "application/json"});
                         if let Some(k) = keys {
                             e["metadata"] = json!({"partitionKey": format!("k{}", i % k)});
                         }

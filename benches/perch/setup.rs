@@ -27,6 +27,8 @@ pub(crate) struct Setup {
     pub(crate) app: BenchApp,
     pub(crate) sc: Sidecar,
     pub(crate) topic: String,
+    /// Every topic subscribed (`topic` first).
+    pub(crate) topics: Vec<String>,
     pub(crate) _dir: tempfile::TempDir,
     pub(crate) _bench: Bench,
 }
@@ -37,6 +39,8 @@ pub(crate) struct SetupOpts<'a> {
     pub(crate) store: Option<&'a str>,
     pub(crate) delay: Duration,
     pub(crate) open: bool,
+    /// Topics subscribed (each its own subscription to `/orders`).
+    pub(crate) topics: usize,
 }
 
 impl<'a> SetupOpts<'a> {
@@ -48,6 +52,7 @@ impl<'a> SetupOpts<'a> {
             store: None,
             delay: Duration::ZERO,
             open: true,
+            topics: 1,
         }
     }
 }
@@ -67,6 +72,15 @@ pub(crate) async fn setup(backend: Backend, o: SetupOpts<'_>) -> Setup {
             subscription("s", &topic, "/orders")
         },
     ));
+    let mut topics = vec![topic.clone()];
+    for i in 1..o.topics {
+        let t = bench.topic(&format!("bench{i}"));
+        files.push((
+            format!("s{i}.yaml"),
+            subscription(&format!("s{i}"), &t, "/orders"),
+        ));
+        topics.push(t);
+    }
     if let Some(s) = o.store {
         files.push(("store.yaml".into(), s.to_owned()));
     }
@@ -80,6 +94,7 @@ pub(crate) async fn setup(backend: Backend, o: SetupOpts<'_>) -> Setup {
         app,
         sc,
         topic,
+        topics,
         _dir: dir,
         _bench: bench,
     }

@@ -94,10 +94,11 @@ pub(crate) async fn run(backends: &[Backend], s: &Sizes, rows: &mut Rows, peak_r
         "".into(),
         "".into(),
         format!(
-            "{} published, {} delivered; spread {:.1} MiB; {:.2} CPU s per 10k (publish + delivery)",
+            "{} published, {} delivered; spread {:.1} MiB ({}); {:.2} CPU s per 10k (publish + delivery)",
             soak.sent,
             soak.delivered,
             mib(hi - lo),
+            if hi - lo <= 2048 { "flat: within 2 MiB" } else { "not flat: over 2 MiB" },
             soak.cpu_per_10k
         ),
     );
