@@ -419,16 +419,7 @@ async fn lag_counts_what_the_group_has_not_finished() -> TestResult {
     let broker = b.broker(&[("topicPartitions", "1")]);
     let topic = b.topic("lag");
     let mut stream = b.subscribe(broker.as_ref(), &topic, 100).await;
-    for n in 0..10u32 {
-        broker
-            .publish(perch::broker::Message {
-                topic: topic.clone(),
-                data: n.to_string().into(),
-                content_type: None,
-                metadata: Default::default(),
-            })
-            .await?;
-    }
+    b.publish_numbers(broker.as_ref(), &topic, 10).await?;
     let mut held = vec![];
     for _ in 0..10 {
         held.push(

@@ -351,21 +351,11 @@ async fn message_properties_reach_the_app_as_metadata_when_asked() -> TestResult
 
 #[tokio::test]
 async fn lag_is_the_queue_depth() -> TestResult {
-    use perch::broker::Message;
     let b = Bench::new(Backend::Rabbit);
     let broker = b.broker(&[]);
     let topic = b.topic("lag");
     let mut stream = b.subscribe(broker.as_ref(), &topic, 1).await;
-    for n in 0..5u32 {
-        broker
-            .publish(Message {
-                topic: topic.clone(),
-                data: n.to_string().into(),
-                content_type: None,
-                metadata: Default::default(),
-            })
-            .await?;
-    }
+    b.publish_numbers(broker.as_ref(), &topic, 5).await?;
     let held = tokio::time::timeout(Duration::from_secs(20), stream.recv())
         .await?
         .expect("delivery");

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use perch::broker::Message;
 use serde_json::{json, Value};
 
 /// A stream entry's field/value pairs, as `XRANGE` answers them.
@@ -285,16 +284,7 @@ async fn lag_is_pending_plus_unread() -> TestResult {
     let broker = b.broker(&[]);
     let topic = b.topic("lag");
     let mut stream = b.subscribe(broker.as_ref(), &topic, 1).await;
-    for n in 0..5u32 {
-        broker
-            .publish(Message {
-                topic: topic.clone(),
-                data: n.to_string().into(),
-                content_type: None,
-                metadata: Default::default(),
-            })
-            .await?;
-    }
+    b.publish_numbers(broker.as_ref(), &topic, 5).await?;
     let held = tokio::time::timeout(Duration::from_secs(20), stream.recv())
         .await?
         .expect("delivery");

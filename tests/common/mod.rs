@@ -637,6 +637,27 @@ impl Bench {
         perch::broker::build(&res.pubsubs[0].name, &res.pubsubs[0].kind).expect("broker builds")
     }
 
+    /// Publishes the numbers `0..n` (as text) to `topic` on `broker`,
+    /// one message each, in order.
+    pub async fn publish_numbers(
+        &self,
+        broker: &dyn perch::broker::Broker,
+        topic: &str,
+        n: u32,
+    ) -> Result<(), perch::broker::BrokerError> {
+        for i in 0..n {
+            broker
+                .publish(perch::broker::Message {
+                    topic: topic.to_owned(),
+                    data: i.to_string().into(),
+                    content_type: None,
+                    metadata: Default::default(),
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Subscribes this test's group to `topic` on `broker`, `window`
     /// deliveries handed out at most.
     pub async fn subscribe(

@@ -264,6 +264,9 @@ pub(crate) async fn run(backends: &[Backend], s: &Sizes, rows: &mut Rows, full: 
     }
     if !dims.is_empty() {
         let path = plot_path(full);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("the plot's folder");
+        }
         std::fs::write(&path, plot(&dims)).expect("write the growth plot");
         println!("growth plot: {}", path.display());
     }
