@@ -43,20 +43,11 @@ async fn redis_down_mid_stream_loses_no_accepted_message() -> TestResult {
     ]);
     let mut app = TestApp::ok(None).await;
     let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let target = format!("pubsub/{topic}");
     let publish = |seq: u64| {
-        let sc = &sc;
-        let topic = topic.clone();
-        async move {
-            sc.call(
-                "POST",
-                &format!("/v1.0/publish/pubsub/{topic}"),
-                &[("content-type", "application/json")],
-                &json!({ "seq": seq }).to_string(),
-            )
-            .await
-            .map(|r| r.0)
-            .unwrap_or(0)
-        }
+        let body = json!({ "seq": seq }).to_string();
+        let (sc, target) = (&sc, &target);
+        async move { sc.publish_json(target, &body).await }
     };
     let mut accepted = BTreeSet::new();
     let mut refused = 0;

@@ -120,7 +120,10 @@ async fn mutual_tls_publishes_and_delivers_and_a_missing_client_certificate_does
     // The server requires a client certificate: without one, no connection.
     let dir = resources(&[("pubsub.yaml", &component(redis.port, certs.path(), false))]);
     let sc = Sidecar::start(dir.path(), None, &env, &[]).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !sc.wait_component("pubsub", true, 3).await,
+        "connected without a client certificate"
+    );
     assert_eq!(sc.component_healthy("pubsub").await, Some(false));
     assert_eq!(sc.publish_json("pubsub/orders", "{}").await, 500);
     Ok(())

@@ -188,7 +188,7 @@ impl Sub {
             }
             held.insert(entry.id.clone(), owned.clone());
         }
-        let decoded = entry::decode(&entry.id, &entry.map);
+        let decoded = entry::decode(&entry.id, entry.map);
         let delivery = Delivery {
             topic: self.topic.clone(),
             data: decoded.data,
@@ -393,12 +393,12 @@ impl Sub {
                 .window
                 .available_permits()
                 .min(self.inner.cfg.queue_depth);
-            let Ok(permits) = self.window.clone().try_acquire_many_owned(n as u32) else {
-                return;
-            };
             if n == 0 {
                 return;
             }
+            let Ok(permits) = self.window.clone().try_acquire_many_owned(n as u32) else {
+                return;
+            };
             let Ok(reply) = redis::cmd("XAUTOCLAIM")
                 .arg(&self.topic)
                 .arg(&self.group)

@@ -56,7 +56,7 @@ pub(super) async fn open(
         .map_err(unavailable)?;
     let Some((last_id, _)) = last.into_iter().next() else {
         return Err(BrokerError::Rejected(format!(
-            "no dead letters: stream {stream} is empty or does not exist"
+            "no dead letters: stream {stream} is empty or does not exist (--topic names the dead-letter topic, by default {{topic}}.dlq; --pubsub the component)"
         )));
     };
     create_group(&mut conn, stream, group)
@@ -128,7 +128,7 @@ impl DeadLetters for RedisDeadLetters {
             let Some(e) = self.ahead.pop_front() else {
                 return Ok(None);
             };
-            let d = entry::decode(&e.id, &e.map);
+            let d = entry::decode(&e.id, e.map);
             let ms = id_key(&e.id).0;
             self.last = Some(e.id);
             Ok(Some(Peeked {

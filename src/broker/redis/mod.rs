@@ -311,14 +311,15 @@ impl Broker for RedisBroker {
                     .map(|_| Err(inner.error("publish", &e)))
                     .collect(),
             };
-            let mut seen = std::collections::HashSet::new();
-            let mut trims = redis::pipe();
-            for m in &msgs {
-                if seen.insert(m.topic.as_str()) {
-                    inner.trim_by_age(&mut trims, &m.topic);
-                }
-            }
+            // With both maxLenApprox and streamTTL, each topic of the batch
+            // is trimmed by age once after it.
             if inner.cfg.max_len_approx.is_some() && inner.cfg.stream_ttl.is_some() {
+                let topics: std::collections::BTreeSet<&str> =
+                    msgs.iter().map(|m| m.topic.as_str()).collect();
+                let mut trims = redis::pipe();
+                for t in topics {
+                    inner.trim_by_age(&mut trims, t);
+                }
                 let _ = trims.query_async::<()>(&mut conn).await;
             }
             out
