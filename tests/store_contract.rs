@@ -467,3 +467,88 @@ async fn two_sidecars_migrating_together_both_work() -> TestResult {
     };
     Ok(())
 }
+
+/// `psql` on the test database: the one value `sql` selects.
+fn psql(sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .args([PG, "-qAtc", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Sequential and index scans of `table` so far (as the statistics have it).
+fn scans(table: &str) -> (u64, u64) {
+    let row = psql(&format!(
+        "SELECT seq_scan || ' ' || coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = '{table}'"
+    ));
+    let mut it = row.split(' ').map(|n| n.parse::<u64>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// A store's first statements run on an empty inbox. PostgreSQL plans a
+/// prepared statement for good after five runs, and on an empty table the
+/// plan is a sequential scan: without custom plans every mark then scanned
+/// the whole table, slower as it grew (the durable idempotency bench row
+/// at 0.1x of off, PostgreSQL on a full core). The marks of a grown table
+/// use its primary key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marks_use_the_primary_key_after_the_inbox_grew() -> TestResult {
+    let p = pair(
+        Kind::Postgres,
+        Duration::from_secs(60),
+        Duration::from_secs(3600),
+    );
+    let table = p.table.clone().expect("a postgres table");
+    let store = p.a.as_ref();
+    // The first claim creates the table. No autovacuum (its ANALYZE would
+    // replan), set before the statements run: ALTER TABLE replans too.
+    assert!(matches!(one(store, &key(0)).await, Claim::Owned { .. }));
+    psql(&format!(
+        "ALTER TABLE {table} SET (autovacuum_enabled = false)"
+    ));
+    // More than five runs of each statement on the (nearly) empty table.
+    for n in 1..20 {
+        assert!(matches!(one(store, &key(n)).await, Claim::Owned { .. }));
+        store.started(vec![key(n)]).await?;
+        assert_eq!(store.finish(vec![key(n)], Finish::Done).await?, [true]);
+    }
+    // The table grows behind the plans' back.
+    psql(&format!(
+        "INSERT INTO {table} (subscriber, msg_key, state, lease_owner, lease_until)
+         SELECT 'app/pubsub/other', 'k' || g, 'done', gen_random_uuid(), now()
+           FROM generate_series(1, 200000) g"
+    ));
+    let (seq0, idx0) = scans(&table);
+    let rounds = 20;
+    for n in 100..100 + rounds {
+        assert!(matches!(one(store, &key(n)).await, Claim::Owned { .. }));
+        assert_eq!(store.finish(vec![key(n)], Finish::Done).await?, [true]);
+    }
+    // A backend reports its statistics once idle (within 10 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (seq1, idx1) = loop {
+        let now = scans(&table);
+        if now.1 >= idx0 + rounds as u64 || std::time::Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        seq1 - seq0,
+        0,
+        "marks on a 200 000-row inbox scanned the whole table ({} sequential, {} index scans)",
+        seq1 - seq0,
+        idx1 - idx0
+    );
+    assert!(
+        idx1 - idx0 >= rounds as u64,
+        "the marks were not counted: {seq0}/{idx0} -> {seq1}/{idx1}"
+    );
+    Ok(())
+}

@@ -1,6 +1,6 @@
 //! The baselines: the same load produced straight to Kafka (rdkafka),
 //! RabbitMQ (lapin, with confirms) and Redis (the redis crate), and
-//! RabbitMQ's and Redis's own drain ceilings.
+//! Kafka's, RabbitMQ's and Redis's own drain ceilings.
 
 use super::*;
 
@@ -287,6 +287,76 @@ pub(crate) async fn direct_redis_drain(n: usize) -> f64 {
     let _ = redis::cmd("DEL")
         .arg(&stream)
         .query_async::<i64>(&mut conn)
+        .await;
+    rate
+}
+
+/// Kafka's own drain rate with no app in the way: an rdkafka consumer of a
+/// new group reads a backlog of `n` 1 KiB records on one partition with
+/// Perch's consumer settings and ack mode (each record copied out, its
+/// offset stored once finished, auto-commit every second). The clock starts
+/// at the first record, after the group join.
+pub(crate) async fn direct_kafka_drain(n: usize) -> f64 {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::Message;
+    let topic = format!("bench-drain-{}", uuid::Uuid::new_v4().simple());
+    let admin: AdminClient<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", "127.0.0.1:9092")
+        .create()
+        .unwrap();
+    admin
+        .create_topics(
+            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", "127.0.0.1:9092")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let body = payload();
+    for chunk in 0..n.div_ceil(1000) {
+        let pending: Vec<_> = (0..1000.min(n - chunk * 1000))
+            .map(|_| {
+                producer
+                    .send_result(FutureRecord::<(), _>::to(&topic).payload(&body))
+                    .map_err(|(e, _)| e)
+                    .expect("enqueue")
+            })
+            .collect();
+        for d in pending {
+            d.await.unwrap().map_err(|(e, _)| e).expect("produce");
+        }
+    }
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", "127.0.0.1:9092")
+        .set("group.id", &topic)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.wait.max.ms", "100")
+        .set("queued.max.messages.kbytes", "16384")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut started = None;
+    for _ in 0..n {
+        let m = consumer.recv().await.expect("consume");
+        started.get_or_insert_with(Instant::now);
+        let data = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
+        std::hint::black_box(data);
+        consumer
+            .store_offset(m.topic(), m.partition(), m.offset() + 1)
+            .expect("store offset");
+    }
+    let rate = n as f64 / started.expect("records").elapsed().as_secs_f64();
+    let _ = admin
+        .delete_topics(&[topic.as_str()], &AdminOptions::new())
         .await;
     rate
 }

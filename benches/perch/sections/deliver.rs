@@ -1,5 +1,6 @@
 //! Delivery from a pre-filled backlog against the app's own capacity, per
-//! message and bulk, and RabbitMQ's own drain ceiling. Returns the peak RSS.
+//! message and bulk, and the own drain ceiling of Kafka, RabbitMQ and
+//! Redis. Returns the peak RSS.
 
 use crate::*;
 
@@ -66,6 +67,25 @@ pub(crate) async fn run(backends: &[Backend], s: &Sizes, rows: &mut Rows) -> u64
                 rows,
                 format!(
                     "Redis drain with no app: XREADGROUP 64 at a time and one XACK per read, backlog of {n} x 1 KiB"
+                ),
+                format!("Perch {:.0}/s; bulk {:.0}/s", one.rate, bulk.rate),
+                format!("direct {direct:.0}/s"),
+                format!(
+                    "{:.2}x; bulk {:.2}x the direct drain",
+                    one.rate / direct,
+                    bulk.rate / direct
+                ),
+                "".into(),
+            );
+            drain_peer_cell(rows, peer.as_ref(), direct);
+        }
+        if t == Backend::Kafka {
+            // The broker's own ceiling, with no HTTP and no app.
+            let direct = direct_kafka_drain(n).await;
+            row(
+                rows,
+                format!(
+                    "Kafka drain with no app: an rdkafka consumer reads a backlog of {n} x 1 KiB on one partition, offsets stored per record"
                 ),
                 format!("Perch {:.0}/s; bulk {:.0}/s", one.rate, bulk.rate),
                 format!("direct {direct:.0}/s"),

@@ -40,6 +40,16 @@ use crate::message::{BoxFuture, Message};
 use crate::store::config::{StoreComponent, StoreKind};
 use batcher::{ClaimRequest, FinishRequest};
 
+/// Run on every new connection. The statements are prepared once per
+/// connection, and PostgreSQL plans a prepared statement once for good
+/// (a "generic plan") after its first five runs: on a new inbox those runs
+/// see an empty table, whose best plan is a sequential scan, so every later
+/// claim and mark would scan the whole table, slower as it grows (measured:
+/// 2.4k marks/s at 80 000 rows, PostgreSQL on a full core). Custom plans
+/// are made for each run's arrays and the table as it is then, so the
+/// primary key is used once the table is big enough to need it.
+const CONNECTION_SETUP: &str = "SET plan_cache_mode = force_custom_plan";
+
 /// The Postgres store.
 pub struct PostgresStore {
     pg: Arc<Pg>,
@@ -91,6 +101,14 @@ impl PostgresStore {
             .wait_timeout(Some(Duration::from_secs(5)))
             .create_timeout(Some(Duration::from_secs(5)))
             .runtime(deadpool_postgres::Runtime::Tokio1)
+            .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
+                Box::pin(async move {
+                    client
+                        .batch_execute(CONNECTION_SETUP)
+                        .await
+                        .map_err(deadpool_postgres::HookError::Backend)
+                })
+            }))
             .build()
             .map_err(|e| StoreError(format!("store {}: pool: {e}", c.name)))?;
         let pg = Arc::new(Pg {
