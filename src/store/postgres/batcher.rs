@@ -84,6 +84,7 @@ pub(super) async fn finish_loop(pg: Weak<Pg>, mut rx: mpsc::UnboundedReceiver<Fi
             }
         }
         let Some(s) = pg.upgrade() else { return };
+        let mut batch = skip_ended_starts(batch);
         // Started before finished: a delivery's start is sent before its
         // finish, and a finished key no longer takes a start.
         for how in [
@@ -109,6 +110,40 @@ pub(super) async fn finish_loop(pg: Weak<Pg>, mut rx: mpsc::UnboundedReceiver<Fi
     }
 }
 
+/// Drops the starts of keys that the same batch also finishes: their
+/// rows end in this round, and an attempt count is only read by a later
+/// claim, which a finished key never gets (a replayed dead letter starts
+/// counting again). A delivery that reached the app and was answered
+/// before its start was written then costs one row update, not two. A
+/// start request with nothing left is answered at once.
+fn skip_ended_starts(batch: Vec<FinishRequest>) -> Vec<FinishRequest> {
+    let ended: std::collections::BTreeSet<Key> = batch
+        .iter()
+        .filter(|r| matches!(r.1, Mark::Finish(_)))
+        .flat_map(|r| r.0.iter().cloned())
+        .collect();
+    if ended.is_empty() {
+        return batch;
+    }
+    batch
+        .into_iter()
+        .filter_map(|(keys, how, reply)| {
+            if how != Mark::Started {
+                return Some((keys, how, reply));
+            }
+            let n = keys.len();
+            let keys: Vec<Key> = keys.into_iter().filter(|k| !ended.contains(k)).collect();
+            if keys.is_empty() {
+                let _ = reply.send(Ok(vec![true; n]));
+                return None;
+            }
+            // `started` answers one flag per key: the kept ones' answer
+            // stands for the request.
+            Some((keys, how, reply))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +165,52 @@ mod tests {
         let got = split(Ok(vec![1, 2, 3, 4, 5, 6]), &[1, 3, 0, 2]);
         let got: Vec<Vec<u32>> = got.into_iter().map(Result::unwrap).collect();
         assert_eq!(got, [vec![1], vec![2, 3, 4], vec![], vec![5, 6]]);
+    }
+
+    fn k(n: u32) -> Key {
+        Key {
+            subscriber: "app/pubsub/orders".into(),
+            msg_key: format!("ce:{n}"),
+        }
+    }
+
+    #[test]
+    fn a_start_of_a_key_finished_in_the_same_batch_is_not_written() {
+        let (tx_a, mut rx_a) = oneshot::channel();
+        let (tx_b, mut rx_b) = oneshot::channel();
+        let (tx_c, _rx_c) = oneshot::channel();
+        let (tx_d, _rx_d) = oneshot::channel();
+        let batch: Vec<FinishRequest> = vec![
+            // Both keys of this start end below: answered, not written.
+            (vec![k(1), k(2)], Mark::Started, tx_a),
+            // One of two ends: only the other is written.
+            (vec![k(3), k(4)], Mark::Started, tx_b),
+            (vec![k(1), k(3)], Mark::Finish(Finish::Done), tx_c),
+            (vec![k(2)], Mark::Finish(Finish::Dead), tx_d),
+        ];
+        let kept = skip_ended_starts(batch);
+        let shapes: Vec<(Vec<Key>, Mark)> = kept.iter().map(|r| (r.0.clone(), r.1)).collect();
+        assert_eq!(
+            shapes,
+            [
+                (vec![k(4)], Mark::Started),
+                (vec![k(1), k(3)], Mark::Finish(Finish::Done)),
+                (vec![k(2)], Mark::Finish(Finish::Dead)),
+            ]
+        );
+        assert_eq!(
+            rx_a.try_recv().expect("answered at once").unwrap(),
+            [true, true]
+        );
+        assert!(rx_b.try_recv().is_err(), "still to be written");
+    }
+
+    #[test]
+    fn starts_alone_are_all_written() {
+        let (tx, _rx) = oneshot::channel();
+        let kept = skip_ended_starts(vec![(vec![k(1)], Mark::Started, tx)]);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].0, [k(1)]);
     }
 
     #[test]
