@@ -190,7 +190,8 @@ impl Pg {
                     &format!(
                         "DELETE FROM {t} WHERE ctid IN (
                            SELECT ctid FROM {t}
-                            WHERE state <> 'in_progress'
+                            WHERE first_seen < now() - make_interval(secs => $1)
+                              AND state <> 'in_progress'
                               AND done_at < now() - make_interval(secs => $1)
                             LIMIT 5000)"
                     ),

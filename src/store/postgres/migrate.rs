@@ -8,6 +8,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../../migrations/001_inbox.sql")),
     (2, include_str!("../../../migrations/002_outbox.sql")),
     (3, include_str!("../../../migrations/003_outbox_parked.sql")),
+    (
+        4,
+        include_str!("../../../migrations/004_inbox_hot_marks.sql"),
+    ),
 ];
 
 /// Applies the migrations not yet recorded for `table`.
