@@ -234,3 +234,38 @@ fn content_type_classes() {
         "application/CloudEvents+JSON; charset=utf-8"
     ));
 }
+
+#[test]
+fn parse_attributes_keeps_the_named_members_as_a_full_parse_has_them() {
+    let body = br#"{"specversion":"1.0","id":"e-1","source":"orders","type":"t",
+        "data":{"pad":[1,2,{"x":"y"}],"s":"\u00e9"},"traceparent":"00-ab-cd-01",
+        "expiration":"2001-01-01T00:00:00Z","\u0069d2":"escaped name, not kept"}"#;
+    let full: Envelope = serde_json::from_slice(body).unwrap();
+    let some = parse_attributes(body, DELIVERY_ATTRIBUTES).expect("an object");
+    let keys: Vec<&str> = some.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["expiration", "id", "source", "traceparent"]);
+    for k in keys {
+        assert_eq!(some[k], full[k], "{k}");
+    }
+    assert!(has_expired(&some));
+    // An escaped member name is matched by its value.
+    let escaped = parse_attributes(br#"{"\u0069d":"e-2"}"#, DELIVERY_ATTRIBUTES).unwrap();
+    assert_eq!(escaped["id"], "e-2");
+}
+
+#[test]
+fn parse_attributes_refuses_what_is_not_one_json_object() {
+    for bad in [
+        &br#"["e-1","orders"]"#[..],
+        br#""a string""#,
+        br#"{"id":"e-1"} trailing"#,
+        br#"{"id":"e-1","data":{"open":"#,
+        b"not json",
+    ] {
+        assert!(
+            parse_attributes(bad, DELIVERY_ATTRIBUTES).is_none(),
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}

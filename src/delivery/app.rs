@@ -145,23 +145,29 @@ impl AppClient {
     ) -> AppAnswer {
         let slash = if path.starts_with('/') { "" } else { "/" };
         let mut req = Request::post(format!("{}{slash}{path}", self.base));
+        // Per message and per entry: names are compared and lowercased in
+        // place (`from_bytes`), with no string built on the way.
+        let has_prefix = |k: &str, p: &str| {
+            k.get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p))
+        };
         for (k, v) in metadata {
-            let lower = k.to_ascii_lowercase();
-            if SKIPPED.contains(&lower.as_str()) || lower.starts_with("perch-") {
+            if SKIPPED.iter().any(|s| k.eq_ignore_ascii_case(s)) || has_prefix(k, "perch-") {
                 continue;
             }
             if v.len() > MAX_FORWARDED_VALUE {
                 tracing::debug!(key = %k, len = v.len(), "metadata value too long for an HTTP header; not forwarded");
                 continue;
             }
-            let name = match lower.strip_prefix("grpc-") {
-                Some(rest) => format!("dapr-grpc-{rest}"),
-                None => k.clone(),
+            let name = if has_prefix(k, "grpc-") {
+                hyper::header::HeaderName::try_from(format!(
+                    "dapr-grpc-{}",
+                    k["grpc-".len()..].to_ascii_lowercase()
+                ))
+            } else {
+                hyper::header::HeaderName::from_bytes(k.as_bytes())
             };
-            match (
-                hyper::header::HeaderName::try_from(name),
-                hyper::header::HeaderValue::try_from(v.as_str()),
-            ) {
+            match (name, hyper::header::HeaderValue::try_from(v.as_str())) {
                 (Ok(n), Ok(val)) => req = req.header(n, val),
                 _ => {
                     tracing::debug!(key = %k, "metadata entry is not a valid HTTP header; not forwarded")

@@ -164,6 +164,13 @@ impl SubCtx {
         }
     }
 
+    /// Whether a delivery reads the whole event (routing rules, or a gRPC
+    /// app or stream, which are sent the event itself), not only the
+    /// attributes of [`crate::cloudevents::DELIVERY_ATTRIBUTES`].
+    pub(super) fn needs_whole_event(&self) -> bool {
+        !matches!(self.sink, Sink::App(_)) || self.router.has_rules()
+    }
+
     /// A stream is not gated on the app's health: its client is the app.
     pub(super) fn needs_app(&self) -> bool {
         matches!(self.sink, Sink::App(_) | Sink::GrpcApp(_))

@@ -31,10 +31,14 @@ pub(super) async fn prepare(
         let ev = cloudevents::raw_payload_envelope(&sub.pubsubname, &sub.topic, &d.data, &metadata);
         (Bytes::from(crate::util::to_go_json(&ev)), Some(ev))
     } else {
-        (
-            d.data.clone(),
-            serde_json::from_slice::<Envelope>(&d.data).ok(),
-        )
+        // An HTTP app without routing rules gets the broker's bytes: only
+        // the attributes the delivery reads are parsed out of them.
+        let event = if ctx.needs_whole_event() {
+            serde_json::from_slice::<Envelope>(&d.data).ok()
+        } else {
+            cloudevents::parse_attributes(&d.data, cloudevents::DELIVERY_ATTRIBUTES)
+        };
+        (d.data.clone(), event)
     };
     let Some(event) = event else {
         tracing::warn!(topic = %sub.topic, "message is not a JSON CloudEvent; dead-lettering");

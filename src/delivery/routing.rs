@@ -63,6 +63,11 @@ impl Router {
         Ok(Self { rules })
     }
 
+    /// Whether any rule has a match expression (which reads the event).
+    pub fn has_rules(&self) -> bool {
+        self.rules.iter().any(|(program, _)| program.is_some())
+    }
+
     /// The path for `event`, or `None` when no rule matches.
     pub fn route(&self, event: &Envelope) -> Result<Option<&str>, RouteError> {
         let mut ctx: Option<Context> = None;
