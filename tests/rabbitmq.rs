@@ -323,6 +323,30 @@ async fn a_broker_down_at_start_up_is_retried_until_it_is_up() -> TestResult {
     Ok(())
 }
 
+/// Perch asks for 32 KiB frames (lapin's buffers are 32 frames each): a
+/// message of many frames goes through whole, both ways.
+#[tokio::test]
+async fn a_message_larger_than_a_frame_arrives_whole() -> TestResult {
+    let b = Bench::new(Backend::Rabbit);
+    let topic = b.topic("big");
+    let dir = resources(&[
+        ("pubsub.yaml", &b.pubsub(&[])),
+        ("s.yaml", &subscription("s", &topic, "/big")),
+    ]);
+    let mut app = TestApp::ok(None).await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let pad: String = (0..300_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    assert_eq!(
+        publish(&sc, &topic, "", json!({"seq": 1, "pad": pad})).await,
+        204
+    );
+    let r = app.next(20).await?;
+    assert_eq!(r.json()["data"]["pad"].as_str(), Some(pad.as_str()));
+    Ok(())
+}
+
 #[tokio::test]
 async fn message_properties_reach_the_app_as_metadata_when_asked() -> TestResult {
     let b = Bench::new(Backend::Rabbit);

@@ -85,6 +85,7 @@ async fn connect(
     props: ConnectionProperties,
     cfg: &RabbitConfig,
 ) -> lapin::Result<Connection> {
+    let uri = &with_frame_max(uri);
     if !uri.starts_with("amqps://") {
         return Connection::connect(uri, props).await;
     }
@@ -100,6 +101,24 @@ async fn connect(
         cert_chain: cfg.tls.ca_cert.clone(),
     };
     Connection::connect_with_config(uri, props, tls, lapin::runtime::default_runtime()?).await
+}
+
+/// The largest AMQP frame Perch asks for, unless the connection string
+/// says (`frame_max=`). lapin keeps a receive and a send buffer of 32
+/// frames each, written in full: at RabbitMQ's default of 128 KiB that is
+/// 8 MiB per connection, most of an idle sidecar's memory (measured: 24.0
+/// MiB idle on RabbitMQ against 15.0 on the in-memory broker). At 32 KiB it
+/// is 2 MiB; a larger message is sent in more frames.
+const FRAME_MAX: u32 = 32 * 1024;
+
+/// `uri` with `frame_max` set to [`FRAME_MAX`] when it has none.
+fn with_frame_max(uri: &str) -> std::borrow::Cow<'_, str> {
+    let query = uri.split_once('?').map(|(_, q)| q).unwrap_or("");
+    if query.split('&').any(|kv| kv.starts_with("frame_max=")) {
+        return uri.into();
+    }
+    let sep = if uri.contains('?') { '&' } else { '?' };
+    format!("{uri}{sep}frame_max={FRAME_MAX}").into()
 }
 
 fn next_wait(current: Duration, first: Duration) -> Duration {
@@ -122,6 +141,22 @@ fn with_heartbeat(uri: &str, heartbeat: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frame_max_is_asked_for_unless_the_connection_string_sets_it() {
+        assert_eq!(
+            with_frame_max("amqp://guest:guest@localhost:5672"),
+            "amqp://guest:guest@localhost:5672?frame_max=32768"
+        );
+        assert_eq!(
+            with_frame_max("amqps://h:5671/%2f?heartbeat=10"),
+            "amqps://h:5671/%2f?heartbeat=10&frame_max=32768"
+        );
+        assert_eq!(
+            with_frame_max("amqp://h?heartbeat=5&frame_max=131072"),
+            "amqp://h?heartbeat=5&frame_max=131072"
+        );
+    }
 
     #[test]
     fn reconnect_waits_double_up_to_the_cap() {
