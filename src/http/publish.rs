@@ -21,7 +21,8 @@ fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
 /// Single publish.
 pub async fn single(req: Request<Incoming>, rest: String, api: &ApiState) -> Resp {
     use tracing::Instrument;
-    let span = tracing::info_span!("publish", target = %rest, outcome = tracing::field::Empty);
+    // At debug, as the delivery span: free at the default level.
+    let span = tracing::debug_span!("publish", target = %rest, outcome = tracing::field::Empty);
     let r = single_inner(req, rest, api).instrument(span.clone()).await;
     span.record("outcome", if r.is_ok() { "success" } else { "error" });
     match r {
