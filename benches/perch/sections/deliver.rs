@@ -60,33 +60,22 @@ pub(crate) async fn run(backends: &[Backend], s: &Sizes, rows: &mut Rows) -> u64
                 ),
             );
         }
-        if t == Backend::Redis {
-            // The broker's own ceiling, with no HTTP and no app.
-            let direct = direct_redis_drain(n).await;
+        // The broker's own ceiling, with no HTTP and no app.
+        let direct = match t {
+            Backend::Redis => Some((
+                direct_redis_drain(n).await,
+                format!("Redis drain with no app: XREADGROUP 64 at a time and one XACK per read, backlog of {n} x 1 KiB"),
+            )),
+            Backend::Kafka => Some((
+                direct_kafka_drain(n).await,
+                format!("Kafka drain with no app: an rdkafka consumer reads a backlog of {n} x 1 KiB on one partition, offsets stored per record"),
+            )),
+            _ => None,
+        };
+        if let Some((direct, name)) = direct {
             row(
                 rows,
-                format!(
-                    "Redis drain with no app: XREADGROUP 64 at a time and one XACK per read, backlog of {n} x 1 KiB"
-                ),
-                format!("Perch {:.0}/s; bulk {:.0}/s", one.rate, bulk.rate),
-                format!("direct {direct:.0}/s"),
-                format!(
-                    "{:.2}x; bulk {:.2}x the direct drain",
-                    one.rate / direct,
-                    bulk.rate / direct
-                ),
-                "".into(),
-            );
-            drain_peer_cell(rows, peer.as_ref(), direct);
-        }
-        if t == Backend::Kafka {
-            // The broker's own ceiling, with no HTTP and no app.
-            let direct = direct_kafka_drain(n).await;
-            row(
-                rows,
-                format!(
-                    "Kafka drain with no app: an rdkafka consumer reads a backlog of {n} x 1 KiB on one partition, offsets stored per record"
-                ),
+                name,
                 format!("Perch {:.0}/s; bulk {:.0}/s", one.rate, bulk.rate),
                 format!("direct {direct:.0}/s"),
                 format!(
