@@ -311,9 +311,6 @@ pub fn raw_payload_envelope(
     ev
 }
 
-#[cfg(test)]
-mod tests;
-
 /// The attributes a delivery to an HTTP app reads from an event without
 /// routing rules: the idempotency key's, the trace context's, the expiry.
 pub const DELIVERY_ATTRIBUTES: &[&str] = &["id", "source", "expiration", "traceparent", "traceid"];
@@ -376,3 +373,6 @@ pub fn parse_attributes(bytes: &[u8], keep: &'static [&'static str]) -> Option<E
     de.end().ok()?;
     Some(ev)
 }
+
+#[cfg(test)]
+mod tests;

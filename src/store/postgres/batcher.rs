@@ -117,6 +117,9 @@ pub(super) async fn finish_loop(pg: Weak<Pg>, mut rx: mpsc::UnboundedReceiver<Fi
 /// before its start was written then costs one row update, not two. A
 /// start request with nothing left is answered at once.
 fn skip_ended_starts(batch: Vec<FinishRequest>) -> Vec<FinishRequest> {
+    if !batch.iter().any(|r| r.1 == Mark::Started) {
+        return batch;
+    }
     let ended: std::collections::BTreeSet<Key> = batch
         .iter()
         .filter(|r| matches!(r.1, Mark::Finish(_)))
