@@ -518,21 +518,21 @@ async fn run(backend: Backend, plan: Plan) -> Report {
     report
 }
 
-fn psql(sql: &str) -> String {
-    let out = std::process::Command::new("psql")
-        .args([PG, "-Atqc", sql])
-        .output()
-        .expect("psql");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 /// Puts `wal_writer_delay` back however the test ends.
 struct WalWriterDelay;
 
 impl Drop for WalWriterDelay {
     fn drop(&mut self) {
-        psql("ALTER SYSTEM RESET wal_writer_delay");
-        psql("SELECT pg_reload_conf()");
+        // Not `psql`, which panics on failure: a drop may run while the
+        // test is already unwinding (PostgreSQL down, say).
+        for sql in [
+            "ALTER SYSTEM RESET wal_writer_delay",
+            "SELECT pg_reload_conf()",
+        ] {
+            let _ = std::process::Command::new("psql")
+                .args([PG, "-qc", sql])
+                .status();
+        }
     }
 }
 

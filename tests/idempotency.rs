@@ -294,14 +294,11 @@ async fn a_replayed_dead_letter_reaches_the_app_again(b: &Bench) -> TestResult {
     // Retries exhausted: the key is dead. Wait until it is marked.
     let mut dead = false;
     for _ in 0..50 {
-        let out = std::process::Command::new("psql")
-            .args([
-                PG,
-                "-Atqc",
-                &format!("SELECT state FROM {} WHERE state = 'dead'", inbox.table),
-            ])
-            .output()?;
-        if String::from_utf8_lossy(&out.stdout).contains("dead") {
+        let state = psql(&format!(
+            "SELECT state FROM {} WHERE state = 'dead'",
+            inbox.table
+        ));
+        if state.contains("dead") {
             dead = true;
             break;
         }

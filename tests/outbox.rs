@@ -271,14 +271,10 @@ async fn a_kept_message_refused_later_is_parked_and_the_rest_flow() -> TestResul
         md["outboxParked"]["pubsub"] == 1 && md["outboxPending"]["pubsub"] == 0
     })
     .await;
-    let reason = std::process::Command::new("psql")
-        .args([
-            PG,
-            "-Atqc",
-            &format!("SELECT topic, parked FROM {}", store.outbox_table()),
-        ])
-        .output()?;
-    let reason = String::from_utf8_lossy(&reason.stdout);
+    let reason = psql(&format!(
+        "SELECT topic, parked FROM {}",
+        store.outbox_table()
+    ));
     assert!(
         reason.contains(&bad) && reason.contains("ACCESS_REFUSED"),
         "{reason}"

@@ -5,12 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
+use common::{psql, PG};
 use perch::store::config::{StoreComponent, StoreKind};
 use perch::store::{Claim, Finish, Key, Pass, Relayed, Store};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -466,20 +467,6 @@ async fn two_sidecars_migrating_together_both_work() -> TestResult {
         table: Some(table),
     };
     Ok(())
-}
-
-/// `psql` on the test database: the one value `sql` selects.
-fn psql(sql: &str) -> String {
-    let out = std::process::Command::new("psql")
-        .args([PG, "-qAtc", sql])
-        .output()
-        .expect("psql runs");
-    assert!(
-        out.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// Rows read by sequential scans of `table`, and its index scans, so far

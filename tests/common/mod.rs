@@ -869,6 +869,21 @@ impl Drop for KafkaBroker {
     }
 }
 
+/// `psql` on the test database: what `sql` selects, unaligned, one row a
+/// line. Panics with psql's error when the statement fails.
+pub fn psql(sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .args([PG, "-qAtc", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 pub fn openssl(dir: &Path, args: &[&str]) {
     let out = std::process::Command::new("openssl")
         .args(args)

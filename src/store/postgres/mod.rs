@@ -103,10 +103,12 @@ impl PostgresStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
                 Box::pin(async move {
-                    client
-                        .batch_execute(CONNECTION_SETUP)
-                        .await
-                        .map_err(deadpool_postgres::HookError::Backend)
+                    // Only speed depends on it: a server without the setting
+                    // (PostgreSQL before 12) still gets the connection.
+                    if let Err(e) = client.batch_execute(CONNECTION_SETUP).await {
+                        tracing::warn!(error = %e, "store connection: `{CONNECTION_SETUP}` failed; claims and marks may slow down as the inbox grows (PostgreSQL 12 or later has the setting)");
+                    }
+                    Ok(())
                 })
             }))
             .build()
