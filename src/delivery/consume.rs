@@ -69,6 +69,12 @@ pub(super) async fn consume(
     loop {
         let d = tokio::select! {
             d = stream.recv() => match d { Some(d) => d, None => break },
+            // A finished task is reaped at once: a panic is logged and
+            // counted when it happens, not when the next message arrives.
+            Some(r) = tasks.join_next(), if !tasks.is_empty() => {
+                reap(&ctx, r);
+                continue;
+            }
             _ = stop.wait_for(|s| *s) => break,
         };
         // Fault hook for the dead-loop tests (unset outside them).
