@@ -189,12 +189,38 @@ pub async fn join_within(
 /// The message of a task's panic (or why it ended otherwise).
 pub fn panic_text(e: tokio::task::JoinError) -> String {
     match e.try_into_panic() {
-        Ok(p) => p
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "(no message)".into()),
+        Ok(p) => panic_message(p.as_ref()),
         Err(e) => e.to_string(),
+    }
+}
+
+/// The message a panic carried (`panic!` with a literal or a format).
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// Polls a future and catches a panic in it: `Err` with the panic's
+/// payload, reported where it happened rather than when its task is
+/// joined. The future is not polled again after a panic (it is dropped
+/// with whatever it held, whose guards run as in an unwinding task).
+pub struct CatchPanic<'a, F>(pub std::pin::Pin<&'a mut F>);
+
+impl<F: std::future::Future> std::future::Future for CatchPanic<'_, F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let fut = self.get_mut().0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Err(p) => std::task::Poll::Ready(Err(p)),
+        }
     }
 }
 

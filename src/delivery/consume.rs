@@ -43,7 +43,10 @@ pub(super) async fn consume(
             }
             let (task_ctx, stop) = (ctx.clone(), stop.clone());
             running.spawn(async move {
-                bulk::process_batch(&task_ctx, batch, stop).await;
+                let run = std::pin::pin!(bulk::process_batch(&task_ctx, batch, stop));
+                if let Err(p) = crate::util::CatchPanic(run).await {
+                    panicked(&task_ctx, &crate::util::panic_message(p.as_ref()));
+                }
                 drop(slot);
             });
             while let Some(r) = running.try_join_next() {
@@ -69,12 +72,6 @@ pub(super) async fn consume(
     loop {
         let d = tokio::select! {
             d = stream.recv() => match d { Some(d) => d, None => break },
-            // A finished task is reaped at once: a panic is logged and
-            // counted when it happens, not when the next message arrives.
-            Some(r) = tasks.join_next(), if !tasks.is_empty() => {
-                reap(&ctx, r);
-                continue;
-            }
             _ = stop.wait_for(|s| *s) => break,
         };
         // Fault hook for the dead-loop tests (unset outside them).
@@ -114,7 +111,10 @@ pub(super) async fn consume(
                 // allocations and adds nothing the log lines do not say.
                 let span = tracing::debug_span!("deliver", pubsub = %ctx.sub.pubsubname,
                     topic = %ctx.sub.topic, outcome = tracing::field::Empty);
-                process(&ctx, d, lane, stop).instrument(span).await;
+                let run = std::pin::pin!(process(&ctx, d, lane, stop).instrument(span));
+                if let Err(p) = crate::util::CatchPanic(run).await {
+                    panicked(&ctx, &crate::util::panic_message(p.as_ref()));
+                }
             }
             drop(done);
         });
@@ -128,15 +128,21 @@ pub(super) async fn consume(
     }
 }
 
-/// A finished delivery task: a panic is logged at ERROR and counted (the
-/// delivery's claim was released by its guard, and its message is left
-/// for redelivery), never dropped silently (review F11).
+/// A delivery (or batch) that panicked: logged at ERROR and counted when
+/// it happens (its claims were released by their guards, and its messages
+/// are left for redelivery), never dropped silently (review F11).
+fn panicked(ctx: &SubCtx, panic: &str) {
+    tracing::error!(pubsub = %ctx.sub.pubsubname, topic = %ctx.sub.topic,
+        %panic, "a delivery panicked; its message is left for redelivery");
+    ctx.count(&crate::telemetry::metrics::metrics().panics);
+}
+
+/// A finished delivery task; a panic outside the delivery itself (which
+/// [`panicked`] reports) is reported here.
 fn reap(ctx: &SubCtx, r: Result<(), tokio::task::JoinError>) {
     if let Err(e) = r {
         if e.is_panic() {
-            tracing::error!(pubsub = %ctx.sub.pubsubname, topic = %ctx.sub.topic,
-                panic = %crate::util::panic_text(e), "a delivery panicked; its message is left for redelivery");
-            ctx.count(&crate::telemetry::metrics::metrics().panics);
+            panicked(ctx, &crate::util::panic_text(e));
         }
     }
 }
