@@ -21,10 +21,25 @@ struct Proxy {
 }
 
 impl Proxy {
+    /// A proxy on a port the system picks (a port picked first and bound
+    /// later could be taken in between: CI saw that).
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind the proxy");
+        Self::serve(listener)
+    }
+
+    /// The proxy back on `port` after a cut.
     async fn up(port: u16) -> Self {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("bind the proxy again on port {port}: {e}"));
+        Self::serve(listener)
+    }
+
+    fn serve(listener: tokio::net::TcpListener) -> Self {
+        let port = listener.local_addr().expect("proxy address").port();
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
@@ -110,7 +125,7 @@ async fn wait_metadata(sc: &Sidecar, what: &str, f: impl Fn(&serde_json::Value) 
 #[tokio::test]
 async fn publishes_during_a_broker_outage_are_kept_and_delivered_in_order() -> TestResult {
     let b = Bench::new(Backend::Rabbit);
-    let mut proxy = Proxy::up(free_port()).await;
+    let mut proxy = Proxy::start().await;
     let (_store, dir) = outbox_setup(&b, &proxy);
     let mut app = TestApp::ok(None).await;
     let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
@@ -198,7 +213,7 @@ async fn predeclare_internal(exchange: &str) {
 #[tokio::test]
 async fn a_publish_refused_for_good_is_an_error_and_is_not_kept() -> TestResult {
     let b = Bench::new(Backend::Rabbit);
-    let proxy = Proxy::up(free_port()).await;
+    let proxy = Proxy::start().await;
     let (_store, dir) = outbox_setup(&b, &proxy);
     let mut app = TestApp::ok(None).await;
     let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
@@ -236,7 +251,7 @@ async fn a_publish_refused_for_good_is_an_error_and_is_not_kept() -> TestResult 
 #[tokio::test]
 async fn a_kept_message_refused_later_is_parked_and_the_rest_flow() -> TestResult {
     let b = Bench::new(Backend::Rabbit);
-    let mut proxy = Proxy::up(free_port()).await;
+    let mut proxy = Proxy::start().await;
     let (store, dir) = outbox_setup(&b, &proxy);
     let mut app = TestApp::ok(None).await;
     let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
@@ -289,7 +304,7 @@ async fn a_kept_message_refused_later_is_parked_and_the_rest_flow() -> TestResul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outbox_drains_while_publishes_keep_coming() -> TestResult {
     let b = Bench::new(Backend::Rabbit);
-    let mut proxy = Proxy::up(free_port()).await;
+    let mut proxy = Proxy::start().await;
     let (_store, dir) = outbox_setup(&b, &proxy);
     let mut app = TestApp::ok(None).await;
     let sc = std::sync::Arc::new(Sidecar::start(dir.path(), Some(app.port), &[], &[]).await);
@@ -417,7 +432,7 @@ spec:
 #[tokio::test]
 async fn an_outbound_retry_policy_retries_a_publish_until_the_broker_is_back() -> TestResult {
     let b = Bench::new(Backend::Rabbit);
-    let mut proxy = Proxy::up(free_port()).await;
+    let mut proxy = Proxy::start().await;
     let topic = b.topic("orders");
     let dir = resources(&[
         ("pubsub.yaml", &rabbit_through(&b, &proxy, &[])),
@@ -465,7 +480,7 @@ async fn an_outbound_retry_policy_retries_a_publish_until_the_broker_is_back() -
 #[tokio::test]
 async fn an_open_outbound_breaker_fails_publishes_fast_or_sends_them_to_the_outbox() -> TestResult {
     let b = Bench::new(Backend::Rabbit);
-    let mut proxy = Proxy::up(free_port()).await;
+    let mut proxy = Proxy::start().await;
     let topic = b.topic("orders");
     let store = PgStore::new();
     let r = outbound_resiliency("{circuitBreaker: cb}");
