@@ -3,9 +3,9 @@
 //! executable otherwise carries 1.2 MB of `.rela.dyn` entries that the
 //! loader reads (and keeps resident) at every start, about 1.3 MiB of idle
 //! RSS (README, Benchmarks: idle RSS). Needs GNU ld 2.38+ or lld 15+ to
-//! link and glibc 2.36+ to run (Debian 12, Ubuntu 22.10, RHEL 10); an older
-//! ld ignores the option with a warning. `PERCH_NO_RELR=1` leaves it out,
-//! for a linker that refuses it.
+//! link and glibc 2.36+ to run (Debian 12, Ubuntu 22.10, RHEL 10). With
+//! an older linker or glibc, or to run the binary on an older glibc, build
+//! with `PERCH_NO_RELR=1`, which leaves the option out.
 
 fn main() {
     println!("cargo:rerun-if-env-changed=PERCH_NO_RELR");

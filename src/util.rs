@@ -260,6 +260,23 @@ impl FaultHook {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn catch_panic_hands_back_the_panic_of_a_future_that_was_pending_first() {
+        let mut polled = false;
+        let fut = std::future::poll_fn(|cx| {
+            if !polled {
+                polled = true;
+                cx.waker().wake_by_ref();
+                return std::task::Poll::<()>::Pending;
+            }
+            panic!("boom {}", 7)
+        });
+        let p = CatchPanic(std::pin::pin!(fut)).await.unwrap_err();
+        assert_eq!(panic_message(p.as_ref()), "boom 7");
+        let ok = CatchPanic(std::pin::pin!(async { 5 })).await;
+        assert_eq!(ok.ok(), Some(5));
+    }
+
     #[test]
     fn go_durations() {
         assert_eq!(parse_go_duration("5s"), Ok(Duration::from_secs(5)));

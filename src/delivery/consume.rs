@@ -43,10 +43,7 @@ pub(super) async fn consume(
             }
             let (task_ctx, stop) = (ctx.clone(), stop.clone());
             running.spawn(async move {
-                let run = std::pin::pin!(bulk::process_batch(&task_ctx, batch, stop));
-                if let Err(p) = crate::util::CatchPanic(run).await {
-                    panicked(&task_ctx, &crate::util::panic_message(p.as_ref()));
-                }
+                reporting_panics(&task_ctx, bulk::process_batch(&task_ctx, batch, stop)).await;
                 drop(slot);
             });
             while let Some(r) = running.try_join_next() {
@@ -111,10 +108,7 @@ pub(super) async fn consume(
                 // allocations and adds nothing the log lines do not say.
                 let span = tracing::debug_span!("deliver", pubsub = %ctx.sub.pubsubname,
                     topic = %ctx.sub.topic, outcome = tracing::field::Empty);
-                let run = std::pin::pin!(process(&ctx, d, lane, stop).instrument(span));
-                if let Err(p) = crate::util::CatchPanic(run).await {
-                    panicked(&ctx, &crate::util::panic_message(p.as_ref()));
-                }
+                reporting_panics(&ctx, process(&ctx, d, lane, stop).instrument(span)).await;
             }
             drop(done);
         });
@@ -125,6 +119,15 @@ pub(super) async fn consume(
     drop(stream);
     while let Some(r) = tasks.join_next().await {
         reap(&ctx, r);
+    }
+}
+
+/// Runs a delivery (or batch) and reports a panic in it at once, in its
+/// own task, not when the receive loop next reaps its tasks.
+async fn reporting_panics(ctx: &SubCtx, run: impl std::future::Future<Output = ()>) {
+    let run = std::pin::pin!(run);
+    if let Err(p) = crate::util::CatchPanic(run).await {
+        panicked(ctx, &crate::util::panic_message(p.as_ref()));
     }
 }
 
