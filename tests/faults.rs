@@ -488,9 +488,20 @@ async fn run(backend: Backend, plan: Plan) -> Report {
             (*s, l.deliveries.get(&id).copied(), l.dead.get(&id).copied())
         })
         .collect();
+    let diagnosis = if missing.is_empty() {
+        String::new()
+    } else {
+        diagnose(&b, &store, &missing)
+    };
+    // Shows the diagnosis of events that were not lost (checking it while
+    // investigating; never set in CI).
+    if let Ok(seqs) = std::env::var("PERCH_FAULTS_DIAGNOSE") {
+        let seqs: Vec<u64> = seqs.split(',').filter_map(|s| s.parse().ok()).collect();
+        eprintln!("faults: diagnosis\n{}", diagnose(&b, &store, &seqs));
+    }
     assert_eq!(
         report.lost, 0,
-        "lost (first few, with the deliveries the app saw of each and dead letters: {seen:?})"
+        "lost (first few, with the deliveries the app saw of each and dead letters: {seen:?}); where they are:\n{diagnosis}"
     );
     assert_eq!(report.duplicate_effects, 0, "an effect applied twice");
     // Two sidecars consuming one RabbitMQ queue are competing consumers:
@@ -522,6 +533,129 @@ async fn run(backend: Backend, plan: Plan) -> Report {
     }
     drop(l);
     report
+}
+
+/// Where each missing event is, for the failure message of a lost event
+/// (the suite runs in every CI run so that a rare loss is caught; this
+/// makes the one run that catches it say where the event stopped): its
+/// inbox row, its outbox rows, and on Kafka its record (partition, offset)
+/// beside the group's committed offset and the partition's watermarks.
+fn diagnose(b: &Bench, store: &PgStore, missing: &[u64]) -> String {
+    let orders = b.topic("orders");
+    let subscriber = format!("test-app/pubsub/{orders}");
+    let found = match b.backend {
+        Backend::Kafka => kafka_records(&orders, &format!("g-{}", b.id), missing),
+        _ => BTreeMap::new(),
+    };
+    let mut out = String::new();
+    for seq in missing {
+        let id = format!("e-{seq}");
+        let key = event_key("faults", &id);
+        let inbox = psql(&format!(
+            "SELECT state || ' attempts ' || attempts || ' lease ' || (lease_until > now()) FROM {} WHERE subscriber = '{subscriber}' AND msg_key = '{key}'",
+            store.table
+        ));
+        let outbox = psql(&format!(
+            "SELECT string_agg(id || ':' || coalesce('parked ' || parked, 'waiting'), '; ') FROM {} WHERE position('\"{id}\"'::bytea in data) > 0",
+            store.outbox_table()
+        ));
+        out.push_str(&format!(
+            "  {id}: inbox [{inbox}] outbox [{outbox}] kafka {:?}\n",
+            found.get(seq)
+        ));
+    }
+    out
+}
+
+/// Perch's idempotency key of a CloudEvent (`source`, `id`): SHA-256 over
+/// the length-prefixed parts, hex, after `ce:`.
+fn event_key(source: &str, id: &str) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for p in [source, id] {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p.as_bytes());
+    }
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!("ce:{hex}")
+}
+
+/// The records of the `missing` events in Kafka topic `topic`, each with
+/// its partition, offset, the group's committed offset there and the
+/// partition's low and high watermarks.
+fn kafka_records(topic: &str, group: &str, missing: &[u64]) -> BTreeMap<u64, Vec<String>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message as _;
+    let wait = Duration::from_secs(5);
+    let mut found: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let Ok(c) = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", "127.0.0.1:9092")
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create::<BaseConsumer>()
+    else {
+        return found;
+    };
+    let Ok(md) = c.fetch_metadata(Some(topic), wait) else {
+        return found;
+    };
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let parts: Vec<i32> = md
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .map(|p| p.id())
+        .collect();
+    for p in &parts {
+        let _ = tpl.add_partition_offset(topic, *p, rdkafka::Offset::Beginning);
+    }
+    let committed: BTreeMap<i32, String> = c
+        .committed_offsets(tpl.clone(), wait)
+        .map(|t| {
+            t.elements()
+                .iter()
+                .map(|e| (e.partition(), format!("{:?}", e.offset())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let marks: BTreeMap<i32, (i64, i64)> = parts
+        .iter()
+        .filter_map(|p| Some((*p, c.fetch_watermarks(topic, *p, wait).ok()?)))
+        .collect();
+    let mut left: BTreeMap<i32, i64> = marks
+        .iter()
+        .filter(|(_, (low, high))| high > low)
+        .map(|(p, (_, high))| (*p, *high))
+        .collect();
+    if c.assign(&tpl).is_err() {
+        return found;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !left.is_empty() && Instant::now() < deadline {
+        let Some(Ok(m)) = c.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        if left
+            .get(&m.partition())
+            .is_some_and(|h| m.offset() + 1 >= *h)
+        {
+            left.remove(&m.partition());
+        }
+        let seq = m
+            .payload()
+            .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+            .and_then(|ce| ce["data"]["seq"].as_u64());
+        if let Some(seq) = seq.filter(|s| missing.contains(s)) {
+            found.entry(seq).or_default().push(format!(
+                "partition {} offset {} (group committed {}, watermarks {:?})",
+                m.partition(),
+                m.offset(),
+                committed.get(&m.partition()).map_or("?", String::as_str),
+                marks.get(&m.partition())
+            ));
+        }
+    }
+    found
 }
 
 /// Puts `wal_writer_delay` back however the test ends.
