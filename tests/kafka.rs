@@ -693,3 +693,52 @@ async fn a_paused_partition_handed_back_after_a_rebalance_is_fetched_again() -> 
     assert_eq!(missing, 0, "every message of both partitions arrived");
     Ok(())
 }
+
+/// The librdkafka clients of process `pid`: its `rdk:main` threads (one
+/// per client).
+fn librdkafka_clients(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|name| name.trim() == "rdk:main")
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Idle, a sidecar holds the producer and one consumer per group, and no
+/// admin client: that one lives only while a topic is created (here at
+/// subscribe and at the first publish), so its threads and its broker
+/// connections do not sit idle for the life of the process (issue 23,
+/// idle RSS per broker).
+#[tokio::test]
+async fn idle_the_admin_client_is_gone_once_topics_exist() -> TestResult {
+    let b = Bench::new(Backend::Kafka);
+    let dir = resources(&[
+        ("pubsub.yaml", &b.pubsub(&[])),
+        ("s.yaml", &b.subscription("s", "orders", "/orders")),
+    ]);
+    let mut app = TestApp::ok(None).await;
+    let sc = Sidecar::start(dir.path(), Some(app.port), &[], &[]).await;
+    let topic = b.topic("orders");
+    publish_seqs(&sc, &topic, &[(1, "k".to_owned())]).await?;
+    collect(&mut app, 1).await?;
+    // A topic never seen makes a creation, and the client goes again.
+    let other = b.topic("other");
+    assert_eq!(sc.publish_json(&format!("pubsub/{other}"), "{}").await, 204);
+    let pid = sc.child.id().expect("pid");
+    let mut clients = librdkafka_clients(pid);
+    for _ in 0..100 {
+        if clients == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        clients = librdkafka_clients(pid);
+    }
+    assert_eq!(
+        clients, 2,
+        "the producer and the group's consumer, no admin client"
+    );
+    Ok(())
+}

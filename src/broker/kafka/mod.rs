@@ -5,7 +5,9 @@
 //! `publishTimeout`. `partitionKey` / `__key` is the record key,
 //! `partitionNumber` pins the partition, the other metadata become record
 //! headers (minus `excludeHeaderMetaRegex`), the content type travels in a
-//! `content-type` header. Missing topics are created (`autoCreateTopics`).
+//! `content-type` header. Missing topics are created (`autoCreateTopics`)
+//! by an admin client that lives only while a creation runs: idle, the
+//! sidecar holds the producer and one consumer per group, nothing else.
 //!
 //! **Consume**: one consumer per consumer group (app id by default) covers
 //! every subscribed topic, so a new subscription changes the group's topic
@@ -66,7 +68,8 @@ pub struct KafkaBroker {
     name: String,
     cfg: KafkaConfig,
     producer: FutureProducer,
-    admin: AdminClient<DefaultClientContext>,
+    /// The admin client while a topic creation runs (see [`AdminLease`]).
+    admin: Mutex<Weak<AdminClient<DefaultClientContext>>>,
     exclude: Option<regex::Regex>,
     created: Mutex<HashSet<String>>,
     groups: Mutex<HashMap<String, Arc<Group>>>,
@@ -88,16 +91,13 @@ impl KafkaBroker {
         let producer: FutureProducer = producer_cfg.create().map_err(|e| {
             BrokerError::Rejected(format!("kafka pubsub {name}: producer settings: {e}"))
         })?;
-        let admin = client_config(cfg).create().map_err(|e| {
-            BrokerError::Rejected(format!("kafka pubsub {name}: admin client settings: {e}"))
-        })?;
         let healthy = Arc::new(AtomicBool::new(true));
         spawn_health_probe(name, producer.clone(), Arc::downgrade(&healthy));
         Ok(Self {
             name: name.to_owned(),
             cfg: cfg.clone(),
             producer,
-            admin,
+            admin: Mutex::new(Weak::new()),
             exclude: cfg
                 .exclude_headers
                 .as_deref()
@@ -106,6 +106,31 @@ impl KafkaBroker {
             groups: Mutex::new(HashMap::new()),
             healthy,
         })
+    }
+
+    /// The admin client for a topic creation: the one a concurrent
+    /// creation holds, or a new one. It is dropped when the last creation
+    /// using it ends, so its librdkafka threads and buffers do not sit idle
+    /// for the life of the process (topics are created once each, at
+    /// subscribe or first publish; issue 23, idle RSS per broker). Its
+    /// settings are the common ones the producer was already built with.
+    fn admin(&self) -> Result<AdminLease, BrokerError> {
+        let mut slot = self
+            .admin
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(a) = slot.upgrade() {
+            return Ok(AdminLease(Some(a)));
+        }
+        let a: Arc<AdminClient<DefaultClientContext>> =
+            Arc::new(client_config(&self.cfg).create().map_err(|e| {
+                BrokerError::Rejected(format!(
+                    "kafka pubsub {}: admin client settings: {e}",
+                    self.name
+                ))
+            })?);
+        *slot = Arc::downgrade(&a);
+        Ok(AdminLease(Some(a)))
     }
 
     fn excluded(&self, key: &str) -> bool {
@@ -198,6 +223,29 @@ impl KafkaBroker {
         crate::util::spawn_watched("kafka topic list", apply_topics(Arc::downgrade(&group)));
         groups.insert(name.to_owned(), group.clone());
         Ok(group)
+    }
+}
+
+/// A share of the admin client; the last one dropped destroys the client
+/// off the runtime (librdkafka joins its threads).
+struct AdminLease(Option<Arc<AdminClient<DefaultClientContext>>>);
+
+impl std::ops::Deref for AdminLease {
+    type Target = AdminClient<DefaultClientContext>;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("held until dropped")
+    }
+}
+
+impl Drop for AdminLease {
+    fn drop(&mut self) {
+        let Some(client) = self.0.take().and_then(Arc::into_inner) else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(move || drop(client))),
+            Err(_) => drop(client),
+        }
     }
 }
 

@@ -39,7 +39,16 @@ impl KafkaBroker {
         );
         let opts =
             AdminOptions::new().request_timeout(Some(Timeout::After(Duration::from_secs(5))));
-        match self.admin.create_topics([&new], &opts).await {
+        let admin = match self.admin() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(pubsub = %self.name, %topic, error = %e, "could not create topic");
+                return Ok(());
+            }
+        };
+        let created = admin.create_topics([&new], &opts).await;
+        drop(admin);
+        match created {
             Ok(results) => {
                 let ok = results.iter().all(|r| match r {
                     Ok(_) => true,
