@@ -93,7 +93,10 @@ impl AppState {
                 .body(Full::new(Bytes::from(body)))
                 .unwrap())
         };
-        if path == "/dapr/subscribe" {
+        // The sidecar's own start-up calls (`/dapr/subscribe`, and daprd's
+        // `/dapr/config`) are answered at once: daprd is not ready until
+        // they are, and they are not deliveries.
+        if path.starts_with("/dapr/") {
             return reply(404, String::new());
         }
         self.arrived.fetch_add(1, Ordering::Relaxed);

@@ -228,10 +228,13 @@ pub(crate) async fn load_grpc(
                     let t = Instant::now();
                     match &bulk {
                         Some(r) => {
+                            // The Alpha1 name: every daprd since 1.10 serves
+                            // it (1.14 has no stable BulkPublishEvent, and
+                            // proxies an unknown method as an invocation).
                             let failed = client
-                                .bulk_publish_event(r.clone())
+                                .bulk_publish_event_alpha1(r.clone())
                                 .await
-                                .expect("BulkPublishEvent")
+                                .expect("BulkPublishEventAlpha1")
                                 .into_inner()
                                 .failed_entries;
                             assert!(failed.is_empty(), "bulk entries failed: {failed:?}");

@@ -298,6 +298,13 @@ impl Sidecar {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
+        // daprd logs to stdout: a peer's log goes to stderr, so one that
+        // exits before it is ready says why.
+        if daprd_style.is_some() {
+            if let Ok(fd) = std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned() {
+                cmd.stdout(Stdio::from(fd));
+            }
+        }
         if let Some(p) = app_port {
             cmd.args(["--app-port", &p.to_string()]);
         }
@@ -591,6 +598,9 @@ impl Bench {
             Backend::Memory => vec![],
             Backend::Kafka => vec![
                 ("brokers", "127.0.0.1:9092"),
+                // Required by daprd (the bench's peer); Perch takes none
+                // as the default.
+                ("authType", "none"),
                 ("consumerGroup", group.as_str()),
                 ("initialOffset", "oldest"),
             ],

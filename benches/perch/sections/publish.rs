@@ -192,7 +192,7 @@ pub(crate) async fn publish_rows(b: Backend, s: &Sizes, rows: &mut Rows) {
     row(
         rows,
         format!(
-            "gRPC BulkPublishEvent {b:?}: 100 x 1 KiB per request, {c} clients, {reqs} requests"
+            "gRPC BulkPublishEventAlpha1 {b:?}: 100 x 1 KiB per request, {c} clients, {reqs} requests"
         ),
         format!("{} (per request)", grpc_bulk.summary("msgs")),
         format!("HTTP bulk publish {}", bulk.summary("msgs")),
