@@ -550,7 +550,7 @@ fn diagnose(b: &Bench, store: &PgStore, missing: &[u64]) -> String {
     let mut out = String::new();
     for seq in missing {
         let id = format!("e-{seq}");
-        let key = event_key("faults", &id);
+        let key = perch::delivery::event_key("faults", &id);
         let inbox = psql(&format!(
             "SELECT state || ' attempts ' || attempts || ' lease ' || (lease_until > now()) FROM {} WHERE subscriber = '{subscriber}' AND msg_key = '{key}'",
             store.table
@@ -565,19 +565,6 @@ fn diagnose(b: &Bench, store: &PgStore, missing: &[u64]) -> String {
         ));
     }
     out
-}
-
-/// Perch's idempotency key of a CloudEvent (`source`, `id`): SHA-256 over
-/// the length-prefixed parts, hex, after `ce:`.
-fn event_key(source: &str, id: &str) -> String {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    for p in [source, id] {
-        h.update((p.len() as u64).to_be_bytes());
-        h.update(p.as_bytes());
-    }
-    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    format!("ce:{hex}")
 }
 
 /// The records of the `missing` events in Kafka topic `topic`, each with

@@ -73,7 +73,7 @@ pub(super) enum Identity<'a> {
 /// duplicates of the old one.
 pub(super) fn message_key(identity: Identity<'_>) -> Option<String> {
     match identity {
-        Identity::Event { source, id } => Some(digest("ce", &[source.unwrap_or(""), id?])),
+        Identity::Event { source, id } => Some(event_key(source.unwrap_or(""), id?)),
         Identity::Raw(md) => {
             let get = |k: &str| md.get(k).map(String::as_str);
             match (get("__topic"), get("__partition"), get("__offset")) {
@@ -85,6 +85,12 @@ pub(super) fn message_key(identity: Identity<'_>) -> Option<String> {
             }
         }
     }
+}
+
+/// The message part of the idempotency key of a CloudEvent with `source`
+/// and `id` (what the store's `msg_key` column holds for it).
+pub fn event_key(source: &str, id: &str) -> String {
+    digest("ce", &[source, id])
 }
 
 fn digest(scheme: &str, parts: &[&str]) -> String {

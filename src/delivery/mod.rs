@@ -44,7 +44,7 @@ use crate::util::parse_go_bool;
 pub use app::AppClient;
 pub use dead_letter::DEAD_LETTER_FROM;
 pub use discover::discover;
-pub use idempotency::IDEMPOTENCY_KEY;
+pub use idempotency::{event_key, IDEMPOTENCY_KEY};
 
 use crate::resilience::policy::{for_target, Direction};
 pub(crate) use crate::resilience::{breaker, retry};

@@ -272,10 +272,16 @@ pub(crate) async fn run(backends: &[Backend], s: &Sizes, rows: &mut Rows, full: 
     }
 }
 
-/// The plot's file: `docs/bench-growth.svg` in a full run, the temp dir in
-/// the smoke (the repository is left as it is).
+/// The plot's file: `docs/bench-growth.svg` in a full run of every section
+/// and broker (the plot the README shows), the temp dir in the smoke or a
+/// run narrowed by `PERCH_BENCH_ONLY` / `PERCH_BENCH_BROKERS` (the
+/// repository is left as it is: a narrowed run once overwrote the README's
+/// plot with one that lacked a dimension).
 fn plot_path(full: bool) -> std::path::PathBuf {
-    if full {
+    let narrowed = ["PERCH_BENCH_ONLY", "PERCH_BENCH_BROKERS"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+    if full && !narrowed {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/bench-growth.svg")
     } else {
         std::env::temp_dir().join("perch-bench-growth.svg")
