@@ -5,7 +5,9 @@
 use super::*;
 
 /// The same load produced straight to Kafka with rdkafka: `requests` rounds
-/// of `per_request` records (all sent, then all awaited) from `c` tasks.
+/// of `per_request` records (all sent, then all awaited) from `c` tasks,
+/// with Perch's producer settings (idempotent, `acks=all`, its `linger.ms`),
+/// so the ratio is what Perch adds, not a difference of settings.
 pub(crate) async fn direct_kafka(
     topic: &str,
     body: &str,
@@ -18,6 +20,7 @@ pub(crate) async fn direct_kafka(
         .set("bootstrap.servers", "127.0.0.1:9092")
         .set("acks", "all")
         .set("enable.idempotence", "true")
+        .set("linger.ms", perch::broker::kafka::config::DEFAULT_LINGER_MS)
         .create()
         .unwrap();
     // Warm up: metadata and the idempotent producer id.

@@ -454,15 +454,31 @@ mod tests {
         assert_eq!(k.producer["compression.type"], "zstd");
         assert_eq!(k.initial_offset, kafka::InitialOffset::Oldest);
         assert_eq!(k.producer["partitioner"], "fnv1a_random", "sarama's hash");
-        let (c, _) =
-            kafka("{name: brokers, value: 'a:9092'}, {name: rdkafka.partitioner, value: murmur2}");
+        assert_eq!(
+            k.producer["linger.ms"], "1",
+            "1 ms, not librdkafka's 5: a publish waits for its delivery report"
+        );
+        let (c, _) = kafka(
+            "{name: brokers, value: 'a:9092'}, {name: rdkafka.partitioner, value: murmur2},
+             {name: rdkafka.linger.ms, value: '5'}",
+        );
         let PubsubKind::Kafka(k) = c.unwrap().kind else {
             panic!("not kafka")
         };
         assert_eq!(k.common["partitioner"], "murmur2");
+        assert_eq!(k.common["linger.ms"], "5");
+        for key in ["partitioner", "linger.ms"] {
+            assert!(!k.producer.contains_key(key), "the passthrough wins: {key}");
+        }
+        let (c, _) = kafka(
+            "{name: brokers, value: 'a:9092'}, {name: rdkafka.queue.buffering.max.ms, value: '2'}",
+        );
+        let PubsubKind::Kafka(k) = c.unwrap().kind else {
+            panic!("not kafka")
+        };
         assert!(
-            !k.producer.contains_key("partitioner"),
-            "the passthrough wins"
+            !k.producer.contains_key("linger.ms"),
+            "librdkafka's alias of linger.ms wins too"
         );
     }
 

@@ -118,6 +118,14 @@ pub const DAPR_ONLY: &[(&str, DaprKey)] = &[
 /// Prefix of raw librdkafka properties.
 pub const PASSTHROUGH: &str = "rdkafka.";
 
+/// The producer's `linger.ms`: 1 ms, where librdkafka's default is 5 ms
+/// and daprd's sarama producer sends each message at once. Measured with 16
+/// publishing clients on one 2-core box (README, Benchmarks): 5 ms gave
+/// 2.1k publishes/s at p50 7.3 ms; 1 ms 5.9k/s at p50 2.3 ms, p99 9.3 ms,
+/// 0.38 CPU s per 10k; 0 ms 5.3k/s at p50 1.6 ms but p99 21 ms and 3.6x
+/// the CPU (a produce request per message, for the broker too).
+pub const DEFAULT_LINGER_MS: &str = "1";
+
 /// Where a new consumer group starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InitialOffset {
@@ -398,6 +406,15 @@ pub fn read(ctx: &mut DocCtx<'_>, metadata: &BTreeMap<String, String>) -> Option
     // `rdkafka.partitioner` overrides it.
     if !common.contains_key("partitioner") {
         producer.insert("partitioner".into(), "fnv1a_random".into());
+    }
+    // A publish is answered on its delivery report, so every millisecond a
+    // record waits to be batched is a millisecond of the app's request
+    // (DEFAULT_LINGER_MS says what was measured). librdkafka still batches
+    // what queues up while earlier requests are in flight, so a bulk
+    // publish keeps its batches. `rdkafka.linger.ms` (or its alias
+    // `queue.buffering.max.ms`) overrides it.
+    if !common.contains_key("linger.ms") && !common.contains_key("queue.buffering.max.ms") {
+        producer.insert("linger.ms".into(), DEFAULT_LINGER_MS.into());
     }
     (ctx.problems.len() == before).then(|| KafkaConfig {
         common,
