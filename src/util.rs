@@ -108,34 +108,56 @@ impl serde_json::ser::Formatter for GoFormatter {
         fragment: &str,
     ) -> std::io::Result<()> {
         // A byte scan (no UTF-8 decoding): this runs over every published
-        // payload.
-        // U+2028 and U+2029 are E2 80 A8 and E2 80 A9.
+        // payload, so a whole chunk with nothing to escape is skipped at
+        // once (a fixed-size fold with no early exit, which the compiler
+        // turns into vector compares); only a chunk with a candidate byte,
+        // and the tail, are looked at byte by byte.
+        const CHUNK: usize = 32;
         let bytes = fragment.as_bytes();
         let (mut start, mut i) = (0, 0);
         while i < bytes.len() {
-            let (esc, len): (&[u8], usize) = match bytes[i] {
-                b'<' => (b"\\u003c", 1),
-                b'>' => (b"\\u003e", 1),
-                b'&' => (b"\\u0026", 1),
-                0xE2 if bytes.get(i + 1) == Some(&0x80) => match bytes.get(i + 2) {
-                    Some(0xA8) => (b"\\u2028", 3),
-                    Some(0xA9) => (b"\\u2029", 3),
-                    _ => {
-                        i += 1;
-                        continue;
-                    }
-                },
-                _ => {
-                    i += 1;
+            if let Some(chunk) = bytes
+                .get(i..i + CHUNK)
+                .and_then(|c| <&[u8; CHUNK]>::try_from(c).ok())
+            {
+                let candidate = chunk.iter().fold(0u8, |acc, &b| {
+                    acc | u8::from(b == b'<')
+                        | u8::from(b == b'>')
+                        | u8::from(b == b'&')
+                        | u8::from(b == 0xE2)
+                });
+                if candidate == 0 {
+                    i += CHUNK;
                     continue;
                 }
-            };
-            writer.write_all(&bytes[start..i])?;
-            writer.write_all(esc)?;
-            i += len;
-            start = i;
+            }
+            let end = (i + CHUNK).min(bytes.len());
+            while i < end {
+                if let Some((esc, len)) = go_escape(&bytes[i..]) {
+                    writer.write_all(&bytes[start..i])?;
+                    writer.write_all(esc)?;
+                    i += len;
+                    start = i;
+                } else {
+                    i += 1;
+                }
+            }
         }
         writer.write_all(&bytes[start..])
+    }
+}
+
+/// What Go's `json.Marshal` writes instead of the character `rest` starts
+/// with, and that character's length in bytes; `None` when it is written as
+/// it is. U+2028 and U+2029 are E2 80 A8 and E2 80 A9.
+fn go_escape(rest: &[u8]) -> Option<(&'static [u8], usize)> {
+    match rest {
+        [b'<', ..] => Some((b"\\u003c", 1)),
+        [b'>', ..] => Some((b"\\u003e", 1)),
+        [b'&', ..] => Some((b"\\u0026", 1)),
+        [0xE2, 0x80, 0xA8, ..] => Some((b"\\u2028", 3)),
+        [0xE2, 0x80, 0xA9, ..] => Some((b"\\u2029", 3)),
+        _ => None,
     }
 }
 
@@ -304,6 +326,36 @@ mod tests {
             String::from_utf8(to_go_json(&v)).unwrap(),
             r#"{"a":1,"b":"\u003ca\u0026b\u003e"}"#
         );
+    }
+
+    /// The chunked scan against the plain rule (serde_json's output with
+    /// Go's five replacements), for every special character at every
+    /// position around the chunk edges, alone and in pairs.
+    #[test]
+    fn go_json_escapes_wherever_the_character_falls() {
+        let go = |s: &str| {
+            serde_json::to_string(s)
+                .unwrap()
+                .replace('<', "\\u003c")
+                .replace('>', "\\u003e")
+                .replace('&', "\\u0026")
+                .replace('\u{2028}', "\\u2028")
+                .replace('\u{2029}', "\\u2029")
+        };
+        let specials = [
+            "<", ">", "&", "\u{2028}", "\u{2029}", "€", "…", "é", "\"", "\n",
+        ];
+        for len in [0, 1, 31, 32, 33, 63, 64, 65, 100] {
+            for at in 0..=len {
+                for a in specials {
+                    for b in ["", "&", "\u{2029}"] {
+                        let s = format!("{}{a}{}{b}", "x".repeat(at), "y".repeat(len - at));
+                        let got = String::from_utf8(to_go_json(&s)).unwrap();
+                        assert_eq!(got, go(&s), "{s:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
