@@ -202,12 +202,28 @@ pub fn perch_bin() -> &'static str {
     env!("CARGO_BIN_EXE_perch")
 }
 
+/// A port nothing listens on now, and that this test process has not
+/// handed out before: tests in one binary start sidecars concurrently, and
+/// the system may offer a port again once the probe closes it, before the
+/// sidecar it was picked for binds it (a CI run saw one sidecar's metrics
+/// port handed out as another's API port).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(port)
+        {
+            return port;
+        }
+    }
 }
 
 impl Sidecar {
@@ -318,9 +334,24 @@ impl Sidecar {
         };
         // Up to 30 s: a RabbitMQ subscription waits up to 10 s for its
         // declarations, and a loaded 2-core CI box runs many at once.
+        // Perch keeps running when its metrics port is taken (an ERROR, not
+        // an exit), so that one is checked here and the start retried.
+        let metrics_off = extra.iter().any(|a| a.contains("enable-metrics=false"));
         for _ in 0..600 {
             if let Ok((204, _, _)) = sc.call("GET", ready_path, &[], "").await {
-                return Some(sc);
+                if daprd_style.is_some() || metrics_off {
+                    return Some(sc);
+                }
+                let url = format!("http://127.0.0.1:{}/metrics", sc.metrics_port);
+                if let Ok((200, _, _)) = request("GET", &url, &[], "").await {
+                    return Some(sc);
+                }
+                eprintln!(
+                    "perch is not serving metrics on port {}; starting it again",
+                    sc.metrics_port
+                );
+                let _ = sc.child.kill().await;
+                return None;
             }
             if let Ok(Some(status)) = sc.child.try_wait() {
                 eprintln!(
