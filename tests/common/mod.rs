@@ -332,11 +332,11 @@ impl Sidecar {
             public_port,
             child,
         };
-        // Up to 30 s: a RabbitMQ subscription waits up to 10 s for its
-        // declarations, and a loaded 2-core CI box runs many at once.
         // Perch keeps running when its metrics port is taken (an ERROR, not
         // an exit), so that one is checked here and the start retried.
         let metrics_off = extra.iter().any(|a| a.contains("enable-metrics=false"));
+        // Up to 30 s: a RabbitMQ subscription waits up to 10 s for its
+        // declarations, and a loaded 2-core CI box runs many at once.
         for _ in 0..600 {
             if let Ok((204, _, _)) = sc.call("GET", ready_path, &[], "").await {
                 if daprd_style.is_some() || metrics_off {
