@@ -172,6 +172,11 @@ async fn publishes_during_a_broker_outage_are_kept_and_delivered_in_order() -> T
     let mut got = 0;
     while got < 20 {
         let seq = app.next(30).await?.json()["data"]["seq"].as_u64().unwrap();
+        // Seq 0 may come again: its ack can be lost with the connection,
+        // and without an inbox that is at-least-once.
+        if seq == 0 {
+            continue;
+        }
         per_key.entry(seq % 4).or_default().push(seq);
         got += 1;
     }
@@ -273,9 +278,18 @@ async fn a_kept_message_refused_later_is_parked_and_the_rest_flow() -> TestResul
         assert_eq!(publish_json(&sc, &orders, &json!({"n": n})).await.0, 204);
     }
     let _proxy = Proxy::up(proxy.port).await;
+    // Message 0 may come again: its ack can still be in the channel's
+    // batch when the connection is cut, and without an inbox that is
+    // at-least-once. Nothing else may come but 1..=5.
     let mut got = std::collections::BTreeSet::new();
-    for _ in 1..=5 {
-        got.insert(app.next(30).await?.json()["data"]["n"].as_i64().unwrap());
+    while got.len() < 5 {
+        match app.next(30).await?.json()["data"]["n"].as_i64().unwrap() {
+            0 => {}
+            n => assert!(
+                got.insert(n) && (1..=5).contains(&n),
+                "got {n} after {got:?}"
+            ),
+        }
     }
     assert_eq!(
         got,
