@@ -6,7 +6,8 @@ use super::*;
 
 /// The same load produced straight to Kafka with rdkafka: `requests` rounds
 /// of `per_request` records (all sent, then all awaited) from `c` tasks,
-/// with Perch's producer settings (idempotent, `acks=all`, its `linger.ms`),
+/// with Perch's producer settings (idempotent, `acks=all`, its `linger.ms`
+/// and one request in flight),
 /// so the ratio is what Perch adds, not a difference of settings.
 pub(crate) async fn direct_kafka(
     topic: &str,
@@ -21,6 +22,10 @@ pub(crate) async fn direct_kafka(
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", perch::broker::kafka::config::DEFAULT_LINGER_MS)
+        .set(
+            "max.in.flight.requests.per.connection",
+            perch::broker::kafka::config::IDEMPOTENT_MAX_IN_FLIGHT,
+        )
         .create()
         .unwrap();
     // Warm up: metadata and the idempotent producer id.

@@ -458,16 +458,25 @@ mod tests {
             k.producer["linger.ms"], "1",
             "1 ms, not librdkafka's 5: a publish waits for its delivery report"
         );
+        assert_eq!(
+            k.producer["max.in.flight.requests.per.connection"], "1",
+            "the idempotent producer's batches never overtake a failed one"
+        );
         let (c, _) = kafka(
             "{name: brokers, value: 'a:9092'}, {name: rdkafka.partitioner, value: murmur2},
-             {name: rdkafka.linger.ms, value: '5'}",
+             {name: rdkafka.linger.ms, value: '5'}, {name: rdkafka.max.in.flight, value: '5'}",
         );
         let PubsubKind::Kafka(k) = c.unwrap().kind else {
             panic!("not kafka")
         };
         assert_eq!(k.common["partitioner"], "murmur2");
         assert_eq!(k.common["linger.ms"], "5");
-        for key in ["partitioner", "linger.ms"] {
+        assert_eq!(k.common["max.in.flight"], "5");
+        for key in [
+            "partitioner",
+            "linger.ms",
+            "max.in.flight.requests.per.connection",
+        ] {
             assert!(!k.producer.contains_key(key), "the passthrough wins: {key}");
         }
         let (c, _) = kafka(
