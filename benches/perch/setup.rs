@@ -119,6 +119,41 @@ impl Drained {
     }
 }
 
+/// With `PERCH_BENCH_PERF=<dir>`, records the sidecar `pid` with perf
+/// (call graphs by DWARF, so build with line tables: see the README's
+/// profiling note) into `<dir>/<name>.data`, for the length of a drain.
+fn perf_record(pid: u32, name: &str) -> Option<std::process::Child> {
+    let dir = std::env::var("PERCH_BENCH_PERF").ok()?;
+    let out = format!("{dir}/{name}.data");
+    let child = std::process::Command::new("perf")
+        .args([
+            "record",
+            "-q",
+            "-F",
+            "499",
+            "--call-graph",
+            "dwarf,16384",
+            "-o",
+            &out,
+            "-p",
+        ])
+        .arg(pid.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| eprintln!("PERCH_BENCH_PERF: perf not started: {e}"))
+        .ok()?;
+    Some(child)
+}
+
+/// Stops a `perf_record` (SIGINT, so perf writes its file) and waits.
+fn perf_stop(perf: Option<std::process::Child>) {
+    let Some(mut child) = perf else { return };
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
 /// Fills the broker with `n` events, then times Perch delivering them all
 /// to the app (`maxInFlight` 64, no ordering).
 pub(crate) async fn drain(
@@ -143,6 +178,14 @@ pub(crate) async fn drain(
     backlog(&s.sc, &s.topic, n, None).await;
     s.app.wait_arrival().await;
     let pid = s.sc.child.id().unwrap();
+    let perf = perf_record(
+        pid,
+        &format!("{backend:?}-{}", if bulk { "bulk" } else { "one" }),
+    );
+    if perf.is_some() {
+        // perf needs a moment to attach before the drain starts.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let (mut peak, cpu0) = proc_stats(pid);
     let start = Instant::now();
     s.app.open();
@@ -157,6 +200,7 @@ pub(crate) async fn drain(
     }
     let elapsed = start.elapsed();
     let (rss, cpu1) = proc_stats(pid);
+    perf_stop(perf);
     Drained {
         rate: n as f64 / elapsed.as_secs_f64(),
         peak_rss_kib: peak.max(rss),
