@@ -480,6 +480,27 @@ mod tests {
             assert!(!k.producer.contains_key(key), "the passthrough wins: {key}");
         }
         let (c, _) = kafka(
+            "{name: brokers, value: 'a:9092'}, {name: producerRequiredAcks, value: local},
+             {name: rdkafka.enable.idempotence, value: 'true'}",
+        );
+        let PubsubKind::Kafka(k) = c.unwrap().kind else {
+            panic!("not kafka")
+        };
+        assert_eq!(
+            k.producer["max.in.flight.requests.per.connection"], "1",
+            "idempotence asked for through the passthrough"
+        );
+        let (c, _) =
+            kafka("{name: brokers, value: 'a:9092'}, {name: producerRequiredAcks, value: local}");
+        let PubsubKind::Kafka(k) = c.unwrap().kind else {
+            panic!("not kafka")
+        };
+        assert!(
+            !k.producer
+                .contains_key("max.in.flight.requests.per.connection"),
+            "not idempotent: librdkafka's default"
+        );
+        let (c, _) = kafka(
             "{name: brokers, value: 'a:9092'}, {name: rdkafka.queue.buffering.max.ms, value: '2'}",
         );
         let PubsubKind::Kafka(k) = c.unwrap().kind else {

@@ -433,9 +433,12 @@ pub fn read(ctx: &mut DocCtx<'_>, metadata: &BTreeMap<String, String>) -> Option
     // `tests/kafka.rs` a_burst_into_a_new_topic_is_all_written catches it
     // in a few rounds. `rdkafka.max.in.flight` (or its long name)
     // overrides it.
-    if producer
+    // The producer's own settings are applied after the common ones.
+    let idempotent = producer
         .get("enable.idempotence")
-        .is_some_and(|v| v == "true")
+        .or(common.get("enable.idempotence"))
+        .is_some_and(|v| v == "true");
+    if idempotent
         && !common.contains_key("max.in.flight.requests.per.connection")
         && !common.contains_key("max.in.flight")
     {
