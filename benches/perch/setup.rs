@@ -121,8 +121,9 @@ impl Drained {
 
 /// With `PERCH_BENCH_PERF=<dir>`, records the sidecar `pid` with perf
 /// (call graphs by DWARF, so build with line tables: see the README's
-/// profiling note) into `<dir>/<name>.data`, for the length of a drain.
-fn perf_record(pid: u32, name: &str) -> Option<std::process::Child> {
+/// profiling note) into `<dir>/<name>.data`, for the length of a drain
+/// (or of the publish section's HTTP and gRPC single-publish runs).
+pub(crate) async fn perf_record(pid: u32, name: &str) -> Option<std::process::Child> {
     let dir = std::env::var("PERCH_BENCH_PERF").ok()?;
     let out = format!("{dir}/{name}.data");
     let child = std::process::Command::new("perf")
@@ -142,11 +143,13 @@ fn perf_record(pid: u32, name: &str) -> Option<std::process::Child> {
         .spawn()
         .map_err(|e| eprintln!("PERCH_BENCH_PERF: perf not started: {e}"))
         .ok()?;
+    // perf needs a moment to attach before the run starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     Some(child)
 }
 
 /// Stops a `perf_record` (SIGINT, so perf writes its file) and waits.
-fn perf_stop(perf: Option<std::process::Child>) {
+pub(crate) fn perf_stop(perf: Option<std::process::Child>) {
     let Some(mut child) = perf else { return };
     let _ = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -181,11 +184,8 @@ pub(crate) async fn drain(
     let perf = perf_record(
         pid,
         &format!("{backend:?}-{}", if bulk { "bulk" } else { "one" }),
-    );
-    if perf.is_some() {
-        // perf needs a moment to attach before the drain starts.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    )
+    .await;
     let (mut peak, cpu0) = proc_stats(pid);
     let start = Instant::now();
     s.app.open();

@@ -46,14 +46,25 @@ async fn publishes(b: Backend, s: &Sizes) -> Publishes {
     let pid = sc.child.id().unwrap();
     // The sidecar's CPU seconds per 10 000 messages over a run of `n`.
     let cpu_per_10k = |cpu0: f64, n: usize| (proc_stats(pid).1 - cpu0) * 10000.0 / n as f64;
+    // Profiling (PERCH_BENCH_PERF): 20 times the publishes, so that perf
+    // has enough samples; the rows of such a run are not for the table.
+    let n = if std::env::var_os("PERCH_BENCH_PERF").is_some() {
+        s.publish * 20
+    } else {
+        s.publish
+    };
+    let perf = perf_record(pid, &format!("{b:?}-publish-http")).await;
     let cpu0 = proc_stats(pid).1;
-    let http = load(&url, &body, "application/json", s.publish, c).await;
-    let http = (http, cpu_per_10k(cpu0, s.publish));
+    let http = load(&url, &body, "application/json", n, c).await;
+    let http = (http, cpu_per_10k(cpu0, n));
+    perf_stop(perf);
     // The same publishes over Dapr's gRPC API, as the Python, Go, Java and
     // .NET SDK clients make them.
+    let perf = perf_record(pid, &format!("{b:?}-publish-grpc")).await;
     let cpu0 = proc_stats(pid).1;
-    let grpc = load_grpc(sc.grpc_port, &topic, &body, s.publish, c, 1).await;
-    let grpc = (grpc, cpu_per_10k(cpu0, s.publish));
+    let grpc = load_grpc(sc.grpc_port, &topic, &body, n, c, 1).await;
+    let grpc = (grpc, cpu_per_10k(cpu0, n));
+    perf_stop(perf);
     // Bulk publish: 100 entries per request.
     let entries: Vec<serde_json::Value> = (0..100)
         .map(|i| json!({"entryId": i.to_string(), "event": {"pad": "x".repeat(1000)}, "contentType": "application/json"}))
