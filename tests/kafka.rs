@@ -769,16 +769,8 @@ async fn a_burst_into_a_new_topic_is_all_written() -> TestResult {
                 let (sc, topic) = (sc.clone(), topic.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(i)).await;
-                    let (status, _, _) = sc
-                        .call(
-                            "POST",
-                            &format!("/v1.0/publish/pubsub/{topic}?metadata.partitionKey=k{i}"),
-                            &[("content-type", "application/json")],
-                            &json!({ "n": i }).to_string(),
-                        )
-                        .await
-                        .unwrap();
-                    status == 204
+                    let to = format!("pubsub/{topic}?metadata.partitionKey=k{i}");
+                    sc.publish_json(&to, &json!({ "n": i }).to_string()).await == 204
                 })
             })
             .collect();

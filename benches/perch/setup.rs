@@ -122,11 +122,28 @@ impl Drained {
 /// With `PERCH_BENCH_PERF=<dir>`, records the sidecar `pid` with perf
 /// (call graphs by DWARF, so build with line tables: see the README's
 /// profiling note) into `<dir>/<name>.data`, for the length of a drain
-/// (or of the publish section's HTTP and gRPC single-publish runs).
+/// (or of the publish section's HTTP and gRPC single-publish runs). perf
+/// starts with its events off and turns them on by its control FIFO; this
+/// returns once perf has acknowledged that, so the run is recorded whole.
 pub(crate) async fn perf_record(pid: u32, name: &str) -> Option<std::process::Child> {
     let dir = std::env::var("PERCH_BENCH_PERF").ok()?;
-    let out = format!("{dir}/{name}.data");
-    let child = std::process::Command::new("perf")
+    let (ctl, ack) = (format!("{dir}/{name}.ctl"), format!("{dir}/{name}.ack"));
+    for fifo in [&ctl, &ack] {
+        let _ = std::fs::remove_file(fifo);
+        let made = std::process::Command::new("mkfifo").arg(fifo).status();
+        if !made.is_ok_and(|s| s.success()) {
+            eprintln!("PERCH_BENCH_PERF: could not make the FIFO {fifo}; not profiling {name}");
+            return None;
+        }
+    }
+    // Opened for reading and writing, a FIFO never blocks the open; the
+    // spare writer of `ack` lets a read that waits for perf be ended.
+    let rw = |f: &str| std::fs::OpenOptions::new().read(true).write(true).open(f);
+    let (Ok(mut ctl_f), Ok(ack_f)) = (rw(&ctl), rw(&ack)) else {
+        eprintln!("PERCH_BENCH_PERF: could not open the FIFOs in {dir}; not profiling {name}");
+        return None;
+    };
+    let mut child = std::process::Command::new("perf")
         .args([
             "record",
             "-q",
@@ -134,17 +151,45 @@ pub(crate) async fn perf_record(pid: u32, name: &str) -> Option<std::process::Ch
             "499",
             "--call-graph",
             "dwarf,16384",
-            "-o",
-            &out,
-            "-p",
+            "-D",
+            "-1",
         ])
-        .arg(pid.to_string())
+        .arg(format!("--control=fifo:{ctl},{ack}"))
+        .arg(format!("--output={dir}/{name}.data"))
+        .arg(format!("--pid={pid}"))
         .stdout(std::process::Stdio::null())
         .spawn()
-        .map_err(|e| eprintln!("PERCH_BENCH_PERF: perf not started: {e}"))
+        .map_err(|e| eprintln!("PERCH_BENCH_PERF: perf not started ({e}); is perf installed?"))
         .ok()?;
-    // perf needs a moment to attach before the run starts.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (Ok(mut unblock), Ok(())) = (
+        ack_f.try_clone(),
+        std::io::Write::write_all(&mut ctl_f, b"enable\n"),
+    ) else {
+        let _ = child.kill();
+        return None;
+    };
+    let mut acked = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(ack_f), &mut line);
+        line
+    });
+    let line = match tokio::time::timeout(Duration::from_secs(10), &mut acked).await {
+        Ok(line) => line.unwrap_or_default(),
+        Err(_) => {
+            let _ = std::io::Write::write_all(&mut unblock, b"\n");
+            acked.await.unwrap_or_default()
+        }
+    };
+    // perf has opened them by now, or never will.
+    for fifo in [&ctl, &ack] {
+        let _ = std::fs::remove_file(fifo);
+    }
+    if line.trim() != "ack" {
+        eprintln!("PERCH_BENCH_PERF: perf did not acknowledge 'enable' (see its message above); not profiling {name}");
+        let _ = child.kill();
+        let _ = child.wait();
+        return None;
+    }
     Some(child)
 }
 

@@ -432,8 +432,8 @@ pub fn read(ctx: &mut DocCtx<'_>, metadata: &BTreeMap<String, String>) -> Option
     // lost. Seen as the fault suite's lost first event of a key;
     // `tests/kafka.rs` a_burst_into_a_new_topic_is_all_written catches it
     // in a few rounds. `rdkafka.max.in.flight` (or its long name)
-    // overrides it.
-    // The producer's own settings are applied after the common ones.
+    // overrides it. Idempotence is the producer's own setting, or else the
+    // passthrough's (the producer's are applied after the common ones).
     let idempotent = producer
         .get("enable.idempotence")
         .or(common.get("enable.idempotence"))
